@@ -1,0 +1,114 @@
+"""The one dataset over preprocessed arrays: evaluation clips, augmented views, labelled subsets."""
+import os
+import pickle
+
+import numpy as np
+import torch
+
+from net.utils.layouts import get_layout
+
+from .augment import augment_sample, center_crop, temporal_resize
+
+
+def read_labels(path):
+    """(names or None, int64 labels (N,)) from a `.pkl` (names, labels) or `.npy` (N, 1), SPEC §1.2/§1.3."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"label file {path} not found")
+    if path.endswith(".npy"):
+        names, labels = None, np.load(path)
+        if labels.ndim not in (1, 2) or labels.ndim == 2 and labels.shape[1] != 1:
+            raise ValueError(f"{path}: expected labels of shape (N, 1), got {labels.shape}")
+    else:
+        with open(path, "rb") as f:
+            content = pickle.load(f)
+        if not (isinstance(content, (tuple, list)) and len(content) == 2):
+            raise ValueError(f"{path}: expected a pickled (names, labels) pair")
+        names, labels = list(content[0]), np.asarray(content[1])
+        if len(names) != len(labels):
+            raise ValueError(f"{path}: {len(names)} names but {len(labels)} labels")
+    return names, labels.astype(np.int64).reshape(-1)
+
+
+def labelled_subset(labels, fraction, seed):
+    """Sorted indices of round(fraction · n_c) clips of every class c, drawn with `seed` (SPEC §4, semi).
+
+    Python's round (half to even), exactly as the SPEC writes it: a small enough class gets no clip.
+    """
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(members, round(fraction * len(members)), replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+class Feeder(torch.utils.data.Dataset):
+    """Clips of `data_path` (N, 3, T, V, M) with labels (SPEC §1.5, §4).
+
+    views=0 gives (clip, label, index) for evaluation, center-cropped to `window_size`;
+    views=k gives ([k views], label, index), each view augmented by `augment_sample`, or, with
+    augment=False, k copies resized to `frames` for augmentation on the device. `index` is the
+    position in this dataset (in the labelled subset when `label_fraction` is set).
+    """
+
+    def __init__(self, data_path, label_path, views=0, frames=64, window_size=None, shear_amplitude=0.5,
+                 padding_ratio=6, mmap=True, label_fraction=None, label_seed=0, layout="ntu-rgb+d",
+                 augment=True, seed=0):
+        for key, value, low in (("views", views, 0), ("frames", frames, 1),
+                                ("padding_ratio", padding_ratio, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"feeder {key} must be an integer >= {low}, got {value!r}")
+        if window_size is not None and (not isinstance(window_size, int) or window_size < 1):
+            raise ValueError(f"feeder window_size must be a positive integer or None, got {window_size!r}")
+        if shear_amplitude < 0:
+            raise ValueError(f"feeder shear_amplitude must be >= 0, got {shear_amplitude!r}")
+        if label_fraction is not None and not 0 < label_fraction <= 1:
+            raise ValueError(f"feeder label_fraction must be in (0, 1], got {label_fraction!r}")
+        self.views, self.frames, self.window_size, self.augment = views, frames, window_size, augment
+        self.shear_amplitude, self.padding_ratio = shear_amplitude, padding_ratio
+        self.seed, self.epoch = seed, 0
+
+        if not os.path.isfile(data_path):
+            raise FileNotFoundError(f"data file {data_path} not found")
+        self.data = np.load(data_path, mmap_mode="r" if mmap else None)
+        num_joints = get_layout(layout).num_joints
+        if self.data.ndim != 5 or self.data.shape[1] != 3 or self.data.shape[3] != num_joints:
+            raise ValueError(f"{data_path}: expected shape (N, 3, T, {num_joints}, M) for layout {layout!r}, "
+                             f"got {self.data.shape}")
+        names, self.labels = read_labels(label_path)
+        if len(self.labels) != len(self.data):
+            raise ValueError(f"{label_path} has {len(self.labels)} labels but {data_path} "
+                             f"has {len(self.data)} clips")
+        if names is None:
+            # The generator's pickle beside an `.npy` label file carries the clip names.
+            pkl = os.path.splitext(label_path)[0] + ".pkl"
+            names = read_labels(pkl)[0] if os.path.isfile(pkl) else [str(i) for i in range(len(self.data))]
+        self.names = names
+        self.indices = (np.arange(len(self.data)) if label_fraction is None
+                        else labelled_subset(self.labels, label_fraction, label_seed))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def set_epoch(self, epoch):
+        """Use a new set of augmentations in `epoch` (SPEC §4b: workers must not repeat them)."""
+        self.epoch = epoch
+
+    def subset_names(self):
+        """Names of the clips in this dataset (the labelled subset when `label_fraction` is set)."""
+        return [self.names[i] for i in self.indices]
+
+    def __getitem__(self, index):
+        clip = self.indices[index]
+        x = np.array(self.data[clip], dtype=np.float32)
+        label = int(self.labels[clip])
+        if self.views == 0:
+            return (center_crop(x, self.window_size) if self.window_size else x), label, index
+        if not self.augment:
+            x = temporal_resize(x, self.frames)
+            return [x.copy() for _ in range(self.views)], label, index
+        # Seeded by (seed, epoch, index): reproducible, and independent of worker count and order.
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        views = [augment_sample(x, rng, self.frames, self.shear_amplitude, self.padding_ratio)
+                 for _ in range(self.views)]
+        return views, label, index

@@ -1,0 +1,43 @@
+"""The input streams of SPEC §1.4, defined once for pretraining, evaluation and preprocessing.
+
+Each works on a torch batch (N, C, T, V, M) on any device, and equally on a numpy clip
+(C, T, V, M): time is axis -3 and joints axis -2 in both.
+"""
+import numpy as np
+import torch
+
+from net.utils.layouts import get_layout
+
+STREAMS = ("joint", "motion", "bone")
+
+
+def _zeros_like(x):
+    return torch.zeros_like(x) if torch.is_tensor(x) else np.zeros_like(x)
+
+
+def motion(x):
+    """d[t] = x[t+1] - x[t], zero at the last frame (SPEC §1.4, §1.3 step 2)."""
+    d = _zeros_like(x)
+    d[..., :-1, :, :] = x[..., 1:, :, :] - x[..., :-1, :, :]
+    return d
+
+
+def bone(x, layout="ntu-rgb+d"):
+    """b[child] = x[child] - x[parent] over the layout's bone pairs; the centre's bone is zero (SPEC §1.4)."""
+    child, parent = (list(ids) for ids in zip(*get_layout(layout).bone_pairs))
+    if torch.is_tensor(x):
+        child, parent = (torch.tensor(ids, device=x.device) for ids in (child, parent))
+    b = _zeros_like(x)
+    b[..., child, :] = x[..., child, :] - x[..., parent, :]
+    return b
+
+
+def to_stream(x, stream, layout="ntu-rgb+d"):
+    """The `stream` ('joint', 'motion' or 'bone') of joint positions x (SPEC §1.4)."""
+    if stream == "joint":
+        return x
+    if stream == "motion":
+        return motion(x)
+    if stream == "bone":
+        return bone(x, layout)
+    raise ValueError(f"unknown stream {stream!r}; expected one of {', '.join(STREAMS)}")

@@ -1,0 +1,105 @@
+"""tools/demo_data.py: synthetic NTU-format clips (file format of SPEC §1.1)."""
+import os
+
+import numpy as np
+import pytest
+
+from tools.demo_data import CLASSES, FRAMES, TWO_PERSON, clip_names, generate, main
+from tools.ntu_gendata import is_training, parse_name, read_skeleton
+
+NUM_FILES = 36  # three clips of every class
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, generate(out, num_files=NUM_FILES, seed=3)
+
+
+def frames_with_data(x, body):
+    return int((np.abs(x[..., body]).sum(axis=(0, 2)) > 0).sum())
+
+
+def joint_speed(path):
+    """Mean distance per frame travelled by each joint of body 1."""
+    x = read_skeleton(path)
+    body = x[:, :frames_with_data(x, 0), :, 0]
+    return np.linalg.norm(np.diff(body, axis=1), axis=0).mean(axis=0)
+
+
+def test_names_cover_every_class_once_per_cycle_and_all_splits(demo):
+    _, names = demo
+    assert len(names) == len(set(names)) == NUM_FILES
+    labels = [parse_name(n).action - 1 for n in names]
+    assert labels == [i % len(CLASSES) for i in range(NUM_FILES)]
+    assert {parse_name(n).camera for n in names} == {1, 2, 3}
+    for benchmark in ("xsub", "xview", "xset"):
+        assert {is_training(n, benchmark) for n in names} == {True, False}, benchmark
+
+
+def test_names_are_unique_prefix_stable_and_avoid_the_missing_lists():
+    names = clip_names(2000, seed=0)
+    assert len(set(names)) == 2000 and clip_names(50, seed=0) == names[:50]
+    for n in (60, 120):
+        with open(os.path.join(REPO, "resource", f"NTU_RGBD{n}_samples_with_missing_skeletons.txt")) as f:
+            missing = {line.strip() + ".skeleton" for line in f}
+        assert not missing & set(names)
+
+
+def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
+    out, names = demo
+    again = generate(tmp_path / "a", num_files=NUM_FILES, seed=3)
+    assert again == names
+    for name in names[:13]:
+        assert (tmp_path / "a" / name).read_bytes() == (out / name).read_bytes()
+    other = generate(tmp_path / "b", num_files=2, seed=4)
+    assert (tmp_path / "b" / other[0]).read_bytes() != (out / names[0]).read_bytes()
+
+
+def test_file_layout_matches_the_ntu_format(demo):
+    out, names = demo
+    lines = (out / names[CLASSES.index("handshake")]).read_text().splitlines()
+    frames = int(lines[0])
+    assert FRAMES[0] <= frames <= FRAMES[1]
+    assert lines[1] == "2" and len(lines[2].split()) == 10 and lines[3] == "25"
+    assert all(len(line.split()) == 12 for line in lines[4:29])
+    assert len(lines) == 1 + frames * (1 + 2 * 27)
+
+
+def test_clips_parse_back_with_the_right_number_of_bodies(demo):
+    out, names = demo
+    for name in names:
+        x = read_skeleton(out / name)
+        frames = int((out / name).read_text().split("\n", 1)[0])
+        two = CLASSES[parse_name(name).action - 1] in TWO_PERSON
+        assert frames_with_data(x, 0) == frames
+        assert frames_with_data(x, 1) == (frames if two else 0), name
+
+
+def test_bodies_are_human_sized_about_three_metres_away(demo):
+    out, names = demo
+    x = read_skeleton(out / names[0])
+    frames = frames_with_data(x, 0)
+    body = x[:, :frames, :, 0]
+    upper_arm = np.linalg.norm(body[:, :, 4] - body[:, :, 5], axis=0)  # left shoulder - left elbow
+    assert 0.2 < np.median(upper_arm) < 0.4
+    height = body[1, :, 3] - body[1, :, 15]  # head above left foot
+    assert 1.2 < np.median(height) < 2.0
+    assert 2.3 < body[2, :, 0].mean() < 3.8
+
+
+def test_classes_move_differently(demo):
+    """Mean speed of each hand/foot differs between a wave of the left and of the right arm and a kick."""
+    out, names = demo
+    left, right, kick = (joint_speed(out / names[CLASSES.index(c)])
+                         for c in ("wave left arm", "wave right arm", "kick"))
+    assert left[7] > 3 * left[11] and right[11] > 3 * right[7]  # the waving hand moves
+    assert kick[19] > 3 * kick[15]  # the right foot kicks
+
+
+def test_command_line(tmp_path):
+    main(["--out", str(tmp_path), "--num_files", "3", "--seed", "1"])
+    assert len(os.listdir(tmp_path)) == 3
+    with pytest.raises(SystemExit, match="num_files"):
+        main(["--out", str(tmp_path), "--num_files", "0"])

@@ -1,0 +1,100 @@
+"""feeder/feeder.py: shapes per mode, seeded augmentation, labelled subsets (SPEC §1.5, §4, §4b), errors."""
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from feeder.augment import augment_sample, temporal_resize
+from feeder.feeder import Feeder
+
+LABELS = [0] * 30 + [1] * 20 + [2] * 10 + [3] * 5 + [4] * 25
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A preprocessed part: position (N, 3, 64, 25, 2), label .npy (N, 1) and the generator's pickle."""
+    n = len(LABELS)
+    data = np.random.default_rng(0).standard_normal((n, 3, 64, 25, 2)).astype(np.float32)
+    np.save(tmp_path / "train_position.npy", data)
+    np.save(tmp_path / "train_label.npy", np.array(LABELS, np.int64)[:, None])
+    with open(tmp_path / "train_label.pkl", "wb") as f:
+        pickle.dump(([f"clip{i:03d}" for i in range(n)], LABELS), f)
+    return str(tmp_path / "train_position.npy"), str(tmp_path / "train_label.npy"), data
+
+
+def test_evaluation_items(files):
+    data_path, label_path, data = files
+    x, label, index = Feeder(data_path, label_path)[7]
+    assert x.shape == (3, 64, 25, 2) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, data[7])
+    assert (label, index) == (LABELS[7], 7) and type(label) is int
+    x, _, _ = Feeder(data_path, label_path, window_size=50, mmap=False)[3]
+    np.testing.assert_array_equal(x, data[3, :, 7:57])
+
+
+def test_pretraining_views(files):
+    data_path, label_path, data = files
+    feeder = Feeder(data_path, label_path, views=2, seed=1)
+    views, label, index = feeder[5]
+    assert len(views) == 2 and all(v.shape == (3, 64, 25, 2) and v.dtype == np.float32 for v in views)
+    assert not np.allclose(views[0], views[1])
+    rng = np.random.default_rng([1, 0, 5])  # the documented per-item seed: (seed, epoch, index)
+    np.testing.assert_allclose(views[0], augment_sample(data[5], rng, 64), atol=1e-6)
+    np.testing.assert_allclose(views[1], augment_sample(data[5], rng, 64), atol=1e-6)
+    np.testing.assert_array_equal(Feeder(data_path, label_path, views=2, seed=1)[5][0][0], views[0])
+    feeder.set_epoch(1)
+    assert not np.allclose(feeder[5][0][0], views[0])  # a new epoch draws new augmentations
+    views = Feeder(data_path, label_path, views=3, frames=32)[0][0]
+    assert len(views) == 3 and views[2].shape == (3, 32, 25, 2)
+
+
+def test_views_without_augmentation_are_raw_copies(files):
+    data_path, label_path, data = files
+    views, _, _ = Feeder(data_path, label_path, views=2, augment=False)[4]
+    for v in views:
+        np.testing.assert_array_equal(v, data[4])
+    views, _, _ = Feeder(data_path, label_path, views=2, frames=32, augment=False)[4]
+    np.testing.assert_allclose(views[1], temporal_resize(data[4], 32))
+
+
+def test_labels_and_names(files, tmp_path):
+    data_path, label_path, _ = files
+    feeder = Feeder(data_path, str(tmp_path / "train_label.pkl"))
+    assert len(feeder) == len(LABELS) and feeder[40][1] == LABELS[40] and feeder.names[2] == "clip002"
+    assert Feeder(data_path, label_path).names[2] == "clip002"
+    (tmp_path / "train_label.pkl").unlink()
+    assert Feeder(data_path, label_path).names[:3] == ["0", "1", "2"]
+
+
+def test_labelled_subset_per_class(files):
+    data_path, label_path, _ = files
+    feeder = Feeder(data_path, label_path, label_fraction=0.1, label_seed=3)
+    counts = Counter(LABELS[i] for i in feeder.indices)
+    for c, n in Counter(LABELS).items():
+        assert counts.get(c, 0) == round(0.1 * n)  # 3, 2, 1, round(0.5) = 0, round(2.5) = 2
+    assert list(feeder.indices) == sorted(feeder.indices) and len(feeder) == len(feeder.indices)
+    assert feeder.subset_names() == [f"clip{i:03d}" for i in feeder.indices]
+    x, label, index = feeder[1]
+    assert label == LABELS[feeder.indices[1]] and index == 1
+    same = Feeder(data_path, label_path, label_fraction=0.1, label_seed=3)
+    other = Feeder(data_path, label_path, label_fraction=0.1, label_seed=4)
+    assert list(same.indices) == list(feeder.indices) and list(other.indices) != list(feeder.indices)
+
+
+def test_errors_name_the_file(files, tmp_path):
+    data_path, label_path, data = files
+    with pytest.raises(FileNotFoundError, match="nothere_position.npy"):
+        Feeder(str(tmp_path / "nothere_position.npy"), label_path)
+    with pytest.raises(FileNotFoundError, match="nothere_label.npy"):
+        Feeder(data_path, str(tmp_path / "nothere_label.npy"))
+    np.save(tmp_path / "flat.npy", data[:, :, :, :, 0])
+    with pytest.raises(ValueError, match=r"flat\.npy.*\(90, 3, 64, 25\)"):
+        Feeder(str(tmp_path / "flat.npy"), label_path)
+    np.save(tmp_path / "short_label.npy", np.zeros((3, 1), np.int64))
+    with pytest.raises(ValueError, match="3 labels"):
+        Feeder(data_path, str(tmp_path / "short_label.npy"))
+    with pytest.raises(ValueError, match="label_fraction"):
+        Feeder(data_path, label_path, label_fraction=1.5)
+    with pytest.raises(ValueError, match="views"):
+        Feeder(data_path, label_path, views=-1)

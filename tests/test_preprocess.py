@@ -1,0 +1,169 @@
+"""feeder/preprocess_ntu.py against a direct per-frame computation of SPEC §1.3, and its CLI (§6)."""
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from feeder.preprocess_ntu import main, preprocess_clip
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def raw_clip(seed=0, length=12, total=20):
+    """Random bodies for `length` frames, zero after, as the generator pads them."""
+    x = np.zeros((3, total, 25, 2), np.float32)
+    x[:, :length] = np.random.default_rng(seed).standard_normal((3, length, 25, 2))
+    x[2, :length] += 3  # metres in front of the camera
+    return x
+
+
+def resize_loop(x, frames):
+    length = x.shape[1]
+    out = np.zeros((x.shape[0], frames) + x.shape[2:])
+    for i in range(frames):
+        s = min(max((i + 0.5) * length / frames - 0.5, 0.0), length - 1.0)
+        lo = int(np.floor(s))
+        hi = min(lo + 1, length - 1)
+        out[:, i] = (1 - (s - lo)) * x[:, lo] + (s - lo) * x[:, hi]
+    return out
+
+
+def expected_clip(x, frames):
+    """SPEC §1.3 steps 1-5 written frame by frame, body by body, joint by joint."""
+    x = x.astype(np.float64)
+    _, total, joints, bodies = x.shape
+    length = sum(1 for t in range(total) if np.any(x[:, t, 0, 0] != 0))
+    motion = np.zeros_like(x)
+    for t in range(total - 1):
+        motion[:, t] = x[:, t + 1] - x[:, t]
+    centred = x.copy()
+    for t in range(total):
+        for m in range(bodies):
+            for j in range(joints):
+                centred[:, t, j, m] = x[:, t, j, m] - x[:, t, 20, m]
+    position = resize_loop(centred[:, :length], frames)
+    motion = resize_loop(motion[:, :length], frames)
+    for m in range(bodies):
+        shoulder = [position[:, t, 8, m] - position[:, t, 4, m] for t in range(frames)]
+        for v in shoulder:
+            v[1] = 0
+        negate = sum(v[2] for v in shoulder) >= 0
+        for t in range(frames):
+            v = shoulder[t]
+            a = np.arccos(v[0] / (np.sqrt(v @ v) + 1e-4))
+            a = -a if negate else a
+            rot = np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]])
+            for j in range(joints):
+                position[:, t, j, m] = rot @ position[:, t, j, m]
+    return position, motion
+
+
+@pytest.mark.parametrize("length,frames", [(12, 8), (12, 30), (20, 20), (1, 4)])
+def test_clip_matches_per_frame_formula(length, frames):
+    x = raw_clip(length=length)
+    position, motion = preprocess_clip(x, frames)
+    assert position.shape == motion.shape == (3, frames, 25, 2)
+    assert position.dtype == motion.dtype == np.float32
+    exp_position, exp_motion = expected_clip(x, frames)
+    np.testing.assert_allclose(position, exp_position, atol=1e-5)
+    np.testing.assert_allclose(motion, exp_motion, atol=1e-5)
+
+
+def test_length_counts_frames_of_joint_1_of_body_1():
+    x = raw_clip(length=12)
+    x[:, :, 0, 1] = 0  # body 2's joint 1 does not count
+    x[:, 15, 0, 0] = [1, 2, 3]  # a non-zero frame after a gap counts: L = 13, so frame 12 (zero) is used
+    np.testing.assert_allclose(preprocess_clip(x, 8)[0], expected_clip(x, 8)[0], atol=1e-5)
+
+
+def test_alignment_puts_shoulders_on_x_axis_with_sign_rule():
+    x = raw_clip(length=10)
+    rng = np.random.default_rng(1)
+    # Body 1 turned one way (v_z > 0 every frame), body 2 the other way (v_z < 0): both sum rules.
+    for m, sign in [(0, 1), (1, -1)]:
+        for t in range(10):
+            phi = sign * rng.uniform(0.2, 1.2)
+            x[:, t, 8, m] = x[:, t, 4, m] + 0.4 * np.array([np.cos(phi), rng.uniform(-0.1, 0.1), np.sin(phi)])
+    position = preprocess_clip(x, 10)[0]  # no resize: |v_xz| stays 0.4
+    v = position[:, :, 8] - position[:, :, 4]  # (C, T, M)
+    np.testing.assert_allclose(v[2], 0, atol=1e-3)
+    np.testing.assert_allclose(v[0], 0.4, atol=1e-3)
+    np.testing.assert_allclose(position[:, :, 20], 0, atol=1e-6)  # centred on joint 21, which rotation keeps
+    v = np.diff(preprocess_clip(x, 16)[0][:, :, [4, 8]], axis=2)[:, :, 0]
+    np.testing.assert_allclose(v[2], 0, atol=1e-3)
+    assert (v[0] > 0.3).all()
+
+
+def test_zero_body_and_empty_clip_stay_zero():
+    x = raw_clip()
+    x[..., 1] = 0
+    position, motion = preprocess_clip(x, 8)
+    assert not position[..., 1].any() and not motion[..., 1].any()
+    position, motion = preprocess_clip(np.zeros((3, 20, 25, 2), np.float32), 8)
+    assert position.shape == (3, 8, 25, 2) and not position.any() and not motion.any()
+
+
+def write_part(folder, part, data, labels=None):
+    os.makedirs(folder, exist_ok=True)
+    np.save(os.path.join(folder, f"{part}_data.npy"), data)
+    if labels is not None:
+        names = [f"S001C001P001R001A{label + 1:03d}" for label in labels]
+        with open(os.path.join(folder, f"{part}_label.pkl"), "wb") as f:
+            pickle.dump((names, list(labels)), f)
+
+
+def test_cli_processes_every_benchmark(tmp_path):
+    gen, out = tmp_path / "gen", tmp_path / "out"
+    data = np.stack([raw_clip(seed, length) for seed, length in enumerate([12, 20, 5])])
+    write_part(gen / "xsub", "train", data, [0, 3, 1])
+    write_part(gen / "xsub", "val", data[:1], [2])
+    write_part(gen / "xview", "train", data[1:], [3, 1])
+    main(["--dataset_path", str(gen), "--out_folder", str(out), "--frames", "16"])
+    position = np.load(out / "xsub" / "train_position.npy")
+    motion = np.load(out / "xsub" / "train_motion.npy")
+    labels = np.load(out / "xsub" / "train_label.npy")
+    assert position.shape == motion.shape == (3, 3, 16, 25, 2) and position.dtype == np.float32
+    assert labels.dtype == np.int64 and labels.tolist() == [[0], [3], [1]]
+    for i in range(3):
+        np.testing.assert_allclose(position[i], expected_clip(data[i], 16)[0], atol=1e-5)
+        np.testing.assert_allclose(motion[i], expected_clip(data[i], 16)[1], atol=1e-5)
+    assert (out / "xsub" / "train_label.pkl").read_bytes() == (gen / "xsub" / "train_label.pkl").read_bytes()
+    assert np.load(out / "xsub" / "val_position.npy").shape == (1, 3, 16, 25, 2)
+    assert np.load(out / "xview" / "train_label.npy").tolist() == [[3], [1]]
+    assert not [f for f in os.listdir(out / "xsub") if ".tmp" in f]
+
+
+@pytest.mark.parametrize("how", [["feeder/preprocess_ntu.py"], ["-m", "feeder.preprocess_ntu"]])
+def test_runs_as_script_and_module(tmp_path, how):
+    write_part(tmp_path / "gen" / "xsub", "val", raw_clip()[None], [4])
+    cmd = [sys.executable, *how, "--dataset_path", str(tmp_path / "gen"),
+           "--out_folder", str(tmp_path / "out")]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    assert np.load(tmp_path / "out" / "xsub" / "val_position.npy").shape == (1, 3, 64, 25, 2)
+
+
+def error_of(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    message = str(e.value)
+    assert message.startswith("error: ") and "\n" not in message
+    return message
+
+
+def test_errors_name_the_path(tmp_path):
+    out = ["--out_folder", str(tmp_path / "out")]
+    assert str(tmp_path / "missing") in error_of(["--dataset_path", str(tmp_path / "missing"), *out])
+    (tmp_path / "empty").mkdir()
+    message = error_of(["--dataset_path", str(tmp_path / "empty"), *out])
+    assert "no *_data.npy" in message and str(tmp_path / "empty") in message
+    write_part(tmp_path / "shape" / "xsub", "train", np.zeros((2, 3, 10, 25), np.float32), [0, 1])
+    message = error_of(["--dataset_path", str(tmp_path / "shape"), *out])
+    assert "train_data.npy" in message and "(2, 3, 10, 25)" in message
+    write_part(tmp_path / "nolabel" / "xsub", "train", raw_clip()[None])
+    message = error_of(["--dataset_path", str(tmp_path / "nolabel"), *out])
+    assert str(tmp_path / "nolabel" / "xsub" / "train_label.pkl") in message
+    write_part(tmp_path / "count" / "xsub", "train", raw_clip()[None], [0, 1])
+    assert "train_label.pkl" in error_of(["--dataset_path", str(tmp_path / "count"), *out])

@@ -1,0 +1,337 @@
+"""Synthetic NTU RGB+D `.skeleton` files for demos and tests (file format of SPEC §1.1).
+
+    python tools/demo_data.py --out data/demo_skeletons --num_files 1000 --seed 0
+
+A 25-joint Kinect v2 body with adult bone lengths performs one of `CLASSES` (wave left arm, wave
+right arm, raise both arms, clap, punch, kick, squat, jump, bow, march in place, and the two-person
+handshake and push); every clip draws its own performer size, speed, phase, amplitude, camera
+(C001-C003 at -45, 0, +45 degrees of yaw, about 3 m away), noise and length. Class k is written
+as action A(k+1), so labels are 0..K-1. File i depends only on (seed, i). No torch here.
+"""
+import argparse
+import functools
+import itertools
+import os
+
+import numpy as np
+
+CAMERA_YAW = {1: -np.pi / 4, 2: 0.0, 3: np.pi / 4}
+SETUPS, PERFORMERS = (1, 2), (1, 2, 3, 4, 5, 6, 7, 8)  # NTU 60 xsub: 3, 6, 7 are val; xset: S001 val
+FRAMES = (40, 120)
+NOISE = 0.004  # metres
+# Local body frame, metres: x to the performer's right, y up, z backwards (the performer faces -z).
+# 0-based joints: arms are shoulder, elbow, wrist, hand, hand tip, thumb; legs hip, knee, ankle, foot.
+ARMS = {-1: ("l", (4, 5, 6, 7, 21, 22)), 1: ("r", (8, 9, 10, 11, 23, 24))}
+LEGS = {-1: ("l", (12, 13, 14, 15)), 1: ("r", (16, 17, 18, 19))}
+UPPER_ARM, FOREARM, HAND, HAND_TIP, THUMB, THIGH, SHIN = 0.29, 0.26, 0.08, 0.08, 0.05, 0.43, 0.42
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MISSING_LISTS = [os.path.join(REPO, "resource", f"NTU_RGBD{n}_samples_with_missing_skeletons.txt")
+                 for n in (60, 120)]
+JOINT_LINE = "%.7g %.7g %.7g %.4f %.4f %.3f %.3f 0 0 0 0 2\n"
+
+
+def _direction(elevation, azimuth, side):
+    """Unit limb direction: hanging at elevation 0, raised sideways (azimuth 0) or forwards (pi/2)."""
+    return np.stack([side * np.sin(elevation) * np.cos(azimuth), -np.cos(elevation),
+                     -np.sin(elevation) * np.sin(azimuth)], -1)
+
+
+def _rest_pose(t):
+    """Pose parameters of a relaxed stance: each limb segment is (T, 2) elevation, azimuth."""
+    T = len(t)
+    pose = {"root": np.zeros((T, 3)), "pitch": np.zeros(T)}
+    for side in "lr":
+        pose[side + "_upper"] = np.tile([0.12, 0.0], (T, 1))
+        pose[side + "_fore"] = np.tile([0.15, np.pi / 2], (T, 1))
+        pose[side + "_thigh"] = np.tile([0.02, 0.0], (T, 1))
+        pose[side + "_shin"] = np.zeros((T, 2))
+    return pose
+
+
+def _body(pose, scale):
+    """Forward kinematics: pose parameters -> (T, 25, 3) joints in the local body frame."""
+    root, pitch = pose["root"], pose["pitch"]
+    T = len(root)
+    J = np.zeros((T, 25, 3))
+
+    def trunk(height, x=0.0):  # a point of the trunk, which leans forwards by `pitch` about the spine base
+        return root + np.stack([np.full(T, x), height * np.cos(pitch), -height * np.sin(pitch)], -1)
+
+    J[:, 0], J[:, 1], J[:, 20], J[:, 2], J[:, 3] = (trunk(h) for h in (0.0, 0.25, 0.47, 0.54, 0.67))
+    for side, (key, (shoulder, elbow, wrist, hand, tip, thumb)) in ARMS.items():
+        elevation, azimuth = pose[key + "_fore"].T
+        upper, fore = _direction(*pose[key + "_upper"].T, side), _direction(elevation, azimuth, side)
+        J[:, shoulder] = trunk(0.44, side * 0.18)
+        J[:, elbow] = J[:, shoulder] + UPPER_ARM * upper
+        J[:, wrist] = J[:, elbow] + FOREARM * fore
+        J[:, hand] = J[:, wrist] + HAND * fore
+        J[:, tip] = J[:, hand] + HAND_TIP * fore
+        J[:, thumb] = J[:, hand] + THUMB * _direction(elevation - 0.6, azimuth, side)
+    for side, (key, (hip, knee, ankle, foot)) in LEGS.items():
+        J[:, hip] = root + [side * 0.09, -0.05, 0.0]
+        J[:, knee] = J[:, hip] + THIGH * _direction(*pose[key + "_thigh"].T, side)
+        J[:, ankle] = J[:, knee] + SHIN * _direction(*pose[key + "_shin"].T, side)
+        J[:, foot] = J[:, ankle] + [0.0, -0.05, -0.12]
+    return J * scale
+
+
+def _bump(t, t0, t1):
+    """0 outside [t0, t1], rising smoothly to 1 in the middle."""
+    s = np.clip((t - t0) / (t1 - t0), 0.0, 1.0)
+    return np.sin(np.pi * s) ** 2
+
+
+def _hold(t, t0, t1, edge=0.2):
+    """0 outside [t0, t1], 1 inside except for smooth ramps of `edge` of the interval at both ends."""
+    s = np.clip((t - t0) / (t1 - t0), 0.0, 1.0)
+    ramp = np.clip(np.minimum(s, 1.0 - s) / edge, 0.0, 1.0)
+    return ramp * ramp * (3.0 - 2.0 * ramp)
+
+
+def _bend_knees(pose, knee, side_keys="lr"):
+    """Squat-like flexion by `knee` radians with the feet kept under the body."""
+    for s in side_keys:
+        pose[s + "_thigh"] = np.stack([knee, np.full_like(knee, np.pi / 2)], -1)
+        pose[s + "_shin"] = np.stack([-0.8 * knee, np.full_like(knee, np.pi / 2)], -1)
+    pose["root"][:, 1] -= THIGH * (1 - np.cos(knee)) + SHIN * (1 - np.cos(0.8 * knee))
+    pose["root"][:, 2] += THIGH * np.sin(knee) - SHIN * np.sin(0.8 * knee)
+
+
+def _arm(pose, key, upper, fore, azimuth=np.pi / 2):
+    """Set both segments of one arm from elevation arrays, with a shared azimuth (forwards by default)."""
+    pose[key + "_upper"] = np.stack(np.broadcast_arrays(upper, azimuth), -1).astype(float)
+    pose[key + "_fore"] = np.stack(np.broadcast_arrays(fore, azimuth), -1).astype(float)
+
+
+def _envelopes(t, r):
+    """hold (on for the event), bump (peaks once in the event) and osc (periodic, -1..1) over time t."""
+    osc = np.sin(2 * np.pi * r["cycles"] * t + r["phase"])
+    return _hold(t, r["t0"], r["t1"]), _bump(t, r["t0"], r["t1"]), osc
+
+
+def _one(pose, r):
+    """A single performer facing the camera, up to the clip's yaw jitter."""
+    return [(pose, r["yaw"], 0.0)]
+
+
+def _pair(pose, other, gap):
+    """Two performers `gap` metres apart facing each other (the first stands on the left)."""
+    return [(pose, -np.pi / 2, -gap / 2), (other, np.pi / 2, gap / 2)]
+
+
+def _wave(t, r, arm):
+    pose, (hold, _, osc) = _rest_pose(t), _envelopes(t, r)
+    up = 0.12 + hold * 2.0
+    _arm(pose, arm, up, up + hold * (0.6 + 0.45 * r["amp"] * osc), azimuth=0.3)
+    return _one(pose, r)
+
+
+def _raise_arms(t, r):
+    pose, (_, bump, _) = _rest_pose(t), _envelopes(t, r)
+    for s in "lr":
+        _arm(pose, s, 0.12 + bump * 2.8 * r["amp"], 0.15 + bump * 2.85 * r["amp"], azimuth=0.0)
+    return _one(pose, r)
+
+
+def _clap(t, r):
+    pose, (hold, _, osc) = _rest_pose(t), _envelopes(t, r)
+    for s in "lr":  # forearms swing towards the midline (azimuth beyond pi/2) and back
+        pose[s + "_upper"] = np.stack([0.12 + hold * r["amp"], hold * 1.75], -1)
+        pose[s + "_fore"] = np.stack([0.15 + hold * 1.4 * r["amp"],
+                                      np.pi / 2 * (1 - hold) + hold * (1.6 + 0.45 * (0.5 + 0.5 * osc))], -1)
+    return _one(pose, r)
+
+
+def _punch(t, r):
+    pose, (hold, _, osc) = _rest_pose(t), _envelopes(t, r)
+    for s, extend in (("r", np.maximum(osc, 0) ** 2), ("l", np.maximum(-osc, 0) ** 2)):
+        _arm(pose, s, 0.12 + hold * (0.4 + 1.0 * extend * r["amp"]), 0.15 + hold * (2.15 - 0.75 * extend),
+             azimuth=np.pi / 2 - 0.2)
+    return _one(pose, r)
+
+
+def _kick(t, r):
+    pose, (_, bump, _) = _rest_pose(t), _envelopes(t, r)
+    lift = 1.3 * r["amp"] * bump
+    pose["r_thigh"] = np.stack([lift, np.full_like(t, np.pi / 2)], -1)
+    pose["r_shin"] = np.stack([lift * (0.3 + 0.7 * bump), np.full_like(t, np.pi / 2)], -1)
+    pose["pitch"] -= 0.15 * bump
+    for s in "lr":
+        pose[s + "_upper"][:, 0] += 0.5 * bump
+    return _one(pose, r)
+
+
+def _squat(t, r):
+    pose, (hold, _, _) = _rest_pose(t), _envelopes(t, r)
+    _bend_knees(pose, 1.25 * r["amp"] * hold)
+    pose["pitch"] += 0.45 * hold
+    for s in "lr":
+        _arm(pose, s, 0.12 + 1.3 * hold, 0.15 + 1.3 * hold)
+    return _one(pose, r)
+
+
+def _jump(t, r):
+    pose, (t0, t1) = _rest_pose(t), (r["t0"], r["t1"])
+    crouch = _bump(t, t0, t0 + 0.3 * (t1 - t0)) + _bump(t, t0 + 0.6 * (t1 - t0), t1)
+    air = _bump(t, t0 + 0.2 * (t1 - t0), t0 + 0.7 * (t1 - t0))
+    _bend_knees(pose, 0.8 * crouch)
+    pose["root"][:, 1] += 0.3 * r["amp"] * air
+    for s in "lr":
+        _arm(pose, s, 0.12 + 2.5 * air - 0.6 * crouch, 0.15 + 2.6 * air - 0.4 * crouch)
+    return _one(pose, r)
+
+
+def _bow(t, r):
+    pose, (hold, _, _) = _rest_pose(t), _envelopes(t, r)
+    pose["pitch"] += 0.95 * r["amp"] * hold
+    pose["root"][:, 2] += 0.08 * hold
+    for s in "lr":
+        _arm(pose, s, 0.12 + 0.7 * hold, 0.15 + 0.8 * hold)
+    return _one(pose, r)
+
+
+def _march(t, r):
+    pose, (hold, _, osc) = _rest_pose(t), _envelopes(t, r)
+    for s, sign in (("l", 1.0), ("r", -1.0)):  # each arm swings against the leg of its side
+        pose[s + "_thigh"] = np.stack([hold * 1.1 * r["amp"] * np.maximum(sign * osc, 0),
+                                       np.full_like(t, np.pi / 2)], -1)
+        _arm(pose, s, 0.12 - hold * 0.6 * sign * osc, 0.15 + hold * (0.3 - 0.6 * sign * osc))
+    pose["root"][:, 1] += 0.03 * hold * np.abs(osc)
+    return _one(pose, r)
+
+
+def _handshake(t, r):
+    (hold, _, osc), bodies = _envelopes(t, r), (_rest_pose(t), _rest_pose(t))
+    for pose in bodies:  # right hands reach forwards and inwards to meet between the performers
+        pose["r_upper"] = np.stack([0.12 + hold * 0.75, np.pi / 2 + 0.3 * hold], -1)
+        pose["r_fore"] = np.stack([0.15 + hold * (1.25 + 0.18 * osc), np.pi / 2 + 0.35 * hold], -1)
+    return _pair(*bodies, r["gap"] + 0.1)
+
+
+def _push(t, r):
+    pose, other, (t0, t1) = _rest_pose(t), _rest_pose(t), (r["t0"], r["t1"])
+    extend = _hold(t, t0, t0 + 0.6 * (t1 - t0), edge=0.3)
+    for s in "lr":
+        _arm(pose, s, 0.12 + 1.3 * extend * r["amp"], 0.15 + 1.4 * extend * r["amp"])
+        _arm(other, s, 0.12 + 0.5 * extend, 0.15 + 0.9 * extend)
+    contact = t0 + 0.3 * (t1 - t0)
+    shove = np.clip((t - contact) / (0.3 * (t1 - t0)), 0.0, 1.0)
+    shove = shove * shove * (3 - 2 * shove)
+    pose["root"][:, 2] -= 0.15 * shove  # the pusher steps in, the other is driven back and bends
+    other["root"][:, 2] += 0.5 * r["amp"] * shove
+    other["pitch"] += 0.3 * _bump(t, contact, contact + 0.5 * (t1 - t0))
+    return _pair(pose, other, r["gap"])
+
+
+MOTIONS = {  # class name -> (t, clip parameters) -> [(pose, scene yaw, scene x) per body]
+    "wave left arm": functools.partial(_wave, arm="l"),
+    "wave right arm": functools.partial(_wave, arm="r"),
+    "raise both arms": _raise_arms,
+    "clap": _clap,
+    "punch": _punch,
+    "kick": _kick,
+    "squat": _squat,
+    "jump": _jump,
+    "bow": _bow,
+    "march in place": _march,
+    "handshake": _handshake,
+    "push": _push,
+}
+CLASSES = tuple(MOTIONS)  # class k is action A(k+1), label k
+TWO_PERSON = ("handshake", "push")
+
+
+def _yaw(points, angle):
+    """Rotate (..., 3) points about the vertical axis by `angle` radians."""
+    c, s = np.cos(angle), np.sin(angle)
+    return points @ np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
+
+
+def clip_joints(label, camera, rng):
+    """(T, bodies, 25, 3) camera-space joints of one random clip of class index `label`."""
+    T = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
+    t0 = rng.uniform(0.0, 0.25)
+    r = {"t0": t0, "t1": min(1.0, t0 + rng.uniform(0.6, 0.8)), "cycles": rng.uniform(2.0, 4.0),
+         "phase": rng.uniform(0, 2 * np.pi), "amp": rng.uniform(0.8, 1.15), "yaw": rng.normal(0, 0.15),
+         "gap": rng.uniform(0.8, 1.0)}
+    t = np.linspace(0.0, 1.0, T)
+    bodies = []
+    for pose, yaw, x in MOTIONS[CLASSES[label]](t, r):
+        pose["root"][:, 0] += 0.02 * np.sin(2 * np.pi * 0.4 * t + r["phase"] + x)  # idle sway
+        local = _body(pose, rng.uniform(0.85, 1.15))
+        bodies.append(_yaw(local, yaw) + [x, 0.0, 0.0])
+    scene = np.stack(bodies, 1)
+    view = _yaw(scene, CAMERA_YAW[camera] + rng.normal(0, 0.1))
+    offset = [rng.uniform(-0.3, 0.3), rng.uniform(-0.1, 0.25), rng.uniform(2.7, 3.4)]
+    return view + offset + rng.normal(0, NOISE, view.shape)
+
+
+def skeleton_text(joints, body_ids):
+    """Text of a `.skeleton` file (SPEC §1.1) for (T, B, 25, 3) joints."""
+    T, B = joints.shape[:2]
+    x, y, z = np.moveaxis(joints, -1, 0)
+    columns = [x, y, z, 256 + 365 * x / z, 212 - 365 * y / z, 960 + 1060 * x / z, 540 - 1060 * y / z]
+    values = np.stack(columns, -1)  # (T, B, 25, 7), in the order the format string consumes them
+    frame = f"{B}\n" + "".join(f"{i} 0 1 1 1 1 0 0 0 2\n25\n" + JOINT_LINE * 25 for i in body_ids)
+    return (f"{T}\n" + frame * T) % tuple(values.ravel().tolist())
+
+
+def _missing_names():
+    """Names in the shipped missing-skeleton lists: gendata would drop them, so demo clips avoid them."""
+    names = set()
+    for path in MISSING_LISTS:
+        with open(path) as f:
+            names.update(line.strip() for line in f)
+    return names
+
+
+def _class_names(label, seed, missing):
+    """Endless distinct names for class `label`: a shuffled setup/camera/performer grid per replication."""
+    grid = [(s, c, p) for s in SETUPS for c in CAMERA_YAW for p in PERFORMERS]
+    order = np.random.default_rng([seed, label, 1]).permutation(len(grid))
+    for replication in itertools.count(1):
+        for setup, camera, performer in (grid[k] for k in order):
+            name = f"S{setup:03d}C{camera:03d}P{performer:03d}R{replication:03d}A{label + 1:03d}"
+            if name not in missing:
+                yield name + ".skeleton"
+
+
+def clip_names(num_files, seed):
+    """File names of clips 0..num_files-1; clip i is of class i % K."""
+    missing = _missing_names()
+    streams = [_class_names(label, seed, missing) for label in range(len(CLASSES))]
+    return [next(streams[index % len(CLASSES)]) for index in range(num_files)]
+
+
+def generate(out_dir, num_files=480, seed=0):
+    """Write `num_files` demo clips into `out_dir`; returns their file names in writing order."""
+    if num_files < 1:
+        raise ValueError(f"num_files must be >= 1, got {num_files}")
+    os.makedirs(out_dir, exist_ok=True)
+    names = clip_names(num_files, seed)
+    for index, name in enumerate(names):
+        camera = int(name[5:8])
+        rng = np.random.default_rng([seed, index, 0])
+        joints = clip_joints(index % len(CLASSES), camera, rng)
+        body_ids = 72057594037927936 + rng.integers(0, 10**6, joints.shape[1])
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.write(skeleton_text(joints, body_ids))
+    return names
+
+
+def main(argv=None):
+    """Command line: `--out DIR [--num_files N] [--seed S]`."""
+    parser = argparse.ArgumentParser(description="write synthetic NTU-format .skeleton files")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--num_files", type=int, default=480)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        names = generate(args.out, args.num_files, args.seed)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"wrote {len(names)} clips of {len(CLASSES)} classes to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

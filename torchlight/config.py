@@ -1,0 +1,74 @@
+"""Configuration: code defaults < YAML file < command line, one namespace, unknown keys rejected."""
+import copy
+import os
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the file, key or value."""
+
+
+def load_yaml(path):
+    """Read a YAML mapping from `path`."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def parse_overrides(argv):
+    """Turn ['--a.b', '3', '--c=x', '--flag'] into {'a.b': 3, 'c': 'x', 'flag': True} (values read as YAML)."""
+    out, i = {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"expected --key value on the command line, got {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, i = argv[i + 1], i + 1
+            else:
+                value = "true"
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"malformed value for --{key}: {value!r}") from None
+        i += 1
+    return out
+
+
+def merge(defaults, config, overrides, source="config"):
+    """Deep-merge `config` then dotted `overrides` onto `defaults`; unknown top-level keys are an error."""
+    cfg = copy.deepcopy(defaults)
+    for key, value in config.items():
+        _set(cfg, [key], value, f"{source}", defaults)
+    for dotted, value in overrides.items():
+        _set(cfg, dotted.split("."), value, "command line", defaults)
+    return cfg
+
+
+def _set(cfg, path, value, source, defaults):
+    if path[0] not in defaults:
+        raise ConfigError(f"unknown key {'.'.join(path)!r} in {source}")
+    node = cfg
+    for part in path[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"key {'.'.join(path)!r} in {source}: {part!r} is not a mapping")
+        node = node[part]
+    leaf = path[-1]
+    if isinstance(node.get(leaf), dict) and isinstance(value, dict):
+        for k, v in value.items():
+            _set(cfg, path + [k], v, source, defaults)
+    else:
+        node[leaf] = value

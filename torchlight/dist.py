@@ -1,0 +1,53 @@
+"""torch.distributed helpers (torchrun conventions); every one is a no-op in a single process."""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if is_dist() else 1
+
+
+def local_rank():
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main_process():
+    return get_rank() == 0
+
+
+def init_distributed():
+    """Join the process group when started by torchrun (NCCL on GPUs, Gloo on CPU); True if distributed."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", 1)) < 1 or is_dist():
+        return is_dist()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend)
+    return True
+
+
+@torch.no_grad()
+def concat_all_gather(x):
+    """All ranks' `x` concatenated along dim 0 in rank order (no gradient); `x` itself in one process."""
+    if get_world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+def all_reduce_sum(x):
+    """Sum of a tensor over ranks (in place); the tensor itself in one process."""
+    if get_world_size() > 1:
+        dist.all_reduce(x)
+    return x

@@ -1,0 +1,45 @@
+"""Run-time helpers: import by dotted name, seeding, device selection."""
+import importlib
+import random
+
+import numpy as np
+import torch
+
+from .config import ConfigError
+
+
+def import_class(name):
+    """The object at dotted path `name`, e.g. 'net.st_gcn.Model'."""
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(f"cannot import {name!r}") from None
+
+
+def instantiate(name, kwargs, what):
+    """Build `name(**kwargs)`; a wrong keyword becomes a one-line error naming `what`."""
+    cls = import_class(name)
+    try:
+        return cls(**(kwargs or {}))
+    except TypeError as e:
+        if "argument" in str(e):
+            raise ConfigError(f"{what} ({name}): {e}") from None
+        raise
+
+
+def seed_everything(seed):
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(spec="auto"):
+    """'auto' picks CUDA when available (this rank's GPU under torchrun), else CPU."""
+    if spec in (None, "auto"):
+        if torch.cuda.is_available():
+            from .dist import local_rank
+            return torch.device("cuda", local_rank())
+        return torch.device("cpu")
+    return torch.device(spec)

@@ -1,0 +1,127 @@
+"""MoCo v2 around an ST-GCN: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ are configurations of it (SPEC §3)."""
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from net.skelemix import SkeleMix
+from torchlight.dist import concat_all_gather, get_rank, get_world_size
+from torchlight.util import import_class
+
+
+def projection_head(head, hidden_dim, feature_dim):
+    """The projection head: 'linear', 'mlp' (SkeletonCLR, §3.1) or 'mlp_bn' (SkeleMixCLR, §3.3)."""
+    if head == "linear":
+        return nn.Linear(hidden_dim, feature_dim)
+    if head == "mlp":
+        return nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, feature_dim))
+    if head == "mlp_bn":
+        return nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
+                             nn.Linear(hidden_dim, feature_dim))
+    raise ValueError(f"unknown projection head {head!r}; use linear, mlp or mlp_bn")
+
+
+def info_nce(q, positive, queue, temperature, extra_negative=None):
+    """InfoNCE with the positive at index 0: CE([q·pos, q·queue, q·extra]/τ, 0) (SPEC §3.1, §3.3)."""
+    logits = [(q * positive).sum(1, keepdim=True), q @ queue]
+    if extra_negative is not None:
+        logits.append((q * extra_negative).sum(1, keepdim=True))
+    logits = torch.cat(logits, dim=1) / temperature
+    return F.cross_entropy(logits.float(), torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+class MoCo(nn.Module):
+    """Query encoder, EMA key encoder and key queue; SkeleMix mixes when `swap_params` is given (SPEC §3).
+
+    `swap_params` rows are [spa_l, spa_u, tem_l, tem_u, repeat, weight], one per query view:
+    None is SkeletonCLR, [[2, 3, 7, 11, 1, 1.0]] SkeleMixCLR, [[2, 3, 7, 11, 3, 1.0]] SkeleMixCLR+.
+    Every other keyword goes to the encoder (`net.st_gcn.Model` arguments).
+    """
+
+    def __init__(self, base_encoder="net.st_gcn.Model", feature_dim=128, queue_size=32768, momentum=0.999,
+                 temperature=0.07, head="mlp", swap_params=None, mix_mode="swap", mix_region="parts",
+                 shuffle_bn=False, **encoder_args):
+        super().__init__()
+        self.queue_size, self.momentum, self.temperature = queue_size, momentum, temperature
+        self.swap_params = [list(row) for row in swap_params or []]
+        for row in self.swap_params:
+            if len(row) != 6:
+                raise ValueError(f"swap_params row {row} must be [spa_l, spa_u, tem_l, tem_u, repeat, weight]")
+        self.shuffle_bn = shuffle_bn
+
+        encoder_args = dict(encoder_args, num_class=feature_dim)
+        self.encoder_q = import_class(base_encoder)(**encoder_args)
+        self.encoder_q.fc = projection_head(head, self.encoder_q.fc.in_features, feature_dim)
+        self.encoder_q.init_weights()
+        # Deviation from the release (SPEC §3): the key encoder starts as an exact copy.
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+
+        layout = (encoder_args.get("graph_args") or {}).get("layout", "ntu-rgb+d")
+        self.skelemix = SkeleMix(layout=layout, temporal_stride=self.encoder_q.temporal_stride,
+                                 mode=mix_mode, region=mix_region)
+        self.register_buffer("queue", F.normalize(torch.randn(feature_dim, queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @property
+    def num_queries(self):
+        """How many query views a sample needs (the feeder supplies these plus one key view)."""
+        return max(1, len(self.swap_params))
+
+    @torch.no_grad()
+    def _momentum_update_key_encoder(self):
+        for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            k.mul_(self.momentum).add_(q.detach(), alpha=1 - self.momentum)
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, keys):
+        keys = concat_all_gather(keys)  # every rank enqueues the whole global batch (SPEC §4b)
+        n, ptr = len(keys), int(self.queue_ptr)
+        if self.queue_size % n:
+            raise ValueError(f"queue_size {self.queue_size} is not divisible by the global batch {n}")
+        self.queue[:, ptr:ptr + n] = keys.T.to(self.queue.dtype)
+        self.queue_ptr[0] = (ptr + n) % self.queue_size
+
+    @torch.no_grad()
+    def _keys(self, im_k):
+        """L2-normalised key features; with shuffle_bn under DDP the batch is shuffled across ranks (MoCo)."""
+        if not (self.shuffle_bn and get_world_size() > 1):
+            return F.normalize(self.encoder_k(im_k), dim=1)
+        x = concat_all_gather(im_k)
+        perm = torch.randperm(len(x), device=x.device)
+        torch.distributed.broadcast(perm, src=0)
+        n = len(im_k)
+        mine = perm.view(get_world_size(), n)[get_rank()]
+        k = F.normalize(self.encoder_k(x[mine]), dim=1)
+        k_all = concat_all_gather(k)
+        return k_all[torch.argsort(perm).view(get_world_size(), n)[get_rank()]]
+
+    def forward(self, views, generator=None):
+        """Losses of one step for `views` = query views followed by the key view (SPEC §3.1, §3.3)."""
+        *queries, im_k = views
+        if len(queries) != self.num_queries:
+            raise ValueError(f"expected {self.num_queries} query views and a key view, got {len(views)} views")
+        self._momentum_update_key_encoder()
+        k = self._keys(im_k)
+        queue = self.queue.clone().detach()
+
+        loss_ins = loss_mix = 0.0
+        rows = self.swap_params or [[0, 0, 0, 0, 0, 1.0]]
+        for im_q, (spa_l, spa_u, tem_l, tem_u, repeat, weight) in zip(queries, rows):
+            q = F.normalize(self.encoder_q(im_q), dim=1)
+            loss_ins = loss_ins + weight * info_nce(q, k, queue, self.temperature)
+            for _ in range(int(repeat)):
+                mixed, mask, partner = self.skelemix(im_q, spa_l, spa_u, tem_l, tem_u, generator=generator)
+                p, c = (F.normalize(f, dim=1) for f in self.encoder_q(mixed, mask=mask))
+                loss_p = info_nce(p, k[partner.to(k.device)], queue, self.temperature, extra_negative=c.detach())
+                loss_c = info_nce(c, k, queue, self.temperature, extra_negative=p.detach())
+                loss_mix = loss_mix + weight * (loss_p + loss_c) / 2
+
+        self._dequeue_and_enqueue(k)
+        loss = loss_ins + loss_mix
+        out = {"loss": loss, "loss_ins": loss_ins}
+        if self.swap_params:
+            out["loss_mix"] = loss_mix
+        return out

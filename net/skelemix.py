@@ -1,0 +1,86 @@
+"""SkeleMix: paste a spatio-temporal region of a partner sample into each sample (SPEC §3.2)."""
+import torch
+
+from net.utils.layouts import get_layout
+
+MODES = ("swap", "zeros", "gaussian")
+REGIONS = ("parts", "random")
+
+
+def _uniform_int(low, high, generator):
+    """One integer drawn uniformly from {low, ..., high}."""
+    return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+
+class SkeleMix:
+    """One mix of a batch (N, C, T, V, M): region from the partner, or zeros / N(0, 1) noise (SPEC §3.2).
+
+    Random draws come from a CPU `torch.Generator` (the global one when None), so a seed reproduces
+    the mix on any device; the region is drawn once per call and shared by the batch, as in the release.
+    """
+
+    def __init__(self, layout="ntu-rgb+d", temporal_stride=4, mode="swap", region="parts"):
+        if mode.lower() not in MODES:
+            raise ValueError(f"unknown SkeleMix mode {mode!r}; use one of {MODES}")
+        if region not in REGIONS:
+            raise ValueError(f"unknown SkeleMix region {region!r}; use one of {REGIONS}")
+        if int(temporal_stride) < 1:
+            raise ValueError(f"temporal_stride must be >= 1, got {temporal_stride}")
+        self.layout = get_layout(layout)
+        self.temporal_stride = int(temporal_stride)
+        self.mode, self.region = mode.lower(), region
+        self.parts = [torch.tensor(part) for part in self.layout.part_joints]
+        # Ablation "random" (§3.2): 10 to 15 of NTU's 25 joints, scaled to other layouts.
+        v = self.layout.num_joints
+        self.random_joints = (max(1, round(10 * v / 25)), max(1, round(15 * v / 25)))
+
+    def region_joints(self, spa_l, spa_u, generator=None):
+        """§3.2 step 2: the union of c ~ U{spa_l..spa_u} parts chosen without replacement (sorted indices)."""
+        if self.region == "random":
+            count = _uniform_int(*self.random_joints, generator)
+            return torch.randperm(self.layout.num_joints, generator=generator)[:count].sort().values
+        if not 1 <= spa_l <= spa_u <= len(self.parts):
+            raise ValueError(f"need 1 <= spa_l <= spa_u <= {len(self.parts)} parts, got spa_l={spa_l}, "
+                             f"spa_u={spa_u}")
+        count = _uniform_int(spa_l, spa_u, generator)
+        chosen = torch.randperm(len(self.parts), generator=generator)[:count]
+        return torch.cat([self.parts[i] for i in chosen.tolist()]).sort().values
+
+    def __call__(self, x, spa_l, spa_u, tem_l, tem_u, generator=None):
+        """Mix x (N, C, T, V, M): (mixed, mask (T // stride, V) bool, partner (N,) long) (SPEC §3.2)."""
+        n, _, t, v, _ = x.shape
+        steps = t // self.temporal_stride
+        if n < 3:
+            raise ValueError(f"SkeleMix needs a batch of at least 3 samples, got N={n}")
+        if v != self.layout.num_joints:
+            raise ValueError(f"x has V={v} joints; layout {self.layout.name!r} has {self.layout.num_joints}")
+        if steps < 1:
+            raise ValueError(f"x has T={t} frames, fewer than the temporal stride {self.temporal_stride}")
+        if not 1 <= tem_l <= tem_u:
+            raise ValueError(f"need 1 <= tem_l <= tem_u, got tem_l={tem_l}, tem_u={tem_u}")
+
+        # §3.2 step 1: partner (i + n) mod N with one n ~ U{1..N-2}, never the sample itself.
+        shift = _uniform_int(1, n - 2, generator)
+        partner = (torch.arange(n) + shift) % n
+        # §3.2 step 2: region joints.
+        joints = self.region_joints(spa_l, spa_u, generator)
+        # §3.2 step 3: l ~ U{tem_l..tem_u} (bounds clamped to T // stride), s ~ U{0..T // stride - l}.
+        length = _uniform_int(min(tem_l, steps), min(tem_u, steps), generator)
+        start = _uniform_int(0, steps - length, generator)
+        frames = slice(self.temporal_stride * start, self.temporal_stride * (start + length))
+
+        # §3.2 step 4: the region (all channels, those frames and joints, all bodies) from the partner.
+        partner, joints = partner.to(x.device), joints.to(x.device)
+        mixed = x.clone()
+        if self.mode == "swap":
+            mixed[:, :, frames, joints] = x[partner, :, frames][:, :, :, joints]
+        elif self.mode == "zeros":
+            mixed[:, :, frames, joints] = 0
+        else:
+            c, m = x.shape[1], x.shape[4]
+            noise = torch.randn(n, c, frames.stop - frames.start, len(joints), m, generator=generator)
+            mixed[:, :, frames, joints] = noise.to(x)
+        # §3.2 step 5: mask on the encoder's (T // stride, V) grid.
+        mask = torch.zeros(steps, v, dtype=torch.bool, device=x.device)
+        mask[start:start + length, joints] = True
+        return mixed, mask, partner

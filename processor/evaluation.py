@@ -1,0 +1,209 @@
+"""Evaluation protocols: linear, fine-tune / semi-supervised and kNN (SPEC §4)."""
+import json
+import os
+import pickle
+
+import torch
+import torch.nn.functional as F
+
+from processor.metrics import confusion_matrix, knn_accuracies, per_class_accuracy, topk_accuracy
+from processor.processor import Processor
+from torchlight.config import ConfigError
+from torchlight.io import atomic_path
+
+# The classifier is trained anew; everything else of the encoder must come from the checkpoint.
+CLASSIFIER_KEYS = {"fc.weight", "fc.bias"}
+
+
+def load_encoder(model, path, ignore_weights=()):
+    """Load the query encoder of a checkpoint (ours, or the original release's) into `model`.
+
+    Accepts our checkpoints ({'model': ...}), bare state dicts, `module.` prefixes (DataParallel/DDP)
+    and the `encoder_q.` prefix of the contrastive wrapper; keys starting with an `ignore_weights`
+    prefix are dropped first. Returns (loaded, ignored, missing) key lists.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    ignored = [k for k in state if any(k.startswith(p) for p in ignore_weights)]
+    state = {k: v for k, v in state.items() if k not in ignored}
+    if any(k.startswith("encoder_q.") for k in state):
+        ignored += [k for k in state if not k.startswith("encoder_q.")]
+        state = {k.removeprefix("encoder_q."): v for k, v in state.items() if k.startswith("encoder_q.")}
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    if unexpected or set(missing) - CLASSIFIER_KEYS:
+        raise ConfigError(f"{path} does not hold this encoder: missing {sorted(set(missing) - CLASSIFIER_KEYS)[:5]}"
+                          f", unexpected {unexpected[:5]} (see ignore_weights)")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise ConfigError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=False)
+    return sorted(state), sorted(ignored), missing
+
+
+class Classification(Processor):
+    """Supervised training of an encoder + classifier with top-1/top-5 evaluation and a result file."""
+
+    extra_defaults = dict(ignore_weights=["encoder_q.fc", "encoder_k", "queue"], result_file="result.json")
+
+    def build_model(self):
+        model = super().build_model()
+        if self.cfg["weights"]:
+            loaded, ignored, missing = load_encoder(model, self.cfg["weights"], self.cfg["ignore_weights"])
+            self.log(f"loaded {len(loaded)} tensors from {self.cfg['weights']}; ignored {len(ignored)} "
+                     f"({', '.join(sorted({k.split('.')[0] for k in ignored})) or 'none'}); "
+                     f"trained from scratch: {', '.join(missing) or 'none'}")
+        return model
+
+    def build_data(self):
+        cfg = self.cfg
+        train = self.dataset(dict(cfg["train_feeder_args"], views=0), "train_feeder_args")
+        self.train_loader = self.loader(train, train=True)
+        self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
+        self.names = self.val_loader.dataset.names
+        self.history, self.best = [], None
+        if getattr(train, "indices", None) is not None and self.main:
+            path = os.path.join(cfg["work_dir"], "labelled_subset.txt")
+            with atomic_path(path) as tmp, open(tmp, "w") as f:
+                f.write("\n".join(train.subset_names()) + "\n")
+            self.log(f"labelled subset: {len(train.indices)} clips, names in {path}")
+
+    def train_step(self, batch):
+        x, y, _ = batch
+        return {"loss": F.cross_entropy(self.model(self.to_input(x)).float(), y.to(self.device))}
+
+    def evaluate(self, epoch):
+        scores, labels = self.features(self.raw_model, self.val_loader, return_features=False)
+        result = dict(epoch=epoch + 1, top1=100 * topk_accuracy(scores, labels, 1),
+                      top5=100 * topk_accuracy(scores, labels, 5))
+        self.history.append(result)
+        if self.best is None or result["top1"] > self.best["top1"]:
+            self.best = result
+        self.last_scores, self.last_labels = scores, labels
+        return {"val/top1": result["top1"], "val/top5": result["top5"]}
+
+    def finish(self):
+        if self.cfg["num_epoch"] > 0 and self.history and self.main:
+            self.write_result()
+        super().finish()
+
+    def write_result(self):
+        """result.json (final and best-on-val top-1/top-5, per-class accuracy, confusion) and scores.pkl."""
+        scores, labels = self.last_scores.cpu(), self.last_labels.cpu()
+        confusion = confusion_matrix(scores.argmax(1), labels, scores.shape[1])
+        result = dict(final=self.history[-1], best_on_val=self.best, history=self.history,
+                      per_class_top1=per_class_accuracy(confusion), confusion=confusion.tolist(),
+                      scores_file="scores.pkl", weights=self.cfg["weights"], stream=self.cfg["stream"])
+        path = os.path.join(self.cfg["work_dir"], self.cfg["result_file"])
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        # Original release format: {clip name: scores}, fused across streams by tools/ensemble.py.
+        with atomic_path(os.path.join(self.cfg["work_dir"], "scores.pkl")) as tmp, open(tmp, "wb") as f:
+            pickle.dump(dict(zip(self.names, scores.numpy())), f)
+        self.log(f"final top1 {result['final']['top1']:.2f} top5 {result['final']['top5']:.2f}; "
+                 f"best-on-val top1 {self.best['top1']:.2f} (epoch {self.best['epoch']}); written {path}")
+
+
+class FinetuneEvaluation(Classification):
+    """Fine-tuning and semi-supervised learning: the whole network trains, gradient norm clipped (SPEC §4)."""
+
+    extra_defaults = dict(Classification.extra_defaults, base_lr=0.1, step=[50, 70, 90], num_epoch=110,
+                          grad_clip=5.0, weight_decay=1e-4)
+
+
+class LinearEvaluation(Classification):
+    """Frozen encoder in eval mode, a new linear classifier (SPEC §4).
+
+    With un-augmented training clips the encoder's output per clip never changes, so by default
+    (`cache_features`) it is computed once and the classifier trains on the cached features with
+    the same optimiser, schedule and batch order as the full path.
+    """
+
+    extra_defaults = dict(Classification.extra_defaults, base_lr=3.0, weight_decay=0.0, step=[80],
+                          num_epoch=150, cache_features=True)
+
+    def build_model(self):
+        model = super().build_model()
+        for name, p in model.named_parameters():
+            p.requires_grad = name in CLASSIFIER_KEYS
+        self.frozen = {k: v.clone() for k, v in model.state_dict().items() if k not in CLASSIFIER_KEYS}
+        return model
+
+    def set_train_mode(self):
+        self.model.eval()  # BN statistics and dropout of the frozen encoder stay fixed (SPEC §4)
+
+    def train_epoch(self, epoch):
+        if not self.cfg["cache_features"]:
+            return super().train_epoch(epoch)
+        if not hasattr(self, "cached"):
+            self.cached = self.features(self.raw_model, self.train_loader_in_order(), return_features=True)
+        feats, labels = self.cached
+        sampler = self.train_loader.sampler
+        sampler.set_epoch(epoch)
+        # Every rank holds all features and runs the global batch, so no gradient sync is needed.
+        order = torch.as_tensor(self.global_order(epoch), device=self.device)
+        batch, total, count = self.cfg["batch_size"], 0.0, 0
+        for i in range(0, len(order) - batch + 1, batch):
+            idx = order[i:i + batch]
+            with self.autocast():
+                loss = F.cross_entropy(self.raw_model.fc(feats[idx]).float(), labels[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total, count = total + loss.item() * len(idx), count + len(idx)
+        if count == 0:
+            raise ConfigError(f"the training set has fewer clips than one batch ({batch})")
+        return {"train/loss": total / count}
+
+    def train_loader_in_order(self):
+        return self.loader(self.train_loader.dataset, train=False)
+
+    def global_order(self, epoch):
+        """The indices the full path visits in `epoch`, all ranks' batches interleaved as one global batch."""
+        per_rank = []
+        for rank in range(self.world):
+            s = type(self.train_loader.sampler)(self.train_loader.dataset, num_replicas=self.world, rank=rank,
+                                                shuffle=True, seed=self.cfg["seed"], drop_last=True)
+            s.set_epoch(epoch)
+            per_rank.append(list(s))
+        b = self.cfg["batch_size"] // self.world
+        n_batches = len(per_rank[0]) // b
+        return [i for j in range(n_batches) for r in per_rank for i in r[j * b:(j + 1) * b]]
+
+    def finish(self):
+        moved = [k for k, v in self.raw_model.state_dict().items()
+                 if k in self.frozen and not torch.equal(v.cpu(), self.frozen[k].cpu())]
+        if moved:
+            raise RuntimeError(f"frozen encoder weights changed during linear evaluation: {moved[:5]}")
+        super().finish()
+
+
+class KNNEvaluation(Classification):
+    """Standalone kNN evaluation of a pretrained encoder, the same code as the pretraining monitor (SPEC §4)."""
+
+    extra_defaults = dict(ignore_weights=["encoder_q.fc", "encoder_k", "queue"], knn_k=[10, 20, 40],
+                          num_epoch=0, result_file="knn.json")
+
+    def build_data(self):
+        cfg = self.cfg
+        self.bank_loader = self.loader(self.dataset(dict(cfg["train_feeder_args"], views=0), "train_feeder_args"),
+                                       train=False)
+        self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
+
+    def start(self):
+        bank, bank_labels = self.features(self.raw_model, self.bank_loader)
+        feats, labels = self.features(self.raw_model, self.val_loader)
+        accs = {f"top1_k{k}": 100 * a for k, a in
+                knn_accuracies(feats, labels, bank, bank_labels, self.cfg["knn_k"]).items()}
+        self.log("kNN " + " ".join(f"{k} {v:.2f}" for k, v in accs.items()))
+        if self.main:
+            with atomic_path(os.path.join(self.cfg["work_dir"], self.cfg["result_file"])) as tmp, \
+                    open(tmp, "w") as f:
+                json.dump(dict(accs, weights=self.cfg["weights"], stream=self.cfg["stream"]), f, indent=1)
+        Processor.finish(self)
+        return accs

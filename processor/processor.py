@@ -1,0 +1,312 @@
+"""The one loop every processor shares: config, device, DDP, AMP, logging, checkpoints and resume.
+
+A processor subclass says what a model is (`build_model`), what one step is (`train_step`) and what
+evaluation is (`evaluate`); everything else lives here once.
+"""
+import contextlib
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from feeder.augment import augment_batch
+from feeder.streams import to_stream
+from torchlight.config import ConfigError
+from torchlight.dist import get_rank, get_world_size, init_distributed, is_main_process
+from torchlight.io import Logger, atomic_path
+from torchlight.util import instantiate, seed_everything, select_device
+
+DEFAULTS = dict(
+    work_dir="./work_dir/tmp",      # everything a run writes goes here; nothing in it is ever deleted
+    seed=1,
+    device="auto",                  # auto: this rank's CUDA device when there is one, else cpu
+    # data
+    feeder="feeder.feeder.Feeder",
+    train_feeder_args={},
+    test_feeder_args={},
+    stream="joint",                 # joint | motion | bone (SPEC §1.4), computed on the batch
+    num_workers=2,
+    batch_size=128,                 # global: each of N ranks takes batch_size / N
+    test_batch_size=256,
+    # model
+    model="net.st_gcn.Model",
+    model_args={},
+    weights=None,                   # checkpoint to initialise from (ours or the original release's)
+    ignore_weights=[],              # key prefixes dropped from `weights`
+    # optimisation
+    optimizer="SGD",
+    base_lr=0.1,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=1e-4,
+    step=[],                        # epochs after which lr is multiplied by 0.1
+    num_epoch=300,
+    grad_clip=None,                 # max gradient norm, clipped after backward
+    # speed
+    amp="off",                      # off | bf16 | fp16
+    compile=False,
+    channels_last=False,
+    device_augment=False,           # pretraining: augment the batch on the device instead of per sample
+    sync_bn=False,                  # DDP: SyncBatchNorm instead of per-rank statistics
+    # bookkeeping
+    save_interval=5,
+    eval_interval=5,
+    resume=None,                    # checkpoint written by a previous run of this processor
+    progress=True,                  # tqdm progress bars
+)
+
+
+def step_lr(base_lr, steps, epoch):
+    """Step schedule: base_lr times 0.1 for every milestone already passed (SPEC §3.4, §4)."""
+    return base_lr * 0.1 ** sum(epoch >= s for s in steps)
+
+
+class ShardSampler(Sampler):
+    """Rank r of N takes indices r, r+N, ...: every clip once over all ranks, no padding duplicates."""
+
+    def __init__(self, n):
+        self.indices = range(get_rank(), n, get_world_size())
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class Processor:
+    extra_defaults = {}
+
+    @classmethod
+    def default_config(cls):
+        return {**DEFAULTS, **cls.extra_defaults}
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.distributed = init_distributed()
+        self.device = select_device(cfg["device"])
+        self.world = get_world_size()
+        if cfg["batch_size"] % self.world:
+            raise ConfigError(f"batch_size {cfg['batch_size']} is not divisible by the {self.world} ranks")
+        seed_everything(cfg["seed"] + get_rank())
+        self.main = is_main_process()
+        self.log = Logger(cfg["work_dir"], enabled=self.main)
+        self.writer = None
+        if self.main:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(cfg["work_dir"], "tensorboard"))
+            with atomic_path(os.path.join(cfg["work_dir"], "config.yaml")) as tmp, open(tmp, "w") as f:
+                yaml.safe_dump(cfg, f, sort_keys=False)
+        self.log(f"{type(self).__name__} on {self.device}, {self.world} process(es), work_dir {cfg['work_dir']}")
+
+        self.model = self.build_model().to(self.device)
+        if cfg["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.distributed and cfg["sync_bn"]:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.raw_model = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg["compile"]:
+            self.model = torch.compile(self.model)
+        self.optimizer = self.build_optimizer()
+        # One CPU generator drives SkeleMix and on-device augmentation; checkpoints carry its state.
+        self.generator = torch.Generator().manual_seed(cfg["seed"] + get_rank())
+        self.build_data()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
+        self.start_epoch = 0
+        if cfg["resume"]:
+            self.resume(cfg["resume"])
+
+    # --- what subclasses say -------------------------------------------------------------------
+    def build_model(self):
+        return instantiate(self.cfg["model"], self.cfg["model_args"], "model_args")
+
+    def build_data(self):
+        """Create `self.train_loader` (and whatever evaluation needs)."""
+        raise NotImplementedError
+
+    def train_step(self, batch):
+        """Losses (a dict with 'loss') of one batch."""
+        raise NotImplementedError
+
+    def evaluate(self, epoch):
+        """Evaluate after `epoch` (0-based); returns a dict of scalars to log."""
+        return {}
+
+    def set_train_mode(self):
+        self.model.train()
+
+    def trainable_parameters(self):
+        return [p for p in self.raw_model.parameters() if p.requires_grad]
+
+    # --- building blocks -----------------------------------------------------------------------
+    def build_optimizer(self):
+        cfg = self.cfg
+        if cfg["optimizer"] != "SGD":
+            raise ConfigError(f"unknown optimizer {cfg['optimizer']!r}; only SGD is supported")
+        return torch.optim.SGD(self.trainable_parameters(), lr=cfg["base_lr"], momentum=cfg["momentum"],
+                               nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
+
+    def dataset(self, args, what):
+        """The feeder for `args`; the skeleton layout defaults to the model's."""
+        return instantiate(self.cfg["feeder"], {"layout": self.layout, **args}, what)
+
+    def loader(self, dataset, train):
+        """Training: shuffled by (seed, epoch) and split across ranks; evaluation: each clip once."""
+        per_rank = (self.cfg["batch_size"] // self.world) if train else self.cfg["test_batch_size"]
+        if train:
+            sampler = DistributedSampler(dataset, num_replicas=self.world, rank=get_rank(), shuffle=True,
+                                         seed=self.cfg["seed"], drop_last=True)
+        else:
+            sampler = ShardSampler(len(dataset))
+        workers = self.cfg["num_workers"]
+        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", drop_last=train,
+                          persistent_workers=workers > 0 and not train)
+
+    @property
+    def layout(self):
+        return (self.cfg["model_args"].get("graph_args") or {}).get("layout", "ntu-rgb+d")
+
+    def to_input(self, x, augment=False):
+        """A batch on the device, optionally augmented there (SPEC §1.5), as the configured stream (§1.4)."""
+        x = x.to(self.device, non_blocking=True).float()
+        if augment:
+            x = augment_batch(x, self.generator, **self.augment_args)
+        x = to_stream(x, self.cfg["stream"], self.layout)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg["channels_last"] else x
+
+    def autocast(self):
+        amp = self.cfg["amp"]
+        if amp == "off":
+            return contextlib.nullcontext()
+        if amp not in ("bf16", "fp16"):
+            raise ConfigError(f"amp must be off, bf16 or fp16, not {amp!r}")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+    @torch.no_grad()
+    def features(self, encoder, loader, return_features=True):
+        """Encoder outputs and labels of every clip of `loader`, gathered over ranks in dataset order."""
+        training = encoder.training
+        encoder.eval()
+        feats, labels, indices = [], [], []
+        for x, y, index in self.progress(loader, "features"):
+            with self.autocast():
+                feats.append(encoder(self.to_input(x), return_features=return_features).float())
+            labels.append(y.to(self.device))
+            indices.append(index.to(self.device))
+        encoder.train(training)
+        feats, labels, indices = (torch.cat(t) if t else t for t in (feats, labels, indices))
+        if self.world > 1:
+            parts = [None] * self.world
+            torch.distributed.all_gather_object(parts, (feats.cpu(), labels.cpu(), indices.cpu()))
+            feats, labels, indices = (torch.cat(t).to(self.device) for t in zip(*parts))
+        order = torch.argsort(indices)
+        return feats[order], labels[order].long()
+
+    def progress(self, iterable, desc):
+        return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True,
+                    disable=not (self.main and self.cfg["progress"]))
+
+    # --- the loop ------------------------------------------------------------------------------
+    def start(self):
+        cfg = self.cfg
+        self.stats = []  # one dict of logged scalars per epoch run here
+        for epoch in range(self.start_epoch, cfg["num_epoch"]):
+            lr = step_lr(cfg["base_lr"], cfg["step"], epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            stats = self.train_epoch(epoch)
+            stats["lr"] = lr
+            if (epoch + 1) % cfg["save_interval"] == 0 or epoch + 1 == cfg["num_epoch"]:
+                self.save_checkpoint(epoch)
+            if cfg["eval_interval"] > 0 and ((epoch + 1) % cfg["eval_interval"] == 0
+                                             or epoch + 1 == cfg["num_epoch"]):
+                stats.update(self.evaluate(epoch))
+            self.stats.append(stats)
+            self.log(f"epoch {epoch + 1}/{cfg['num_epoch']} " +
+                     " ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+            if self.writer:
+                for k, v in stats.items():
+                    self.writer.add_scalar(k, v, epoch + 1)
+        self.finish()
+
+    def finish(self):
+        if self.writer:
+            self.writer.close()
+
+    def train_epoch(self, epoch):
+        self.set_train_mode()
+        loader = self.train_loader
+        loader.sampler.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        sums, count, t0 = {}, 0, time.perf_counter()
+        bar = self.progress(loader, f"epoch {epoch + 1}")
+        for batch in bar:
+            with self.autocast():
+                losses = self.train_step(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["loss"]).backward()
+            if self.cfg["grad_clip"]:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg["grad_clip"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = len(batch[1])
+            count += n
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}",
+                            samples_s=f"{count * self.world / (time.perf_counter() - t0):.1f}")
+        if count == 0:
+            raise ConfigError(f"the training set has fewer clips than one batch ({loader.batch_size})")
+        stats = {f"train/{k}": v / count for k, v in sums.items()}
+        stats["train/samples_per_s"] = count * self.world / (time.perf_counter() - t0)
+        return stats
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def rng_state(self):
+        state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
+                     generator=self.generator.get_state())
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save_checkpoint(self, epoch, extra=None):
+        """Write `epoch{N}_model.pt` atomically: model, optimizer, epoch, config and RNG states."""
+        if not self.main:
+            return
+        state = dict(model=self.raw_model.state_dict(), optimizer=self.optimizer.state_dict(),
+                     scaler=self.scaler.state_dict(), epoch=epoch + 1, config=self.cfg, rng=self.rng_state(),
+                     **(extra or {}))
+        path = os.path.join(self.cfg["work_dir"], f"epoch{epoch + 1}_model.pt")
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        self.log(f"saved {path}")
+
+    def resume(self, path):
+        """Continue exactly where the run that wrote checkpoint `path` stopped."""
+        if not os.path.isfile(path):
+            raise ConfigError(f"resume checkpoint not found: {path}")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = state["epoch"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.generator.set_state(rng["generator"].cpu())
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        self.log(f"resumed from {path} at epoch {self.start_epoch}")
+        return state

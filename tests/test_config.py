@@ -1,0 +1,54 @@
+"""Config merging and the command line (torchlight.config, main.py)."""
+import pytest
+
+import main
+from processor import configure
+from torchlight.config import ConfigError, load_yaml, merge, parse_overrides
+
+
+def test_precedence_command_line_over_config_over_defaults():
+    defaults = {"lr": 0.1, "model_args": {"a": 1, "b": 2}, "step": []}
+    cfg = merge(defaults, {"lr": 0.2, "model_args": {"a": 5}}, {"model_args.b": 7, "step": [3, 4]})
+    assert cfg == {"lr": 0.2, "model_args": {"a": 5, "b": 7}, "step": [3, 4]}
+    assert defaults == {"lr": 0.1, "model_args": {"a": 1, "b": 2}, "step": []}  # untouched
+
+
+def test_overrides_are_read_as_yaml():
+    assert parse_overrides(["--lr", "0.5", "--step=[1,2]", "--flag", "--name", "x", "--n.m", "null"]) == {
+        "lr": 0.5, "step": [1, 2], "flag": True, "name": "x", "n.m": None}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain_skeletonclr", "--no_such_key", "1"], "unknown key 'no_such_key' in command line"),
+    (["pretrain_skeletonclr", "--config", "missing.yaml"], "config file not found: missing.yaml"),
+    (["pretrain_skeletonclr", "--base_lr", "[1,"], "malformed value for --base_lr"),
+    (["no_such_processor"], "unknown processor 'no_such_processor'"),
+    (["pretrain_skeletonclr", "stray"], "expected --key value"),
+])
+def test_bad_command_lines_give_one_line_errors(argv, message):
+    with pytest.raises(SystemExit) as e:
+        main.main(argv)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_key_in_config_file_names_file_and_key(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("work_dir: a\nbase_lrr: 0.1\n")
+    with pytest.raises(SystemExit, match=f"unknown key 'base_lrr' in {path}"):
+        main.main(["linear_evaluation", "--config", str(path)])
+    path.write_text("work_dir: [a\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_yaml(path)
+
+
+def test_method_presets():
+    _, clr = configure("pretrain_skeletonclr")
+    _, mix = configure("pretrain_skeletonclr_swap")
+    _, plus = configure("pretrain_skeletonclr_multi_swapv2", {"model_args": {"temperature": 0.3}})
+    assert clr["model_args"]["temperature"] == 0.07 and clr["model_args"]["head"] == "mlp"
+    assert mix["model_args"]["swap_params"] == [[2, 3, 7, 11, 1, 1.0]]
+    assert plus["model_args"]["swap_params"] == [[2, 3, 7, 11, 3, 1.0]]
+    assert plus["model_args"]["temperature"] == 0.3 and plus["model_args"]["head"] == "mlp_bn"
+    assert plus["base_lr"] == 0.1 and plus["batch_size"] == 128 and plus["num_epoch"] == 300
+    _, lin = configure("linear_evaluation")
+    assert (lin["base_lr"], lin["step"], lin["num_epoch"], lin["weight_decay"]) == (3.0, [80], 150, 0.0)

@@ -1,0 +1,153 @@
+"""Evaluation protocols (processor/evaluation.py, tools/ensemble.py) against hand computations."""
+import json
+import pickle
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+from net.moco import MoCo
+from net.st_gcn import Model
+from processor.evaluation import load_encoder
+from tools import ensemble
+from torchlight.config import ConfigError
+
+ENC = dict(hidden_channels=4, hidden_dim=16, dropout=0.0)
+
+
+def toy_dataset(folder, n=24, frames=16):
+    """Two classes that differ in sign of a smooth motion: linearly separable for any sensible encoder."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 2
+    t = np.linspace(0, 1, frames)[None, :, None, None]
+    x = 0.05 * rng.standard_normal((n, 3, frames, 25, 2)).astype(np.float32)
+    x[:, 0] += ((2 * labels - 1)[:, None, None, None] * t).astype(np.float32)
+    np.save(folder / "x.npy", x)
+    with open(folder / "y.pkl", "wb") as f:
+        pickle.dump(([f"clip{i}" for i in range(n)], labels.tolist()), f)
+    return dict(data_path=str(folder / "x.npy"), label_path=str(folder / "y.pkl"))
+
+
+def linear(tiny, tmp_path, data, **overrides):
+    cls, cfg = tiny("linear_evaluation", "unused", tmp_path / "lin", train_feeder_args=data,
+                    test_feeder_args=data, model_args=dict(num_class=2), **overrides)
+    return cls(cfg)
+
+
+def calibrated_encoder(path, data_path):
+    """A random encoder whose BN running statistics are those of the data (as after pretraining)."""
+    torch.manual_seed(0)
+    model = Model(**ENC, num_class=2).train()
+    x = torch.from_numpy(np.load(data_path))
+    with torch.no_grad():
+        for _ in range(60):
+            model(x)
+    torch.save({"model": model.state_dict()}, path)
+
+
+def test_linear_evaluation_separable_toy_and_frozen_encoder(tiny, tmp_path):
+    data = toy_dataset(tmp_path)
+    calibrated_encoder(tmp_path / "enc.pt", data["data_path"])
+    proc = linear(tiny, tmp_path, data, num_epoch=60, step=[50], eval_interval=20, batch_size=8, base_lr=0.5,
+                  weights=str(tmp_path / "enc.pt"))
+    before = {k: v.clone() for k, v in proc.raw_model.state_dict().items()}
+    proc.start()
+    after = proc.raw_model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"fc.weight", "fc.bias"}  # every encoder parameter and BN buffer unchanged
+    result = json.loads((tmp_path / "lin" / "result.json").read_text())
+    assert result["final"]["top1"] == 100.0 and result["best_on_val"]["top1"] == 100.0
+    assert [h["epoch"] for h in result["history"]] == [20, 40, 60]
+    assert result["confusion"] == [[12, 0], [0, 12]] and result["per_class_top1"] == [1.0, 1.0]
+    with open(tmp_path / "lin" / "scores.pkl", "rb") as f:
+        scores = pickle.load(f)
+    assert len(scores) == 24 and scores["clip1"].argmax() == 1
+
+
+def test_cached_features_match_full_path(demo_arrays, tiny, tmp_path):
+    accs = []
+    for cache in (True, False):
+        cls, cfg = tiny("linear_evaluation", demo_arrays, tmp_path / str(cache), num_epoch=4, step=[3],
+                        eval_interval=4, cache_features=cache, model_args=dict(num_class=12))
+        proc = cls(cfg)
+        proc.start()
+        accs.append(proc.history[-1]["top1"])
+        n_val = len(proc.val_loader.dataset)
+    assert abs(accs[0] - accs[1]) <= 100 / n_val + 1e-9   # within one clip
+
+
+def moco_state(prefix=""):
+    torch.manual_seed(0)
+    moco = MoCo(**ENC, feature_dim=8, queue_size=8, head="mlp_bn")
+    return moco, {prefix + k: v for k, v in moco.state_dict().items()}
+
+
+@pytest.mark.parametrize("wrap", [OrderedDict, lambda s: {"model": s}])
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_checkpoints_of_ours_and_of_the_original_release_load(tmp_path, wrap, prefix):
+    moco, state = moco_state(prefix)
+    torch.save(wrap(state), tmp_path / "ckpt.pt")
+    model = Model(**ENC, num_class=5)
+    loaded, ignored, missing = load_encoder(model, str(tmp_path / "ckpt.pt"),
+                                            ["encoder_q.fc", "encoder_k", "queue"])
+    assert missing == ["fc.bias", "fc.weight"]
+    assert any(k.startswith("encoder_k.") for k in ignored) and "queue" in ignored
+    for k, v in moco.encoder_q.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_bad_checkpoints_fail_clearly(tmp_path):
+    _, state = moco_state()
+    torch.save(state, tmp_path / "ckpt.pt")
+    with pytest.raises(ConfigError, match="unexpected.*fc.0.weight"):
+        load_encoder(Model(**ENC), str(tmp_path / "ckpt.pt"), ["encoder_k", "queue"])
+    state["encoder_q.data_bn.weight"] = torch.ones(3)
+    torch.save(state, tmp_path / "ckpt.pt")
+    with pytest.raises(ConfigError, match=r"data_bn.weight has shape \(3,\), the model expects \(75,\)"):
+        load_encoder(Model(**ENC), str(tmp_path / "ckpt.pt"), ["encoder_q.fc", "encoder_k", "queue"])
+    torch.save({"encoder_q.fc.weight": torch.zeros(1)}, tmp_path / "empty.pt")
+    with pytest.raises(ConfigError, match="does not hold this encoder: missing"):
+        load_encoder(Model(**ENC), str(tmp_path / "empty.pt"), ["encoder_q.fc"])
+    with pytest.raises(ConfigError, match="weights file not found: nope.pt"):
+        load_encoder(Model(**ENC), "nope.pt")
+
+
+def test_semi_supervised_writes_its_subset(demo_arrays, tiny, tmp_path):
+    cls, cfg = tiny("finetune_evaluation", demo_arrays, tmp_path, num_epoch=1, eval_interval=1,
+                    train_feeder_args=dict(label_fraction=0.5), batch_size=4, model_args=dict(num_class=12))
+    proc = cls(cfg)
+    proc.start()
+    names = (tmp_path / "labelled_subset.txt").read_text().split()
+    with open(f"{demo_arrays}/train_label.pkl", "rb") as f:
+        all_names, labels = pickle.load(f)
+    counts = np.bincount(labels)
+    assert len(names) == sum(round(0.5 * c) for c in counts) and set(names) <= set(all_names)
+    assert json.loads((tmp_path / "result.json").read_text())["final"]["epoch"] == 1
+
+
+def test_knn_evaluation_runs_standalone(demo_arrays, tiny, tmp_path):
+    cls, cfg = tiny("knn_evaluation", demo_arrays, tmp_path, knn_k=[1, 3], model_args=dict(num_class=12))
+    accs = cls(cfg).start()
+    assert set(accs) == {"top1_k1", "top1_k3"}
+    assert json.loads((tmp_path / "knn.json").read_text())["top1_k1"] == accs["top1_k1"]
+
+
+def test_ensemble_fusion_by_hand(tmp_path):
+    a = {"x": np.array([2.0, 0.0, 0.0]), "y": np.array([0.0, 1.0, 0.0])}
+    b = {"x": np.array([0.0, 3.0, 0.0]), "y": np.array([0.0, 0.0, 2.0])}
+    fused = ensemble.fuse([a, b])
+    sm = lambda v: np.exp(v) / np.exp(v).sum()  # noqa: E731
+    assert np.allclose(fused["x"], sm(a["x"]) + sm(b["x"])) and np.allclose(fused["y"], sm(a["y"]) + sm(b["y"]))
+    assert fused["x"].argmax() == 1                      # 3 beats 2 after softmax
+    raw = ensemble.fuse([a, b], weights=[2, 1], use_softmax=False)
+    assert np.allclose(raw["x"], [4.0, 3.0, 0.0])
+    for name, s in (("a", a), ("b", b)):
+        with open(tmp_path / f"{name}.pkl", "wb") as f:
+            pickle.dump(s, f)
+    with open(tmp_path / "label.pkl", "wb") as f:
+        pickle.dump((["x", "y"], [1, 2]), f)
+    files = [str(tmp_path / f) for f in ("a.pkl", "b.pkl", "label.pkl")]
+    top1, top5 = ensemble.main([files[0], files[1], "--label", files[2]])
+    assert (top1, top5) == (1.0, 1.0)

@@ -1,0 +1,128 @@
+"""The MoCo wrapper (net/moco.py): losses, EMA, queue and state-dict names against hand computations."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from net.moco import MoCo
+
+TINY = dict(hidden_channels=4, hidden_dim=16, dropout=0.0, feature_dim=8, queue_size=12)
+
+
+def make(**kwargs):
+    torch.manual_seed(0)
+    return MoCo(**{**TINY, **kwargs})
+
+
+def batch(n=4, t=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, t, 25, 2, generator=g)
+
+
+def cross_entropy_at_zero(logits):
+    """-log softmax(logits)[0] per row, averaged, written out by hand."""
+    return sum(math.log(sum(math.exp(v) for v in row)) - row[0] for row in logits.tolist()) / len(logits)
+
+
+def test_key_encoder_starts_as_copy_and_is_frozen():
+    model = make()
+    for (nq, q), (nk, k) in zip(model.encoder_q.state_dict().items(), model.encoder_k.state_dict().items()):
+        assert nq == nk and torch.equal(q, k)
+    assert not any(p.requires_grad for p in model.encoder_k.parameters())
+    assert torch.allclose(model.queue.norm(dim=0), torch.ones(12))
+
+
+@pytest.mark.parametrize("head, names", [
+    ("mlp", ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"]),
+    ("mlp_bn", ["fc.0.weight", "fc.0.bias", "fc.1.weight", "fc.1.bias", "fc.1.running_mean",
+                "fc.1.running_var", "fc.1.num_batches_tracked", "fc.3.weight", "fc.3.bias"]),
+])
+def test_original_release_key_names(head, names):
+    keys = list(make(head=head).state_dict())
+    for prefix in ("encoder_q.", "encoder_k."):
+        assert [k for k in keys if k.startswith(prefix + "fc.")] == [prefix + n for n in names]
+        assert prefix + "data_bn.weight" in keys and prefix + "st_gcn_networks.9.tcn.3.running_var" in keys
+        assert prefix + "edge_importance.0" in keys and prefix + "A" in keys
+    assert "queue" in keys and "queue_ptr" in keys
+    other = make(head=head)
+    other.load_state_dict(make(head=head).state_dict(), strict=True)
+
+
+def test_skeletonclr_loss_ema_and_queue_exactly():
+    model = make(momentum=0.9, temperature=0.07)
+    q_params = [p.detach().clone() for p in model.encoder_q.parameters()]
+    k_params = [p.detach().clone() for p in model.encoder_k.parameters()]
+    queue0 = model.queue.clone()
+    im_q, im_k = batch(seed=1), batch(seed=2)
+    reference_k = copy.deepcopy(model.encoder_k)
+
+    losses = model([im_q, im_k])
+
+    # EMA: k <- 0.9 k + 0.1 q, once, before the keys are computed
+    for k0, q0, k1 in zip(k_params, q_params, model.encoder_k.parameters()):
+        assert torch.allclose(k1, 0.9 * k0 + 0.1 * q0, atol=1e-7)
+    with torch.no_grad():
+        for p, k0, q0 in zip(reference_k.parameters(), k_params, q_params):
+            p.copy_(0.9 * k0 + 0.1 * q0)
+        k = F.normalize(reference_k(im_k), dim=1)
+        q = F.normalize(model.encoder_q(im_q), dim=1)
+    logits = torch.stack([torch.cat([(q[i] * k[i]).sum()[None], q[i] @ queue0]) for i in range(4)]) / 0.07
+    assert losses["loss"].item() == pytest.approx(cross_entropy_at_zero(logits), rel=1e-4, abs=1e-6)
+    assert set(losses) == {"loss", "loss_ins"}
+    # queue: the 4 new keys at the front, pointer advanced, the rest untouched
+    assert torch.allclose(model.queue[:, :4], k.T, atol=1e-6)
+    assert torch.equal(model.queue[:, 4:], queue0[:, 4:]) and int(model.queue_ptr) == 4
+    model([im_q, im_k])
+    model([im_q, im_k])
+    assert int(model.queue_ptr) == 0   # 12 = 3 batches of 4: wrapped around
+
+
+def test_queue_size_must_be_divisible_by_batch():
+    with pytest.raises(ValueError, match="queue_size 12 is not divisible by the global batch 5"):
+        make()([batch(5), batch(5)])
+
+
+def test_skelemix_losses_by_hand():
+    model = make(head="mlp_bn", temperature=0.2, swap_params=[[2, 3, 1, 2, 2, 0.5]])
+    im_q, im_k = batch(seed=3), batch(seed=4)
+    queue0 = model.queue.clone()
+    state = copy.deepcopy(model.state_dict())
+    g = torch.Generator().manual_seed(7)
+    losses = model([im_q, im_k], generator=g)
+
+    ref = make(head="mlp_bn", temperature=0.2, swap_params=[[2, 3, 1, 2, 2, 0.5]])
+    ref.load_state_dict(state)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        ref._momentum_update_key_encoder()
+        k = F.normalize(ref.encoder_k(im_k), dim=1)
+        q = F.normalize(ref.encoder_q(im_q), dim=1)
+        ins = cross_entropy_at_zero(torch.cat([(q * k).sum(1, keepdim=True), q @ queue0], 1) / 0.2)
+        mix = 0.0
+        for _ in range(2):
+            mixed, mask, partner = ref.skelemix(im_q, 2, 3, 1, 2, generator=g)
+            assert all(int(partner[i]) != i for i in range(4))
+            p, c = (F.normalize(f, dim=1) for f in ref.encoder_q(mixed, mask=mask))
+            lp = torch.stack([torch.cat([(p[i] * k[partner[i]]).sum()[None], p[i] @ queue0,
+                                         (p[i] * c[i]).sum()[None]]) for i in range(4)]) / 0.2
+            lc = torch.stack([torch.cat([(c[i] * k[i]).sum()[None], c[i] @ queue0,
+                                         (c[i] * p[i]).sum()[None]]) for i in range(4)]) / 0.2
+            mix += 0.5 * (cross_entropy_at_zero(lp) + cross_entropy_at_zero(lc)) / 2
+    assert losses["loss_ins"].item() == pytest.approx(0.5 * ins, rel=1e-4, abs=1e-6)
+    assert losses["loss_mix"].item() == pytest.approx(mix, rel=1e-4, abs=1e-6)
+    assert losses["loss"].item() == pytest.approx(0.5 * ins + mix, rel=1e-4, abs=1e-6)
+
+
+def test_stop_gradient_on_the_extra_negative():
+    model = make(head="mlp_bn", temperature=0.2, swap_params=[[2, 3, 1, 2, 1, 1.0]])
+    losses = model([batch(seed=5), batch(seed=6)], generator=torch.Generator().manual_seed(0))
+    losses["loss"].backward()
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+    assert model.encoder_q.fc[0].weight.grad.abs().sum() > 0
+
+
+def test_wrong_number_of_views():
+    with pytest.raises(ValueError, match="expected 1 query views and a key view, got 3 views"):
+        make()([batch(), batch(), batch()])

@@ -1,0 +1,290 @@
+"""ST-GCN encoder against an independent reference forward written from SPEC §2."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from net.st_gcn import Model, masked_pool
+
+STRIDES = [1, 1, 1, 1, 2, 1, 1, 2, 1, 1]  # SPEC §2 temporal stride of the 10 blocks
+
+# State-dict names of the original release for the 10-block model (SPEC §2).
+EXPECTED_KEYS = [
+    "A", "data_bn.weight", "data_bn.bias", "data_bn.running_mean", "data_bn.running_var",
+    "data_bn.num_batches_tracked", "st_gcn_networks.0.gcn.conv.weight", "st_gcn_networks.0.gcn.conv.bias",
+    "st_gcn_networks.0.tcn.0.weight", "st_gcn_networks.0.tcn.0.bias", "st_gcn_networks.0.tcn.0.running_mean",
+    "st_gcn_networks.0.tcn.0.running_var", "st_gcn_networks.0.tcn.0.num_batches_tracked",
+    "st_gcn_networks.0.tcn.2.weight", "st_gcn_networks.0.tcn.2.bias", "st_gcn_networks.0.tcn.3.weight",
+    "st_gcn_networks.0.tcn.3.bias", "st_gcn_networks.0.tcn.3.running_mean",
+    "st_gcn_networks.0.tcn.3.running_var", "st_gcn_networks.0.tcn.3.num_batches_tracked",
+    "st_gcn_networks.1.gcn.conv.weight", "st_gcn_networks.1.gcn.conv.bias", "st_gcn_networks.1.tcn.0.weight",
+    "st_gcn_networks.1.tcn.0.bias", "st_gcn_networks.1.tcn.0.running_mean",
+    "st_gcn_networks.1.tcn.0.running_var", "st_gcn_networks.1.tcn.0.num_batches_tracked",
+    "st_gcn_networks.1.tcn.2.weight", "st_gcn_networks.1.tcn.2.bias", "st_gcn_networks.1.tcn.3.weight",
+    "st_gcn_networks.1.tcn.3.bias", "st_gcn_networks.1.tcn.3.running_mean",
+    "st_gcn_networks.1.tcn.3.running_var", "st_gcn_networks.1.tcn.3.num_batches_tracked",
+    "st_gcn_networks.2.gcn.conv.weight", "st_gcn_networks.2.gcn.conv.bias", "st_gcn_networks.2.tcn.0.weight",
+    "st_gcn_networks.2.tcn.0.bias", "st_gcn_networks.2.tcn.0.running_mean",
+    "st_gcn_networks.2.tcn.0.running_var", "st_gcn_networks.2.tcn.0.num_batches_tracked",
+    "st_gcn_networks.2.tcn.2.weight", "st_gcn_networks.2.tcn.2.bias", "st_gcn_networks.2.tcn.3.weight",
+    "st_gcn_networks.2.tcn.3.bias", "st_gcn_networks.2.tcn.3.running_mean",
+    "st_gcn_networks.2.tcn.3.running_var", "st_gcn_networks.2.tcn.3.num_batches_tracked",
+    "st_gcn_networks.3.gcn.conv.weight", "st_gcn_networks.3.gcn.conv.bias", "st_gcn_networks.3.tcn.0.weight",
+    "st_gcn_networks.3.tcn.0.bias", "st_gcn_networks.3.tcn.0.running_mean",
+    "st_gcn_networks.3.tcn.0.running_var", "st_gcn_networks.3.tcn.0.num_batches_tracked",
+    "st_gcn_networks.3.tcn.2.weight", "st_gcn_networks.3.tcn.2.bias", "st_gcn_networks.3.tcn.3.weight",
+    "st_gcn_networks.3.tcn.3.bias", "st_gcn_networks.3.tcn.3.running_mean",
+    "st_gcn_networks.3.tcn.3.running_var", "st_gcn_networks.3.tcn.3.num_batches_tracked",
+    "st_gcn_networks.4.gcn.conv.weight", "st_gcn_networks.4.gcn.conv.bias", "st_gcn_networks.4.tcn.0.weight",
+    "st_gcn_networks.4.tcn.0.bias", "st_gcn_networks.4.tcn.0.running_mean",
+    "st_gcn_networks.4.tcn.0.running_var", "st_gcn_networks.4.tcn.0.num_batches_tracked",
+    "st_gcn_networks.4.tcn.2.weight", "st_gcn_networks.4.tcn.2.bias", "st_gcn_networks.4.tcn.3.weight",
+    "st_gcn_networks.4.tcn.3.bias", "st_gcn_networks.4.tcn.3.running_mean",
+    "st_gcn_networks.4.tcn.3.running_var", "st_gcn_networks.4.tcn.3.num_batches_tracked",
+    "st_gcn_networks.4.residual.0.weight", "st_gcn_networks.4.residual.0.bias",
+    "st_gcn_networks.4.residual.1.weight", "st_gcn_networks.4.residual.1.bias",
+    "st_gcn_networks.4.residual.1.running_mean", "st_gcn_networks.4.residual.1.running_var",
+    "st_gcn_networks.4.residual.1.num_batches_tracked", "st_gcn_networks.5.gcn.conv.weight",
+    "st_gcn_networks.5.gcn.conv.bias", "st_gcn_networks.5.tcn.0.weight", "st_gcn_networks.5.tcn.0.bias",
+    "st_gcn_networks.5.tcn.0.running_mean", "st_gcn_networks.5.tcn.0.running_var",
+    "st_gcn_networks.5.tcn.0.num_batches_tracked", "st_gcn_networks.5.tcn.2.weight",
+    "st_gcn_networks.5.tcn.2.bias", "st_gcn_networks.5.tcn.3.weight", "st_gcn_networks.5.tcn.3.bias",
+    "st_gcn_networks.5.tcn.3.running_mean", "st_gcn_networks.5.tcn.3.running_var",
+    "st_gcn_networks.5.tcn.3.num_batches_tracked", "st_gcn_networks.6.gcn.conv.weight",
+    "st_gcn_networks.6.gcn.conv.bias", "st_gcn_networks.6.tcn.0.weight", "st_gcn_networks.6.tcn.0.bias",
+    "st_gcn_networks.6.tcn.0.running_mean", "st_gcn_networks.6.tcn.0.running_var",
+    "st_gcn_networks.6.tcn.0.num_batches_tracked", "st_gcn_networks.6.tcn.2.weight",
+    "st_gcn_networks.6.tcn.2.bias", "st_gcn_networks.6.tcn.3.weight", "st_gcn_networks.6.tcn.3.bias",
+    "st_gcn_networks.6.tcn.3.running_mean", "st_gcn_networks.6.tcn.3.running_var",
+    "st_gcn_networks.6.tcn.3.num_batches_tracked", "st_gcn_networks.7.gcn.conv.weight",
+    "st_gcn_networks.7.gcn.conv.bias", "st_gcn_networks.7.tcn.0.weight", "st_gcn_networks.7.tcn.0.bias",
+    "st_gcn_networks.7.tcn.0.running_mean", "st_gcn_networks.7.tcn.0.running_var",
+    "st_gcn_networks.7.tcn.0.num_batches_tracked", "st_gcn_networks.7.tcn.2.weight",
+    "st_gcn_networks.7.tcn.2.bias", "st_gcn_networks.7.tcn.3.weight", "st_gcn_networks.7.tcn.3.bias",
+    "st_gcn_networks.7.tcn.3.running_mean", "st_gcn_networks.7.tcn.3.running_var",
+    "st_gcn_networks.7.tcn.3.num_batches_tracked", "st_gcn_networks.7.residual.0.weight",
+    "st_gcn_networks.7.residual.0.bias", "st_gcn_networks.7.residual.1.weight",
+    "st_gcn_networks.7.residual.1.bias", "st_gcn_networks.7.residual.1.running_mean",
+    "st_gcn_networks.7.residual.1.running_var", "st_gcn_networks.7.residual.1.num_batches_tracked",
+    "st_gcn_networks.8.gcn.conv.weight", "st_gcn_networks.8.gcn.conv.bias", "st_gcn_networks.8.tcn.0.weight",
+    "st_gcn_networks.8.tcn.0.bias", "st_gcn_networks.8.tcn.0.running_mean",
+    "st_gcn_networks.8.tcn.0.running_var", "st_gcn_networks.8.tcn.0.num_batches_tracked",
+    "st_gcn_networks.8.tcn.2.weight", "st_gcn_networks.8.tcn.2.bias", "st_gcn_networks.8.tcn.3.weight",
+    "st_gcn_networks.8.tcn.3.bias", "st_gcn_networks.8.tcn.3.running_mean",
+    "st_gcn_networks.8.tcn.3.running_var", "st_gcn_networks.8.tcn.3.num_batches_tracked",
+    "st_gcn_networks.9.gcn.conv.weight", "st_gcn_networks.9.gcn.conv.bias", "st_gcn_networks.9.tcn.0.weight",
+    "st_gcn_networks.9.tcn.0.bias", "st_gcn_networks.9.tcn.0.running_mean",
+    "st_gcn_networks.9.tcn.0.running_var", "st_gcn_networks.9.tcn.0.num_batches_tracked",
+    "st_gcn_networks.9.tcn.2.weight", "st_gcn_networks.9.tcn.2.bias", "st_gcn_networks.9.tcn.3.weight",
+    "st_gcn_networks.9.tcn.3.bias", "st_gcn_networks.9.tcn.3.running_mean",
+    "st_gcn_networks.9.tcn.3.running_var", "st_gcn_networks.9.tcn.3.num_batches_tracked",
+    "st_gcn_networks.9.residual.0.weight", "st_gcn_networks.9.residual.0.bias",
+    "st_gcn_networks.9.residual.1.weight", "st_gcn_networks.9.residual.1.bias",
+    "st_gcn_networks.9.residual.1.running_mean", "st_gcn_networks.9.residual.1.running_var",
+    "st_gcn_networks.9.residual.1.num_batches_tracked", "fc.weight", "fc.bias", "edge_importance.0",
+    "edge_importance.1", "edge_importance.2", "edge_importance.3", "edge_importance.4", "edge_importance.5",
+    "edge_importance.6", "edge_importance.7", "edge_importance.8", "edge_importance.9",
+]
+
+
+def tiny_model(**kwargs):
+    """Same structure as the full model (residual convs in blocks 4, 7, 9) at a tiny width."""
+    torch.manual_seed(0)
+    args = dict(in_channels=3, hidden_channels=4, hidden_dim=24, num_class=5, dropout=0.0)
+    return Model(**dict(args, **kwargs))
+
+
+def randomise(model, seed=1):
+    """Random weights and statistics of order one, so that a wrong term cannot hide below the tolerance."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.dtype != torch.float32:
+                continue
+            if name == "A":
+                t.copy_(t * torch.rand(t.shape, generator=g) * 2)
+            elif name.startswith("edge_importance") or name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+            elif t.dim() >= 2:  # conv / linear weights
+                t.copy_(torch.randn(t.shape, generator=g) / t[0].numel() ** 0.5)
+            elif name.endswith("weight"):  # BN scales below 1 keep 10 residual blocks of order one
+                t.copy_(0.2 + 0.4 * torch.rand(t.shape, generator=g))
+            else:  # biases, running means
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+    return model
+
+
+def bn(x, sd, prefix, training):
+    return F.batch_norm(x, sd[prefix + ".running_mean"].clone(), sd[prefix + ".running_var"].clone(),
+                        sd[prefix + ".weight"], sd[prefix + ".bias"], training=training, eps=1e-5)
+
+
+def reference_forward(sd, x, training):
+    """SPEC §2 step by step with plain ops and a loop over the 3 subsets: (feature map, logits)."""
+    n, c, t, v, m = x.shape
+    x = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)
+    x = bn(x, sd, "data_bn", training)
+    x = x.reshape(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)
+    for i, stride in enumerate(STRIDES):
+        p = f"st_gcn_networks.{i}."
+        A = sd["A"] * sd[f"edge_importance.{i}"]
+        y = F.conv2d(x, sd[p + "gcn.conv.weight"], sd[p + "gcn.conv.bias"])
+        out = y.shape[1] // 3
+        y = sum(torch.matmul(y[:, k * out:(k + 1) * out], A[k]) for k in range(3))
+        y = F.relu(bn(y, sd, p + "tcn.0", training))
+        y = F.conv2d(y, sd[p + "tcn.2.weight"], sd[p + "tcn.2.bias"], stride=(stride, 1), padding=(4, 0))
+        y = bn(y, sd, p + "tcn.3", training)
+        if i == 0:
+            residual = 0
+        elif p + "residual.0.weight" in sd:
+            residual = F.conv2d(x, sd[p + "residual.0.weight"], sd[p + "residual.0.bias"], stride=(stride, 1))
+            residual = bn(residual, sd, p + "residual.1", training)
+        else:
+            residual = x
+        x = F.relu(y + residual)
+    fmap = x.reshape(n, m, *x.shape[1:])
+    pooled = fmap.mean(dim=(3, 4)).mean(dim=1)
+    return fmap, pooled @ sd["fc.weight"].T + sd["fc.bias"]
+
+
+def sample_input(n=3, t=16, seed=2):
+    return torch.randn(n, 3, t, 25, 2, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_forward_matches_reference(training):
+    model = randomise(tiny_model()).train(training)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    x = sample_input()
+    fmap_ref, logits_ref = reference_forward(sd, x, training)
+    with torch.no_grad():
+        fmap, logits = model.features_map(x), model(x)
+    assert fmap.shape == (3, 2, 24, 4, 25) and logits.shape == (3, 5)
+    assert logits_ref.abs().max() > 0.1  # the comparison is not between two near-zero tensors
+    torch.testing.assert_close(fmap, fmap_ref, atol=1e-5, rtol=1e-5)  # train-mode entries reach ~5
+    torch.testing.assert_close(logits, logits_ref, atol=1e-5, rtol=0)
+
+
+def test_return_features_is_pooled_feature_map():
+    model = randomise(tiny_model()).eval()
+    x = sample_input()
+    with torch.no_grad():
+        fmap, pooled = model.features_map(x), model(x, return_features=True)
+    torch.testing.assert_close(pooled, fmap.mean(dim=(1, 3, 4)), atol=1e-6, rtol=0)
+
+
+def explicit_masked_means(fmap, mask):
+    """p, c as means over the listed positions of each sample, then over bodies."""
+    ps, cs = [], []
+    for i in range(fmap.shape[0]):
+        sample_mask = mask if mask.dim() == 2 else mask[i]
+        ps.append(torch.stack([fmap[i, b][:, sample_mask].mean(1) for b in range(fmap.shape[1])]).mean(0))
+        cs.append(torch.stack([fmap[i, b][:, ~sample_mask].mean(1) for b in range(fmap.shape[1])]).mean(0))
+    return torch.stack(ps), torch.stack(cs)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_masked_pool_equals_explicit_means(per_sample):
+    g = torch.Generator().manual_seed(3)
+    fmap = torch.randn(4, 2, 6, 5, 25, generator=g)
+    mask = torch.rand((4, 5, 25) if per_sample else (5, 25), generator=g) > 0.6
+    p, c = masked_pool(fmap, mask)
+    p_ref, c_ref = explicit_masked_means(fmap, mask)
+    torch.testing.assert_close(p, p_ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(c, c_ref, atol=1e-6, rtol=0)
+
+
+def test_forward_with_mask_returns_fc_of_masked_means():
+    model = randomise(tiny_model()).eval()
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    x = sample_input()
+    mask = torch.zeros(4, 25, dtype=torch.bool)
+    mask[1:3, [4, 5, 6, 7, 21, 22]] = True
+    fmap_ref, _ = reference_forward(sd, x, training=False)
+    p_ref, c_ref = explicit_masked_means(fmap_ref, mask)
+    with torch.no_grad():
+        p, c = model(x, mask=mask, return_features=True)
+        fc_p, fc_c = model(x, mask=mask)
+    torch.testing.assert_close(p, p_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c, c_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fc_p, p_ref @ sd["fc.weight"].T + sd["fc.bias"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(fc_c, c_ref @ sd["fc.weight"].T + sd["fc.bias"], atol=1e-5, rtol=0)
+
+
+def test_bad_mask_shape_is_named():
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match=r"\(16, 25\)"):
+        model(sample_input(), mask=torch.ones(16, 25, dtype=torch.bool))
+
+
+def test_state_dict_has_release_names_and_loads_strictly():
+    model = randomise(tiny_model())
+    sd = model.state_dict()
+    assert sorted(sd) == sorted(EXPECTED_KEYS)
+    assert len(EXPECTED_KEYS) == len(set(EXPECTED_KEYS))
+    other = tiny_model()
+    other.load_state_dict(sd, strict=True)
+    x = sample_input()
+    with torch.no_grad():
+        torch.testing.assert_close(other.eval()(x), model.eval()(x), atol=0, rtol=0)
+
+
+def test_without_edge_importance():
+    model = tiny_model(edge_importance_weighting=False)
+    assert not any(k.startswith("edge_importance") for k in model.state_dict())
+    assert model(sample_input()).shape == (3, 5)
+
+
+def test_temporal_stride_and_defaults():
+    model = Model()
+    assert model.temporal_stride == 4
+    assert model.fc.in_features == 256 and model.fc.out_features == 60
+    widths = [b.gcn.conv.out_channels // 3 for b in model.st_gcn_networks]
+    assert widths == [16] * 4 + [32] * 3 + [64] * 2 + [256]
+    assert all(b.tcn[4].p == 0.5 for b in model.st_gcn_networks[1:])  # dropout from block 1 on
+    assert not isinstance(model.st_gcn_networks[0].tcn[4], nn.Dropout)
+    assert "A" in model.state_dict() and model.A.shape == (3, 25, 25)
+
+
+def test_init_statistics():
+    torch.manual_seed(0)
+    model = Model()
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    weights = torch.cat([m.weight.flatten() for m in layers])
+    biases = torch.cat([m.bias for m in layers])
+    bn_w, bn_b = torch.cat([m.weight for m in norms]), torch.cat([m.bias for m in norms])
+    assert abs(weights.mean()) < 1e-3 and abs(weights.std() - 0.02) < 1e-3
+    assert abs(bn_w.mean() - 1) < 3e-3 and abs(bn_w.std() - 0.02) < 3e-3
+    assert biases.abs().max() == 0 and bn_b.abs().max() == 0
+    assert all(torch.equal(p, torch.ones(3, 25, 25)) for p in model.edge_importance)
+
+
+def test_init_weights_covers_a_replaced_fc():
+    model = tiny_model()
+    model.fc = nn.Sequential(nn.Linear(24, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 8))
+    model.init_weights()
+    assert model.fc[0].bias.abs().max() == 0 and abs(model.fc[1].weight.mean() - 1) < 0.02
+    assert model(sample_input()).shape == (3, 8)
+
+
+def test_channels_last_gives_the_same_output_and_gradients():
+    model = randomise(tiny_model()).eval()
+    x = sample_input()
+    ref = model(x)
+    ref.sum().backward()
+    ref_grad = model.st_gcn_networks[3].gcn.conv.weight.grad.clone()
+    model.zero_grad()
+    model = model.to(memory_format=torch.channels_last)
+    out = model(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.st_gcn_networks[3].gcn.conv.weight.grad, ref_grad, atol=1e-4, rtol=1e-4)
+
+
+def test_other_layout_and_unknown_argument():
+    model = tiny_model(graph_args={"layout": "coco", "strategy": "spatial"})
+    x = torch.randn(2, 3, 8, 17, 1)
+    assert model(x).shape == (2, 5)
+    with pytest.raises(TypeError, match="hidden_channel"):
+        Model(hidden_channel=8)

@@ -55,7 +55,8 @@ def preprocess_clip(x, frames=64, layout="ntu-rgb+d"):
     position = x - x[:, :, layout.center - 1:layout.center]
     position = temporal_resize(position[:, :length], frames)
     motion = temporal_resize(motion[:, :length], frames)
-    position = align_view(position, layout.shoulders)
+    if x[2].any():  # 2D keypoints (z = 0) have no depth to align, and the 1e-4 would still turn them
+        position = align_view(position, layout.shoulders)
     return position.astype(np.float32), motion.astype(np.float32)
 
 

@@ -15,6 +15,30 @@ class Layout:
     shoulders: tuple  # (left, right), aligned by preprocessing
     parts: tuple    # SkeleMix parts, trunk first; together they cover every joint once
 
+    def __post_init__(self):
+        """A new layout is checked where it is defined: a tree of edges to the centre, parts covering all."""
+        joints = set(range(1, self.num_joints + 1))
+        children = [c for c, _ in self.inward]
+        members = sorted(j for part in self.parts for j in part)
+        problems = [
+            (not {j for edge in self.inward for j in edge} <= joints, "an edge names a joint outside 1..V"),
+            (sorted(children) != sorted(joints - {self.center}), "each non-centre joint needs one parent"),
+            (members != sorted(joints), "the parts must hold every joint exactly once"),
+            (not {self.center, *self.shoulders} <= joints or len(self.shoulders) != 2,
+             "centre and the two shoulders must be joints"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise ValueError(f"skeleton layout {self.name!r}: {message}")
+        parent = dict(self.inward)
+        for joint in joints:  # every joint must reach the centre: no cycles, one tree
+            seen = set()
+            while joint != self.center:
+                if joint in seen:
+                    raise ValueError(f"skeleton layout {self.name!r}: joint {joint} is on a cycle of edges")
+                seen.add(joint)
+                joint = parent[joint]
+
     @property
     def edges(self):
         """Inward edges, 0-based (child, parent)."""
@@ -43,8 +67,8 @@ LAYOUTS = {
         parts=((1, 2, 3, 4, 21), (5, 6, 7, 8, 22, 23), (9, 10, 11, 12, 24, 25),
                (13, 14, 15, 16), (17, 18, 19, 20)),
     ),
-    # Kinect SDK v1: 1 HipCenter, 2 Spine, 3 ShoulderCenter, 4 Head, 5-8 left arm,
-    # 9-12 right arm, 13-16 left leg, 17-20 right leg.
+    # Kinect SDK v1 (NW-UCLA): 1 HipCenter, 2 Spine, 3 ShoulderCenter, 4 Head, 5-8 left shoulder,
+    # elbow, wrist, hand, 9-12 right arm, 13-16 left hip, knee, ankle, foot, 17-20 right leg.
     "kinect-v1": Layout(
         name="kinect-v1",
         num_joints=20,
@@ -55,8 +79,9 @@ LAYOUTS = {
         shoulders=(5, 9),
         parts=((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20)),
     ),
-    # COCO keypoints: 1 nose, 2-5 eyes and ears, 6/7 shoulders, 8/9 elbows, 10/11 wrists,
-    # 12/13 hips, 14/15 knees, 16/17 ankles (odd = left). No neck: the nose is the root.
+    # COCO keypoints (2D with z = 0, or lifted to 3D): 1 nose, 2/3 eyes, 4/5 ears, 6/7 shoulders,
+    # 8/9 elbows, 10/11 wrists, 12/13 hips, 14/15 knees, 16/17 ankles, left before right.
+    # No neck: the nose is the root, as in PYSKL's coco graph.
     "coco": Layout(
         name="coco",
         num_joints=17,
@@ -68,6 +93,12 @@ LAYOUTS = {
     ),
 }
 
+# (source, target) -> for every source joint, the target joint (1-based) that is the same body point.
+# Kinect v1 is Kinect v2 without neck, hand tips and thumbs; its ShoulderCenter is v2's SpineShoulder.
+JOINT_MAPS = {
+    ("kinect-v1", "ntu-rgb+d"): (1, 2, 21, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20),
+}
+
 
 def get_layout(name):
     """The registered layout called `name`, or a one-line error listing the known ones."""
@@ -76,3 +107,27 @@ def get_layout(name):
     if name not in LAYOUTS:
         raise ValueError(f"unknown skeleton layout {name!r}; known: {', '.join(LAYOUTS)}")
     return LAYOUTS[name]
+
+
+def joint_map(source, target):
+    """0-based source joint for every target joint, to re-express a clip in another layout (transfer).
+
+    A target joint the source lacks copies its nearest mapped ancestor in the target tree (its bone
+    is then zero), e.g. Kinect v1 -> NTU: neck <- ShoulderCenter, left hand tip and thumb <- left hand.
+    """
+    source, target = get_layout(source), get_layout(target)
+    if source.name == target.name:
+        return list(range(source.num_joints))
+    if (source.name, target.name) not in JOINT_MAPS:
+        raise ValueError(f"no joint map from layout {source.name!r} to {target.name!r}; known: "
+                         f"{', '.join(f'{s} -> {t}' for s, t in JOINT_MAPS)}")
+    where = {t: s for s, t in enumerate(JOINT_MAPS[source.name, target.name])}
+    parent = dict(target.inward)
+    out = []
+    for joint in range(1, target.num_joints + 1):
+        while joint not in where:
+            if joint == target.center:
+                raise ValueError(f"joint map {source.name} -> {target.name} lacks the centre joint {joint}")
+            joint = parent[joint]
+        out.append(where[joint])
+    return out

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from reference import resize_loop
 
 from feeder.augment import (
     augment_batch,
@@ -18,18 +19,6 @@ from feeder.augment import (
 
 def clip(t=12, seed=0):
     return np.random.default_rng(seed).standard_normal((3, t, 25, 2)).astype(np.float32)
-
-
-def resize_loop(x, frames):
-    """The SPEC formula, one output frame at a time."""
-    length = x.shape[1]
-    out = np.zeros((x.shape[0], frames) + x.shape[2:])
-    for i in range(frames):
-        s = min(max((i + 0.5) * length / frames - 0.5, 0.0), length - 1.0)
-        lo = int(np.floor(s))
-        hi = min(lo + 1, length - 1)
-        out[:, i] = (1 - (s - lo)) * x[:, lo] + (s - lo) * x[:, hi]
-    return out
 
 
 def test_resize_hand_case():

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from reference import resize_loop
 
 from feeder.preprocess_ntu import main, preprocess_clip
 
@@ -18,17 +19,6 @@ def raw_clip(seed=0, length=12, total=20):
     x[:, :length] = np.random.default_rng(seed).standard_normal((3, length, 25, 2))
     x[2, :length] += 3  # metres in front of the camera
     return x
-
-
-def resize_loop(x, frames):
-    length = x.shape[1]
-    out = np.zeros((x.shape[0], frames) + x.shape[2:])
-    for i in range(frames):
-        s = min(max((i + 0.5) * length / frames - 0.5, 0.0), length - 1.0)
-        lo = int(np.floor(s))
-        hi = min(lo + 1, length - 1)
-        out[:, i] = (1 - (s - lo)) * x[:, lo] + (s - lo) * x[:, hi]
-    return out
 
 
 def expected_clip(x, frames):

@@ -8,12 +8,39 @@ from net.utils.graph import Graph
 TEMPORAL_KERNEL = 9
 
 
+def _as_nchw(x):
+    """Joints-major (V, B, T, C) as the channels-last 4-D tensor (V, C, B, T) that conv/BN layers take (a view)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def _as_vbtc(x):
+    """Inverse of `_as_nchw`: channels-last (V, C, B, T) back to joints-major (V, B, T, C) (a view)."""
+    return x.permute(0, 2, 3, 1)
+
+
+def _keep_mask(y, p):
+    """Dropout's keep / (1 - p) for every entry of y, in y's dtype and memory layout (as nn.Dropout).
+
+    The draws differ from nn.Dropout's: for p = 0.5 (every config) each random byte gives eight keep bits,
+    much faster than one Bernoulli draw per entry on CPU; other rates compare uniforms with p.
+    """
+    n = y.numel()
+    if p == 0.5:
+        byte_bits = (torch.arange(256, device=y.device)[:, None] >> torch.arange(8, device=y.device)) & 1
+        random_bytes = torch.empty((n + 7) // 8, dtype=torch.uint8, device=y.device).random_()
+        keep = F.embedding(random_bytes.int(), byte_bits.to(y.dtype) * 2).view(-1)[:n]  # byte -> 8 entries
+    else:
+        keep = (torch.rand(n, device=y.device) >= p).to(y.dtype).mul_(1 / (1 - p))
+    return keep.as_strided(y.shape, y.stride())  # y is dense (a BatchNorm output): walk it in memory order
+
+
 class GraphConv(nn.Module):
     """sum_k (W_k x + b_k) A_k: a 1x1 conv to K·out channels contracted with the K subsets (SPEC §2).
 
-    Computed in the equivalent order sum_k W_k (x A_k) + b_k colsum(A_k): the graph contraction then
-    runs on the input channels instead of K·out, about 15% faster for the whole model on CPU. `conv`
-    keeps the release's weight layout (out channel k·out + c belongs to subset k).
+    Computed in the equivalent order sum_k W_k (x A_k) + b_k colsum(A_k) on joints-major x (V, B, T, C):
+    x A_k is one (W, V) x (V, B·T·C) matrix product and W_k a product batched over the W joints, so the
+    graph contraction runs on the input channels and no tensor is permuted. Returns (W, B, T, out).
+    `conv` keeps the release's weight layout (out channel k·out + c belongs to subset k).
     """
 
     def __init__(self, in_channels, out_channels, num_subsets):
@@ -22,16 +49,27 @@ class GraphConv(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels * num_subsets, kernel_size=1)
 
     def forward(self, x, A):
-        n, c, t, _ = x.shape
+        v, b, t, c = x.shape
         k, w = self.num_subsets, A.shape[-1]
-        x = torch.einsum("nctv,kvw->nkctw", x, A).reshape(n, k * c, t, w)
-        weight = self.conv.weight.reshape(k, -1, c).transpose(0, 1).reshape(-1, k * c, 1, 1)
-        bias = torch.einsum("ko,kw->ow", self.conv.bias.reshape(k, -1), A.sum(1))
-        return F.conv2d(x, weight) + bias[:, None, :]
+        weight = self.conv.weight.reshape(k, -1, c).transpose(1, 2)  # (K, C, out)
+        rows = x.reshape(v, b * t * c)
+        bias = (A.sum(1).t() @ self.conv.bias.reshape(k, -1))[:, None]  # sum_k b_k colsum(A_k): (W, 1, out)
+        y = None
+        for i in range(k):
+            xa = (A[i].t() @ rows).view(w, b * t, c)
+            if y is None:
+                y = torch.baddbmm(bias, xa, weight[i].expand(w, c, -1))
+            else:  # accumulate in place (explicit dtype: in-place ops are not autocast)
+                y.baddbmm_(xa, weight[i].to(y.dtype).expand(w, c, -1))
+        return y.view(w, b, t, -1)
 
 
 class Block(nn.Module):
-    """Graph conv, BN-ReLU-temporal conv-BN-Dropout, plus residual, ReLU (SPEC §2)."""
+    """Graph conv, BN-ReLU-temporal conv-BN-Dropout, plus residual, ReLU (SPEC §2).
+
+    Works on joints-major (V, B, T, C) tensors; convolutions and BatchNorm see them as channels-last
+    (V, C, B, T), so the 9x1 temporal kernel is applied as 1x9 along the last axis.
+    """
 
     def __init__(self, in_channels, out_channels, num_subsets, stride=1, dropout=0.0, residual=True):
         super().__init__()
@@ -53,10 +91,24 @@ class Block(nn.Module):
                                           nn.BatchNorm2d(out_channels))
 
     def forward(self, x, A):
-        y = self.tcn(self.gcn(x, A))
-        if self.residual is not None:
-            y = y + self.residual(x)
-        return torch.relu(y)
+        """(V, B, T, C) -> (V, B, T / stride, out)."""
+        norm1, relu, conv, norm2, drop = self.tcn
+        y = relu(norm1(_as_nchw(self.gcn(x, A))))
+        y = norm2(F.conv2d(y, conv.weight.transpose(2, 3), conv.bias, conv.stride[::-1], conv.padding[::-1]))
+        # y is BatchNorm's own output (not a view, not saved for backward): the rest works on it in place.
+        if self.training and getattr(drop, "p", 0) > 0:
+            # Compiled, inductor fuses its own random mask into the kernel; eager, one draw per 8 entries.
+            y = F.dropout(y, drop.p) if torch.compiler.is_compiling() else y.mul_(_keep_mask(y, drop.p))
+        if isinstance(self.residual, nn.Sequential):
+            # The strided 1x1 conv as a matrix product of the kept frames (oneDNN's backward of a 1x1 conv
+            # strided along the last axis corrupts memory in torch 2.13).
+            res_conv, res_norm = self.residual
+            kept = x[:, :, ::res_conv.stride[0]]
+            res = torch.addmm(res_conv.bias, kept.reshape(-1, kept.shape[-1]), res_conv.weight.flatten(1).t())
+            y.add_(res_norm(_as_nchw(res.view(*kept.shape[:-1], -1))))
+        elif self.residual is not None:
+            y.add_(_as_nchw(x))
+        return _as_vbtc(y.relu_())
 
 
 def masked_pool(fmap, mask):
@@ -70,11 +122,13 @@ def masked_pool(fmap, mask):
             or (mask.dim() == 3 and mask.shape[0] != n):
         raise ValueError(f"mask must be boolean (T', V) = ({t}, {v}) or (N, T', V) = ({n}, {t}, {v}), "
                          f"got {mask.dtype} {tuple(mask.shape)}")
+    # Sums over positions and bodies as one batched product with the joints-major map (V, N, M, T', C),
+    # which is how the encoder stores it (then the permute is free and the gradient keeps that layout).
     inside = mask.to(fmap.dtype).expand(n, t, v)
-    outside = 1 - inside
-    # Sum over bodies and positions in one contraction, then divide by M·(positions in the region).
-    p = torch.einsum("nmctv,ntv->nc", fmap, inside) / (m * inside.sum((1, 2))).clamp_min(1)[:, None]
-    c = torch.einsum("nmctv,ntv->nc", fmap, outside) / (m * outside.sum((1, 2))).clamp_min(1)[:, None]
+    weights = torch.stack([inside, 1 - inside], 2).permute(3, 0, 2, 1)[:, :, None]  # (V, N, 1, 2, T')
+    sums = (weights @ fmap.permute(4, 0, 1, 3, 2)).sum((0, 2))  # (V, N, M, 2, C) -> (N, 2, C)
+    counts = (m * weights.sum((0, 4))).clamp_min(1)  # M·(positions in the region): (N, 1, 2)
+    p, c = (sums / counts.transpose(1, 2)).unbind(1)
     return p, c
 
 
@@ -125,14 +179,18 @@ class Model(nn.Module):
                 nn.init.ones_(importance)
 
     def features_map(self, x):
-        """(N, C, T, V, M) -> final feature map (N, M, C_out, T / temporal_stride, V) (SPEC §2)."""
+        """(N, C, T, V, M) -> final feature map (N, M, C_out, T / temporal_stride, V) (SPEC §2).
+
+        The blocks run joints-major: the data-BN output is stored once as (V, N·M, T, C); the map
+        returned is a view of the last block's (V, N·M, T', C_out) output.
+        """
         n, c, t, v, m = x.shape
         x = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)
         x = self.data_bn(x)
-        x = x.reshape(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)
+        x = x.view(n * m, v, c, t).permute(1, 0, 3, 2).contiguous()
         for block, importance in zip(self.st_gcn_networks, self.edge_importance):
             x = block(x, self.A * importance)
-        return x.reshape(n, m, *x.shape[1:])
+        return x.permute(1, 3, 2, 0).reshape(n, m, x.shape[3], x.shape[2], v)
 
     def forward(self, x, mask=None, return_features=False):
         """Pooled features through `fc`: (N, num_class); with `mask`, (fc(p), fc(c)) (SPEC §2).
@@ -141,7 +199,7 @@ class Model(nn.Module):
         """
         fmap = self.features_map(x)
         if mask is None:
-            pooled = fmap.mean((1, 3, 4))
+            pooled = fmap.permute(4, 0, 1, 3, 2).mean((0, 3)).mean(1)  # over V, T' of (V, N, M, T', C), then M
             return pooled if return_features else self.fc(pooled)
         p, c = masked_pool(fmap, mask.to(fmap.device))
         return (p, c) if return_features else (self.fc(p), self.fc(c))

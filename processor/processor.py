@@ -62,6 +62,13 @@ DEFAULTS = dict(
 )
 
 
+def cpu_amp_is_native(amp):
+    """Whether oneDNN runs `amp` ('bf16' or 'fp16') natively on this CPU; otherwise it is emulated and slow."""
+    mkldnn = torch.ops.mkldnn
+    check = mkldnn._is_mkldnn_bf16_supported if amp == "bf16" else mkldnn._is_mkldnn_fp16_supported
+    return torch.backends.mkldnn.is_available() and bool(check())
+
+
 def step_lr(base_lr, steps, epoch):
     """Step schedule: base_lr times 0.1 for every milestone already passed (SPEC §3.4, §4)."""
     return base_lr * 0.1 ** sum(epoch >= s for s in steps)
@@ -115,12 +122,18 @@ class Processor:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.model, device_ids=ids)
         if cfg["compile"]:
-            self.model = torch.compile(self.model)
+            # Compile the encoders in place (state-dict names unchanged); a wrapper's Python-side draws
+            # (SkeleMix regions, queue pointer) stay eager instead of recompiling for every new draw.
+            for module in [m for m in self.raw_model.modules() if hasattr(m, "features_map")] or [self.raw_model]:
+                module.compile()
         self.optimizer = self.build_optimizer()
         # One CPU generator drives SkeleMix and on-device augmentation; checkpoints carry its state.
         self.generator = torch.Generator().manual_seed(cfg["seed"] + get_rank())
         self.build_data()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
+        if self.device.type == "cpu" and cfg["amp"] in ("bf16", "fp16") and not cpu_amp_is_native(cfg["amp"]):
+            self.log(f"warning: this CPU has no native {cfg['amp']} kernels; amp {cfg['amp']} is emulated and "
+                     "slower than fp32 (amp off)")
         self.start_epoch = 0
         if cfg["resume"]:
             self.resume(cfg["resume"])
@@ -181,8 +194,9 @@ class Processor:
         x = x.to(self.device, non_blocking=True).float()
         if augment:
             x = augment_batch(x, self.generator, **self.augment_args)
-        x = to_stream(x, self.cfg["stream"], self.layout)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg["channels_last"] else x
+        # No memory-format conversion here: channels-last is 4-D only, and the ST-GCN lays its own
+        # activations out channels-last from the (N, C, T, V, M) input.
+        return to_stream(x, self.cfg["stream"], self.layout)
 
     def autocast(self):
         amp = self.cfg["amp"]

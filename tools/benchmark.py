@@ -1,0 +1,441 @@
+"""Speed benchmark: how close pretraining, evaluation and inference run to the machine's limit.
+
+python tools/benchmark.py --json speed.json        # default run: < 5 minutes on 2 CPU cores
+python tools/benchmark.py --batch 128 --json full.json   # the paper's batch for the pretraining steps
+python tools/benchmark.py --quick                  # tiny smoke run (CI)
+
+In one run on the current device it measures the machine's sustained fp32 (and bf16) matrix-multiply
+throughput; the encoder's FLOPs per forward+backward (torch's FLOP counter) and the GFLOP/s it
+achieves; samples/s of a full pretraining step (loader, augmentation, all encoder passes, loss,
+backward, SGD) of SkeletonCLR, SkeleMixCLR and SkeleMixCLR+, of a linear-evaluation step (frozen
+encoder forward + classifier update) and of inference; samples/s of the pretraining data loader; and
+the peak memory. Every figure is the median of `--iters` timed iterations after `--warmup` untimed
+ones, for plain fp32, for each speed option, and for the original release's design (`--baseline`: a
+conv-then-per-subset-einsum graph convolution on (N, C, T, V) tensors with nn.Dropout, and per-sample
+numpy augmentation in the loader workers), so that the speed-up is measured in one run.
+"""
+import argparse
+import contextlib
+import ctypes
+import gc
+import io
+import json
+import os
+import pickle
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+if __package__ in (None, ""):  # run as `python tools/benchmark.py`: make the repo importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import net.st_gcn as st_gcn  # noqa: E402
+from processor import configure  # noqa: E402
+from processor.processor import cpu_amp_is_native  # noqa: E402
+
+METHODS = {"skeletonclr": "pretrain_skeletonclr", "skelemixclr": "pretrain_skeletonclr_swap",
+           "skelemixclr_plus": "pretrain_skeletonclr_multi_swapv2"}
+FIGURES = ["encoder_fwd_bwd_s", "encoder_gflops", *[f"pretrain_{m}" for m in METHODS], "linear_eval",
+           "inference", "data_loading", "peak_memory_mb"]
+
+
+# --- the original release's design (--baseline) ----------------------------------------------------
+def _release_graph_conv(self, x, A):
+    """Release order on (N, C, T, V): 1x1 conv to K·out channels, then one einsum per subset."""
+    x = self.conv(x)
+    n, kc, t, v = x.shape
+    x = x.view(n, self.num_subsets, kc // self.num_subsets, t, v)
+    y = 0
+    for k in range(self.num_subsets):
+        y = y + torch.einsum("nctv,vw->nctw", x[:, k], A[k])
+    return y.contiguous()
+
+
+def _release_block(self, x, A):
+    y = self.tcn(self.gcn(x, A))  # BN, ReLU, 9x1 conv, BN, nn.Dropout on (N, C, T, V)
+    if self.residual is not None:
+        y = y + self.residual(x)
+    return torch.relu(y)
+
+
+def _release_features_map(self, x):
+    n, c, t, v, m = x.shape
+    x = x.permute(0, 4, 3, 1, 2).contiguous().view(n * m, v * c, t)
+    x = self.data_bn(x)
+    x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).contiguous().view(n * m, c, t, v)
+    for block, importance in zip(self.st_gcn_networks, self.edge_importance):
+        x = block(x, self.A * importance)
+    return x.view(n, m, *x.shape[1:])
+
+
+def _release_forward(self, x, mask=None, return_features=False):
+    fmap = self.features_map(x)
+    if mask is None:
+        pooled = fmap.mean((3, 4)).mean(1)  # average pooling over (T, V), then over bodies
+        return pooled if return_features else self.fc(pooled)
+    p, c = _release_masked_pool(fmap, mask.to(fmap.device))
+    return (p, c) if return_features else (self.fc(p), self.fc(c))
+
+
+def _release_masked_pool(fmap, mask):
+    n, m, _, t, v = fmap.shape
+    inside = mask.to(fmap.dtype).expand(n, t, v)
+    p = torch.einsum("nmctv,ntv->nc", fmap, inside) / (m * inside.sum((1, 2))).clamp_min(1)[:, None]
+    c = torch.einsum("nmctv,ntv->nc", fmap, 1 - inside) / (m * (1 - inside).sum((1, 2))).clamp_min(1)[:, None]
+    return p, c
+
+
+@contextlib.contextmanager
+def release_design():
+    """Swap the ST-GCN's computation for the original release's (same modules, parameters and maths)."""
+    patches = [(st_gcn.GraphConv, "forward", _release_graph_conv), (st_gcn.Block, "forward", _release_block),
+               (st_gcn.Model, "features_map", _release_features_map), (st_gcn.Model, "forward", _release_forward)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, value in patches:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+# --- measuring --------------------------------------------------------------------------------------
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, warmup, iters, device):
+    """Seconds of each of `iters` calls of fn after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def release_memory():
+    """Return freed memory to the OS, so the next peak-memory figure starts from what is in use."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class PeakMemory:
+    """Peak memory inside the block: CUDA's allocator peak, or this process's resident set on CPU."""
+
+    def __init__(self, device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def _rss(self):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif os.path.exists("/proc/self/statm"):
+            self.peak = self._rss()
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+        self.mb = self.peak / 2 ** 20
+
+
+def matmul_gflops(device, dtype, n, warmup, iters):
+    """Sustained GFLOP/s of an n x n matrix product: median over `iters` products."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    times = timed(lambda: a @ b, warmup, iters, device)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+# --- what is measured -------------------------------------------------------------------------------
+def write_dataset(folder, clips, frames, seed=0):
+    """Random clips (N, 3, frames, 25, 2) and labels in the generator's file format; returns the paths."""
+    rng = np.random.default_rng(seed)
+    data = (0.3 * rng.standard_normal((clips, 3, frames, 25, 2))).astype(np.float32)
+    data_path, label_path = os.path.join(folder, "data.npy"), os.path.join(folder, "label.pkl")
+    np.save(data_path, data)
+    with open(label_path, "wb") as f:
+        pickle.dump(([f"clip{i}" for i in range(clips)], (np.arange(clips) % 60).tolist()), f)
+    return dict(data_path=data_path, label_path=label_path)
+
+
+def encoder_figures(args, option, device):
+    """Seconds of each timed encoder forward+backward on a (batch, 3, T, 25, 2) input in train mode, its
+    FLOPs and, for compile, the seconds of the compiling call."""
+    torch.manual_seed(0)
+    model = st_gcn.Model(**args.model_args).to(device).train()
+    if option.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(args.encoder_batch, 3, args.frames, 25, 2, device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(option.get("amp", "off"))
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with autocast():
+            out = model(x)
+        out.float().square().mean().backward()
+
+    with FlopCounterMode(display=False) as counter:
+        step()  # also the first warm-up call
+    compile_s = None
+    if option.get("compile"):
+        t0 = time.perf_counter()
+        model.compile()
+        step()
+        synchronize(device)
+        compile_s = time.perf_counter() - t0
+    times = timed(step, max(args.warmup - 1, 0), args.iters, device)
+    return times, counter.get_total_flops(), compile_s
+
+
+def build(name, args, option, data, **extra):
+    """Processor `name` on the benchmark data with the speed option applied."""
+    cfg = dict(work_dir=os.path.join(args.tmp, "work_dir"), batch_size=args.batch, test_batch_size=args.batch,
+               num_workers=args.workers, progress=False, eval_interval=0, save_interval=10 ** 9, seed=1,
+               device=args.device, train_feeder_args=dict(data, frames=args.frames),
+               test_feeder_args=dict(data), model_args=dict(args.model_args))
+    for key, value in {**option, **extra}.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    cls, cfg = configure(name, cfg)
+    with contextlib.redirect_stdout(io.StringIO()):  # the processors' start-up log lines
+        return cls(cfg)
+
+
+def train_steps(proc, args):
+    """Seconds of full training steps: next batch from the loader, step, backward, optimizer."""
+    proc.set_train_mode()
+    proc.train_loader.sampler.set_epoch(0)
+    batches = iter(proc.train_loader)
+
+    def step():
+        batch = next(batches)
+        with proc.autocast():
+            losses = proc.train_step(batch)
+        proc.optimizer.zero_grad(set_to_none=True)
+        proc.scaler.scale(losses["loss"]).backward()
+        proc.scaler.step(proc.optimizer)
+        proc.scaler.update()
+
+    return timed(step, args.warmup, args.iters, proc.device)
+
+
+def loading(proc):
+    """Samples/s of the training loader alone over one epoch, its workers' start-up included (a lower bound)."""
+    t0, count = time.perf_counter(), 0
+    for batch in proc.train_loader:
+        count += len(batch[1])
+    return count / (time.perf_counter() - t0)
+
+
+def inference(proc, args):
+    """Seconds of one eval-mode, no-grad forward of a test batch already in memory."""
+    x = next(iter(proc.val_loader))[0]
+    model = proc.raw_model.eval()
+
+    @torch.no_grad()
+    def forward():
+        with proc.autocast():
+            model(proc.to_input(x), return_features=True)
+
+    return timed(forward, args.warmup, args.iters, proc.device)
+
+
+def measure_option(name, option, args, data, device, reference=None):
+    """All figures of one speed option (a dict of processor config keys); None where skipped.
+
+    Each figure is the median over the timed iterations; row["best"] holds the same figures from the
+    fastest iteration (on a shared machine the least disturbed one). device_augment only changes the
+    pretraining input path: its encoder, linear-evaluation and inference figures are `reference`'s (fp32).
+    """
+    row, best = dict.fromkeys(FIGURES), {}
+    row["config"] = {k: v for k, v in option.items() if k != "baseline"}
+    design = release_design() if option.get("baseline") else contextlib.nullcontext()
+    option = {k: v for k, v in option.items() if k != "baseline"}
+    same = ["encoder_fwd_bwd_s", "encoder_flops", "encoder_gflops", "linear_eval", "inference"]
+    reuse = reference is not None and set(option) == {"device_augment"}
+
+    def record(key, amount, times):  # amount per second: samples (batch) or FLOPs
+        row[key], best[key] = amount / statistics.median(times), amount / min(times)
+
+    release_memory()
+    with design, PeakMemory(device) as memory:
+        if reuse:
+            row.update({k: reference[k] for k in same}, same_as_fp32=same)
+            best.update({k: reference["best"][k] for k in same if k in reference["best"]})
+        else:
+            times, flops, compile_s = encoder_figures(args, option, device)
+            row.update(encoder_fwd_bwd_s=statistics.median(times), encoder_flops=flops)
+            best["encoder_fwd_bwd_s"] = min(times)
+            record("encoder_gflops", flops / 1e9, times)
+            if compile_s is not None:
+                row["compile_s"] = compile_s
+        if option.get("compile") and not args.compile_all:
+            row["skipped"] = "compile: encoder figure only (each compiled graph costs ~1 min; --compile_all)"
+        else:
+            for method, processor in METHODS.items():
+                if method in args.methods:
+                    proc = build(processor, args, option, data, model_args=args.moco_args)
+                    record(f"pretrain_{method}", args.batch, train_steps(proc, args))
+                    if method == "skelemixclr_plus":
+                        row["data_loading"] = loading(proc)
+                    del proc
+            if not reuse:
+                proc = build("linear_evaluation", args, option, data, cache_features=False)
+                record("linear_eval", args.batch, train_steps(proc, args))
+                record("inference", args.batch, inference(proc, args))
+                del proc
+    row["peak_memory_mb"], row["best"] = memory.mb, best
+    print(f"  {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    return row
+
+
+def speed_options(device, quick):
+    """Speed options runnable here: {name: processor config keys}, and {name: why skipped}."""
+    options, skipped = {"fp32": {}, "channels_last": {"channels_last": True}}, {}
+    for amp in ("bf16", "fp16"):
+        if device.type == "cpu" and not cpu_amp_is_native(amp):
+            skipped[amp] = f"no native {amp} kernels on this CPU (emulated: slower than fp32)"
+        elif amp == "fp16" and device.type == "cpu" and quick:
+            skipped[amp] = "--quick"
+        else:
+            options[amp] = {"amp": amp}
+    if quick:
+        skipped["compile"] = "--quick (compiling takes minutes)"
+    else:
+        options["compile"] = {"compile": True}
+    options["device_augment"] = {"device_augment": True}
+    combined = {"device_augment": True}  # the options expected to help here, together
+    if "bf16" in options:
+        combined["amp"] = "bf16"
+    if device.type == "cuda":
+        combined.update(compile=True, channels_last=True)
+    options["combined"] = combined
+    return options, skipped
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="write the results as JSON to this path")
+    parser.add_argument("--quick", action="store_true", help="tiny model and batch: a smoke test")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the original release's design (default: on)")
+    parser.add_argument("--batch", type=int, help="pretraining / linear-evaluation batch (default 16; quick 4)")
+    parser.add_argument("--encoder_batch", type=int, help="batch of the encoder figure (default 64; quick 4)")
+    parser.add_argument("--frames", type=int, help="frames per clip (default 64; quick 16)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations before timing (default 1)")
+    parser.add_argument("--iters", type=int, help="timed iterations per figure (default 3; quick 1)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (the processors' default 2)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:i]")
+    parser.add_argument("--options", help="comma-separated subset of the speed options to measure")
+    parser.add_argument("--methods", default=",".join(METHODS), help="pretraining methods to measure")
+    parser.add_argument("--compile_all", action="store_true",
+                        help="with compile, measure every figure, not only the encoder (minutes per graph)")
+    parser.add_argument("--matmul_size", type=int, help="square matmul size (default 2048 CPU / 8192 GPU)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.batch = args.batch or (4 if quick else 16)
+    args.encoder_batch = args.encoder_batch or (4 if quick else 64)
+    args.frames = args.frames or (16 if quick else 64)
+    args.iters = args.iters or (1 if quick else 3)
+    args.methods = args.methods.split(",")
+    args.model_args = dict(hidden_channels=4, hidden_dim=16) if quick else {}
+    # The MoCo queue must hold a whole number of batches (SPEC §3); the code default is 32768.
+    args.moco_args = dict(args.model_args, queue_size=args.batch * 16 if quick else 32768 // args.batch * args.batch)
+    return args
+
+
+def table(result):
+    """The results as a fixed-width text table."""
+    heads = ["option", "enc s", "enc GF/s", "CLR/s", "Mix/s", "Mix+/s", "linear/s", "infer/s", "load/s", "peak MB"]
+    keys = ["encoder_fwd_bwd_s", "encoder_gflops", "pretrain_skeletonclr", "pretrain_skelemixclr",
+            "pretrain_skelemixclr_plus", "linear_eval", "inference", "data_loading", "peak_memory_mb"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for name, row in result["options"].items():
+        cells = ["-" if row.get(k) is None else (f"{row[k]:.3g}" if row[k] < 100 else f"{row[k]:.0f}")
+                 + ("*" if k in row.get("same_as_fp32", ()) else "") for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(row.get("same_as_fp32") for row in result["options"].values()):
+        lines.append("* the fp32 path (the option does not change it), not measured again")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    args.device = str(device)
+    t_start = time.perf_counter()
+    options, skipped = speed_options(device, args.quick)
+    if args.options:
+        wanted = args.options.split(",")
+        options = {k: v for k, v in options.items() if k in wanted}
+    if args.baseline:
+        options = {"baseline": {"baseline": True}, **options}
+    n = args.matmul_size or (512 if args.quick else 2048 if device.type == "cpu" else 8192)
+    matmul = {"fp32": matmul_gflops(device, torch.float32, n, 1, 3 if args.quick else 5)}
+    if device.type == "cuda" or cpu_amp_is_native("bf16"):
+        matmul["bf16"] = matmul_gflops(device, torch.bfloat16, n, 1, 3 if args.quick else 5)
+    print(f"matmul {n}x{n}: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in matmul.items()), flush=True)
+
+    result = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else
+                  f"cpu ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})",
+                  torch=torch.__version__, settings={k: v for k, v in vars(args).items() if k != "tmp"},
+                  matmul_size=n, matmul_gflops=matmul, skipped=skipped, options={})
+    with tempfile.TemporaryDirectory() as tmp:
+        args.tmp = tmp
+        clips = args.batch * (args.warmup + max(args.iters, 3))
+        data = write_dataset(tmp, clips, args.frames)
+        for name, option in options.items():
+            result["options"][name] = measure_option(name, option, args, data, device, result["options"].get("fp32"))
+
+    rows = result["options"]
+    fp32 = rows.get("fp32", {})
+    result["fp32_fraction_of_matmul"] = (fp32["encoder_gflops"] / matmul["fp32"]) if fp32 else None
+    key = "pretrain_skelemixclr_plus"
+    ours = {k: r[key] for k, r in rows.items() if k != "baseline" and r.get(key)}
+    result["fastest_option"] = max(ours, key=ours.get) if ours else None
+    result["speedup_vs_baseline"] = (ours[result["fastest_option"]] / rows["baseline"][key]
+                                     if ours and rows.get("baseline", {}).get(key) else None)
+    result["seconds"] = time.perf_counter() - t_start
+    print(table(result))
+    print(f"fp32 encoder forward+backward: {result['fp32_fraction_of_matmul']:.2f} of the fp32 matmul throughput"
+          if result["fp32_fraction_of_matmul"] else "", flush=True)
+    if result["speedup_vs_baseline"]:
+        print(f"SkeleMixCLR+ step: {result['fastest_option']} is {result['speedup_vs_baseline']:.2f}x the baseline")
+    print(f"benchmark took {result['seconds']:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
 """Self-supervised pretraining: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ share this processor (SPEC §3)."""
 from processor.metrics import knn_accuracies
 from processor.processor import Processor
+from torchlight.config import ConfigError
 
 
 class Pretrain(Processor):
@@ -10,6 +11,11 @@ class Pretrain(Processor):
 
     def build_data(self):
         cfg = self.cfg
+        queue, batch = self.raw_model.queue_size, cfg["batch_size"]
+        if queue % batch:
+            # Every rank enqueues the keys of the whole global batch (SPEC §3, §4b).
+            raise ConfigError(f"model_args.queue_size {queue} is not divisible by the global batch_size {batch} "
+                              f"({self.world} rank(s) x {batch // self.world})")
         args = dict(cfg["train_feeder_args"], views=self.raw_model.num_queries + 1,
                     augment=not cfg["device_augment"], seed=cfg["seed"])
         self.augment_args = {k: args[k] for k in ("shear_amplitude", "padding_ratio") if k in args}

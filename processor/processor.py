@@ -18,7 +18,14 @@ from tqdm import tqdm
 from feeder.augment import augment_batch
 from feeder.streams import to_stream
 from torchlight.config import ConfigError
-from torchlight.dist import get_rank, get_world_size, init_distributed, is_main_process
+from torchlight.dist import (
+    all_gather_object,
+    all_reduce_sum,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+)
 from torchlight.io import Logger, atomic_path
 from torchlight.util import instantiate, seed_everything, select_device
 
@@ -96,12 +103,12 @@ class Processor:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.distributed = init_distributed()
+        self.distributed = init_distributed(cfg["device"])
         self.device = select_device(cfg["device"])
         self.world = get_world_size()
         if cfg["batch_size"] % self.world:
             raise ConfigError(f"batch_size {cfg['batch_size']} is not divisible by the {self.world} ranks")
-        seed_everything(cfg["seed"] + get_rank())
+        seed_everything(cfg["seed"])  # every rank builds the same model; draws differ per rank after it
         self.main = is_main_process()
         self.log = Logger(cfg["work_dir"], enabled=self.main)
         self.writer = None
@@ -113,9 +120,14 @@ class Processor:
         self.log(f"{type(self).__name__} on {self.device}, {self.world} process(es), work_dir {cfg['work_dir']}")
 
         self.model = self.build_model().to(self.device)
+        if get_rank():
+            seed_everything(cfg["seed"] + get_rank())
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.distributed and cfg["sync_bn"]:
+            if self.device.type != "cuda":
+                raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm is GPU-only); "
+                                  "on CPU use model_args.shuffle_bn for MoCo or set sync_bn false")
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.raw_model = self.model
         if self.distributed:
@@ -220,8 +232,7 @@ class Processor:
         encoder.train(training)
         feats, labels, indices = (torch.cat(t) if t else t for t in (feats, labels, indices))
         if self.world > 1:
-            parts = [None] * self.world
-            torch.distributed.all_gather_object(parts, (feats.cpu(), labels.cpu(), indices.cpu()))
+            parts = all_gather_object((feats.cpu(), labels.cpu(), indices.cpu()))
             feats, labels, indices = (torch.cat(t).to(self.device) for t in zip(*parts))
         order = torch.argsort(indices)
         return feats[order], labels[order].long()
@@ -282,8 +293,11 @@ class Processor:
                             samples_s=f"{count * self.world / (time.perf_counter() - t0):.1f}")
         if count == 0:
             raise ConfigError(f"the training set has fewer clips than one batch ({loader.batch_size})")
+        # Logged means are over the whole global batch, not rank 0's share.
+        totals = all_reduce_sum(torch.tensor([count, *sums.values()], dtype=torch.float64, device=self.device))
+        count, sums = totals[0].item(), dict(zip(sums, totals[1:].tolist()))
         stats = {f"train/{k}": v / count for k, v in sums.items()}
-        stats["train/samples_per_s"] = count * self.world / (time.perf_counter() - t0)
+        stats["train/samples_per_s"] = count / (time.perf_counter() - t0)
         return stats
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -295,12 +309,18 @@ class Processor:
         return state
 
     def save_checkpoint(self, epoch, extra=None):
-        """Write `epoch{N}_model.pt` atomically: model, optimizer, epoch, config and RNG states."""
+        """Write `epoch{N}_model.pt` atomically: model, optimizer, epoch, config and RNG states.
+
+        Called on every rank: each rank's RNG states travel to rank 0, the only writer.
+        """
+        rng = all_gather_object(self.rng_state())
         if not self.main:
             return
         state = dict(model=self.raw_model.state_dict(), optimizer=self.optimizer.state_dict(),
-                     scaler=self.scaler.state_dict(), epoch=epoch + 1, config=self.cfg, rng=self.rng_state(),
+                     scaler=self.scaler.state_dict(), epoch=epoch + 1, config=self.cfg, rng=rng[0],
                      **(extra or {}))
+        if self.world > 1:
+            state["rng_per_rank"] = rng
         path = os.path.join(self.cfg["work_dir"], f"epoch{epoch + 1}_model.pt")
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
@@ -315,7 +335,9 @@ class Processor:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = state["epoch"]
-        rng = state["rng"]
+        # Each rank continues its own random stream when the world size is unchanged.
+        per_rank = state.get("rng_per_rank", [state["rng"]])
+        rng = per_rank[get_rank()] if len(per_rank) == self.world else state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])

@@ -25,11 +25,15 @@ def is_main_process():
     return get_rank() == 0
 
 
-def init_distributed():
-    """Join the process group when started by torchrun (NCCL on GPUs, Gloo on CPU); True if distributed."""
+def init_distributed(device="auto"):
+    """Join the process group when started by torchrun (NCCL on GPUs, Gloo on CPU); True if distributed.
+
+    `device` is the configured device: 'cpu' selects Gloo even on a machine with GPUs.
+    """
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", 1)) < 1 or is_dist():
         return is_dist()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    on_cpu = device is not None and str(device).startswith("cpu")
+    backend = "nccl" if torch.cuda.is_available() and not on_cpu else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)
@@ -51,3 +55,12 @@ def all_reduce_sum(x):
     if get_world_size() > 1:
         dist.all_reduce(x)
     return x
+
+
+def all_gather_object(obj):
+    """A list of every rank's picklable `obj` in rank order; [obj] in one process."""
+    if get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

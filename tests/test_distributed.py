@@ -1,0 +1,377 @@
+"""DDP on 2 CPU processes with Gloo (torchlight/dist.py, processor/, net/moco.py), against one process.
+
+Each test spawns its ranks itself and gives them a hard time limit. torch's SyncBatchNorm runs on
+GPUs only, so the "SyncBatchNorm" equivalence is checked with `GlobalBatchNorm` below, a stand-in
+with the same statistics (sums over all ranks, gradient through the all-reduce) that exists only here.
+"""
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import tiny_run
+from torch.nn.parallel import DistributedDataParallel
+
+from net.moco import MoCo
+from processor import configure
+from torchlight.config import ConfigError
+from torchlight.dist import concat_all_gather, get_rank, get_world_size, init_distributed
+
+WORLD, B = 2, 4  # ranks, clips per rank
+MOCO = dict(hidden_channels=4, hidden_dim=16, dropout=0.0, feature_dim=8, queue_size=4 * WORLD * B,
+            momentum=0.9, head="mlp", temperature=0.07)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- harness ---------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread, as in the ranks: tiny models on 2 shared cores are far faster that way."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(rank, port, fn, out, args):
+    """One rank: torchrun's environment, the Gloo group via torchlight.dist, `fn`'s result saved to `out`."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), CUDA_VISIBLE_DEVICES="")
+    torch.set_num_threads(1)
+    assert init_distributed("cpu") and dist.get_backend() == "gloo"
+    try:
+        torch.save(fn(rank, *args), os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn, out, *args, timeout=60):
+    """fn(rank, *args) on WORLD spawned processes; their results in rank order. Fails after `timeout` s."""
+    ctx = mp.start_processes(_child, args=(free_port(), fn, str(out), args), nprocs=WORLD, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"{fn.__name__} did not finish on {WORLD} ranks within {timeout} s")
+    return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+
+
+class SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) with its gradient: every rank's output depends on every rank's input."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_over_ranks(x):
+    return SumOverRanks.apply(x) if dist.is_initialized() else x
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the union of all ranks' batches (what SyncBatchNorm computes), differentiable."""
+
+    def _check_input_dim(self, x):
+        pass
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
+        count = x.numel() // x.shape[1] * get_world_size()
+        mean = sum_over_ranks(x.sum(dims)) / count
+        centred = x - mean.view(shape)
+        var = sum_over_ranks(centred.pow(2).sum(dims)) / count
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / (count - 1), self.momentum)
+        return centred / (var.view(shape) + self.eps).sqrt() * self.weight.view(shape) + self.bias.view(shape)
+
+
+def use_global_bn(module):
+    """Replace every BatchNorm of `module` by a GlobalBatchNorm holding the same parameters and buffers."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum)
+            bn.load_state_dict(child.state_dict())
+            bn.requires_grad_(child.weight.requires_grad)  # the key encoder's stay frozen
+            setattr(module, name, bn)
+        else:
+            use_global_bn(child)
+    return module
+
+
+def clips(n, seed):
+    return torch.randn(n, 3, 16, 25, 2, generator=torch.Generator().manual_seed(seed))
+
+
+# --- MoCo: gathered keys, identical queues, DDP step == one process with the global batch -----------
+def moco_steps(rank, world, bn, steps=2):
+    """`steps` SGD steps of SkeletonCLR on rank `rank`'s share of fixed global batches of world * B clips.
+
+    In float64: at random initialisation (features nearly collinear, tau 0.07) train-mode BN over 8 clips
+    turns fp32 summation-order noise into ~1e-4 weight differences, even between 1 and 2 threads of
+    one process; in float64 DDP and one process agree to ~1e-14, so a real difference cannot hide.
+    """
+    torch.manual_seed(0)
+    model = MoCo(**MOCO)
+    if bn == "eval":
+        # BN from running statistics (those of other clips): every clip's features independent of its batch.
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = None  # running statistics = those of the one calibration batch
+        with torch.no_grad():
+            model.encoder_q(clips(4 * B, 99))
+        model.encoder_k.load_state_dict(model.encoder_q.state_dict())
+        model.eval()
+    elif world > 1:
+        use_global_bn(model)
+    model.double()
+    per_rank = WORLD * B // world
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    ddp = DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
+                          weight_decay=1e-4)
+    losses = []
+    for step in range(steps):
+        views = [clips(WORLD * B, 10 * step + 1)[mine].double(), clips(WORLD * B, 10 * step + 2)[mine].double()]
+        loss = ddp(views)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return dict(losses=losses, state={k: v.clone() for k, v in model.state_dict().items()})
+
+
+def ddp_moco_worker(rank):
+    return {bn: moco_steps(rank, WORLD, bn) for bn in ("eval", "global")}
+
+
+def test_global_batch_norm_stand_in_is_batch_norm():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3, momentum=0.3)
+    nn.init.normal_(bn.weight)
+    x = torch.randn(5, 3, 4, 2)
+    stand_in = use_global_bn(nn.Sequential(bn))[0]
+    reference = bn(x)
+    torch.testing.assert_close(stand_in(x), reference)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(stand_in, name), getattr(bn, name))
+
+
+def test_ddp_moco_step_equals_one_process_with_the_global_batch(tmp_path):
+    ranks = run_ranks(ddp_moco_worker, tmp_path)
+    initial = moco_steps(0, 1, "eval", steps=0)["state"]
+    for bn in ("eval", "global"):
+        single = moco_steps(0, 1, bn)  # one process, global batch WORLD * B, torch's own BatchNorm
+        a, b = (r[bn] for r in ranks)
+        # The queue is identical on every rank and holds the keys of the whole global batch.
+        assert torch.equal(a["state"]["queue"], b["state"]["queue"]) and int(a["state"]["queue_ptr"]) == 2 * WORLD * B
+        # DDP averages the ranks' gradients of their mean losses: the one-process mean over 2B.
+        for step, loss in enumerate(single["losses"]):
+            assert np.isclose((a["losses"][step] + b["losses"][step]) / 2, loss, rtol=1e-5, atol=1e-6), (bn, step)
+        # Same weights, EMA key encoder, BN statistics and queue (the gathered keys) as one process.
+        for name, value in single["state"].items():
+            for rank in (a, b):
+                torch.testing.assert_close(rank["state"][name], value, rtol=1e-10, atol=1e-12,
+                                           msg=lambda m, bn=bn, name=name: f"{bn} {name}: {m}")
+        for name in ("encoder_q.fc.2.weight", "encoder_k.fc.2.weight"):  # the steps did move the weights
+            assert (single["state"][name] - initial[name]).abs().max() > 1e-2, name
+
+
+def shuffle_bn_worker(rank):
+    torch.manual_seed(0)
+    model = MoCo(**MOCO, shuffle_bn=True)
+    x = clips(WORLD * B, 3)
+    torch.manual_seed(7)  # rank 0's permutation is the one broadcast
+    keys = model._keys(x[rank * B:(rank + 1) * B])
+    gathered = concat_all_gather(keys)
+    model._dequeue_and_enqueue(keys)
+    return dict(keys=keys, gathered=gathered, queue=model.queue.clone(), rank=get_rank(), world=get_world_size())
+
+
+def test_shuffle_bn_keys_and_gathered_queue(tmp_path):
+    ranks = run_ranks(shuffle_bn_worker, tmp_path)
+    torch.manual_seed(0)
+    model = MoCo(**MOCO)
+    x = clips(WORLD * B, 3)
+    torch.manual_seed(7)
+    perm = torch.randperm(WORLD * B)
+    # Independently: rank r's key encoder sees clips perm[rB:(r+1)B] as its batch (train-mode BN).
+    expected = torch.empty(WORLD * B, MOCO["feature_dim"])
+    with torch.no_grad():
+        for r in range(WORLD):
+            chunk = perm[r * B:(r + 1) * B]
+            expected[chunk] = F.normalize(model.encoder_k(x[chunk]), dim=1)
+    for r, out in enumerate(ranks):
+        assert (out["rank"], out["world"]) == (r, WORLD)
+        torch.testing.assert_close(out["keys"], expected[r * B:(r + 1) * B])
+        torch.testing.assert_close(out["gathered"], expected)  # concat_all_gather: rank order
+        torch.testing.assert_close(out["queue"][:, :WORLD * B], expected.T)
+        torch.testing.assert_close(out["queue"], ranks[0]["queue"], rtol=0, atol=0)
+
+
+# --- processors under DDP --------------------------------------------------------------------------
+def pretrain_worker(rank, data, root):
+    """SkeleMixCLR+ for 2 epochs, then epoch 2 again resumed from rank 0's epoch-1 checkpoint."""
+    def run(work, **extra):
+        cls, cfg = configure("pretrain_skeletonclr_multi_swapv2", tiny_run(
+            data, os.path.join(root, f"rank{rank}", work), device="cpu", num_epoch=2, save_interval=1,
+            eval_interval=1, knn_k=[1, 5], model_args=dict(queue_size=32), **extra))
+        proc = cls(cfg)
+        start = proc.start_epoch
+        proc.start()
+        params = {k: v.clone() for k, v in proc.raw_model.named_parameters()}
+        stats = [{k: v for k, v in s.items() if not k.endswith("per_s")} for s in proc.stats]
+        return dict(stats=stats, params=params, queue=proc.raw_model.queue.clone(), start_epoch=start,
+                    sampler_epoch=proc.train_loader.sampler.epoch, ddp=type(proc.model).__name__)
+
+    straight = run("straight")
+    dist.barrier()
+    resumed = run("resumed", resume=os.path.join(root, "rank0", "straight", "epoch1_model.pt"))
+    return dict(straight=straight, resumed=resumed)
+
+
+def test_pretraining_on_two_ranks_writes_on_rank0_and_resumes_exactly(demo_arrays, tmp_path):
+    ranks = run_ranks(pretrain_worker, tmp_path, demo_arrays, str(tmp_path))
+    assert not os.path.exists(tmp_path / "rank1")  # rank 1 writes no log, config, TensorBoard or checkpoint
+    straight = tmp_path / "rank0" / "straight"
+    assert {"log.txt", "config.yaml", "tensorboard", "epoch1_model.pt", "epoch2_model.pt"} <= set(
+        os.listdir(straight))
+    log = (straight / "log.txt").read_text()
+    assert log.count("2 process(es)") == 1 and log.count("epoch 2/2") == 1
+    checkpoint = torch.load(straight / "epoch2_model.pt", weights_only=False)
+    assert len(checkpoint["rng_per_rank"]) == WORLD
+    for run in ("straight", "resumed"):
+        a, b = (r[run] for r in ranks)
+        assert a["ddp"] == "DistributedDataParallel" and a["sampler_epoch"] == b["sampler_epoch"] == 1
+        assert a["stats"] == b["stats"]  # logged means are over the global batch; kNN over the whole val set
+        assert torch.equal(a["queue"], b["queue"])
+        for name, value in a["params"].items():
+            assert torch.equal(value, b["params"][name]), name
+    for r in ranks:
+        assert r["resumed"]["start_epoch"] == 1
+        assert r["resumed"]["stats"] == r["straight"]["stats"][1:]  # every rank continues its own streams
+        for name, value in r["straight"]["params"].items():
+            assert torch.equal(value, r["resumed"]["params"][name]), name
+    for name, value in ranks[0]["straight"]["params"].items():
+        assert torch.equal(checkpoint["model"][name], value), name
+    assert {"knn/top1_k1", "knn/top1_k5", "train/loss_mix"} <= set(ranks[0]["straight"]["stats"][0])
+
+
+def odd_val_set(demo_arrays, folder, n=39):
+    """The first `n` (odd) val clips of the demo arrays."""
+    x = np.load(os.path.join(demo_arrays, "val_position.npy"))[:n]
+    with open(os.path.join(demo_arrays, "val_label.pkl"), "rb") as f:
+        names, labels = pickle.load(f)
+    np.save(os.path.join(folder, "val39.npy"), x)
+    with open(os.path.join(folder, "val39.pkl"), "wb") as f:
+        pickle.dump((list(names[:n]), list(labels[:n])), f)
+    return dict(data_path=os.path.join(folder, "val39.npy"), label_path=os.path.join(folder, "val39.pkl"))
+
+
+def evaluation_worker(rank, data, val, root):
+    """Linear evaluation (scores before training, then 2 epochs), kNN and 1 epoch of fine-tuning."""
+    def make(name, work, **extra):
+        cls, cfg = configure(name, tiny_run(data, os.path.join(root, f"rank{rank}", work), device="cpu",
+                                            test_feeder_args=val, test_batch_size=8, **extra))
+        return cls(cfg)
+
+    linear = make("linear_evaluation", "linear", num_epoch=2, eval_interval=1)
+    shard = list(linear.val_loader.sampler)
+    before = linear.evaluate(-1)
+    scores, labels = linear.last_scores.clone(), linear.last_labels.clone()
+    linear.start()
+    knn = make("knn_evaluation", "knn", knn_k=[1, 5]).start()
+    finetune = make("finetune_evaluation", "finetune", num_epoch=1, eval_interval=1)
+    finetune.start()
+    return dict(shard=shard, before=before, scores=scores, labels=labels, history=linear.history[1:], knn=knn,
+                finetune=finetune.history[-1], fc=linear.raw_model.fc.weight.detach().clone())
+
+
+def test_evaluation_on_two_ranks_counts_every_val_clip_once(demo_arrays, tmp_path):
+    val = odd_val_set(demo_arrays, tmp_path)
+    ranks = run_ranks(evaluation_worker, tmp_path, demo_arrays, val, str(tmp_path))
+    single = evaluation_worker(0, demo_arrays, val, str(tmp_path / "single"))  # one process
+    with open(val["label_path"], "rb") as f:
+        labels = torch.tensor(pickle.load(f)[1])
+    # ShardSampler: rank r takes r, r + 2, ...: 20 + 19 clips, every one exactly once, no padding.
+    assert ranks[0]["shard"] == list(range(0, 39, 2)) and ranks[1]["shard"] == list(range(1, 39, 2))
+    for r in ranks:
+        assert torch.equal(r["labels"], labels)  # gathered in dataset order
+        torch.testing.assert_close(r["scores"], single["scores"], rtol=1e-4, atol=1e-5)
+        assert r["before"] == single["before"] and r["knn"] == single["knn"]
+        assert r["history"] == ranks[0]["history"] and r["finetune"] == ranks[0]["finetune"]
+        assert torch.equal(r["fc"], ranks[0]["fc"])
+    assert single["scores"].shape[0] == 39
+    for work in ("linear", "knn", "finetune"):
+        assert os.listdir(tmp_path / "rank0" / work)
+    assert not os.path.exists(tmp_path / "rank1")
+    assert (tmp_path / "rank0" / "knn" / "knn.json").is_file()
+    assert (tmp_path / "rank0" / "linear" / "result.json").is_file()
+
+
+# --- configuration errors and torchrun ------------------------------------------------------------
+def errors_worker(rank, data, root):
+    messages = {}
+    for key, overrides in dict(batch=dict(batch_size=15), sync_bn=dict(sync_bn=True),
+                               queue=dict(model_args=dict(queue_size=40))).items():
+        cls, cfg = configure("pretrain_skeletonclr", tiny_run(data, os.path.join(root, key), device="cpu",
+                                                              **overrides))
+        try:
+            cls(cfg)
+        except ConfigError as e:
+            messages[key] = str(e)
+    return messages
+
+
+def test_clear_errors_on_two_ranks(demo_arrays, tmp_path):
+    ranks = run_ranks(errors_worker, tmp_path, demo_arrays, str(tmp_path))
+    assert ranks[0] == ranks[1]
+    assert "batch_size 15 is not divisible by the 2 ranks" in ranks[0]["batch"]
+    assert "sync_bn needs CUDA" in ranks[0]["sync_bn"] and "shuffle_bn" in ranks[0]["sync_bn"]
+    assert "queue_size 40 is not divisible by the global batch_size 16 (2 rank(s) x 8)" in ranks[0]["queue"]
+
+
+def test_main_under_torchrun(demo_arrays, tmp_path):
+    part = {p: [f"--{p}_feeder_args.data_path", f"{demo_arrays}/{p.replace('test', 'val')}_position.npy",
+                f"--{p}_feeder_args.label_path", f"{demo_arrays}/{p.replace('test', 'val')}_label.pkl"]
+            for p in ("train", "test")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+               "main.py", "pretrain_skeletonclr_swap", "--work_dir", str(tmp_path), "--device", "cpu",
+               "--num_workers", "0", "--progress", "false", "--batch_size", "16", "--num_epoch", "1",
+               "--eval_interval", "1", "--knn_k", "[1,5]", "--train_feeder_args.frames", "16",
+               "--model_args.hidden_channels", "4", "--model_args.hidden_dim", "16", "--model_args.dropout", "0",
+               "--model_args.queue_size", "32", "--model_args.shuffle_bn", "true", *part["train"], *part["test"]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    log = (tmp_path / "log.txt").read_text()
+    assert "Pretrain on cpu, 2 process(es)" in log and log.count("knn/top1_k5") == 1
+    assert (tmp_path / "epoch1_model.pt").is_file()

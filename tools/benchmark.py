@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as `python tools/benchmark.py`: make the re
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import net.st_gcn as st_gcn  # noqa: E402
 from processor import configure  # noqa: E402
-from processor.processor import cpu_amp_is_native  # noqa: E402
+from processor.processor import cpu_amp_is_fast  # noqa: E402
 
 METHODS = {"skeletonclr": "pretrain_skeletonclr", "skelemixclr": "pretrain_skeletonclr_swap",
            "skelemixclr_plus": "pretrain_skeletonclr_multi_swapv2"}
@@ -320,10 +320,9 @@ def speed_options(device, quick):
     """Speed options runnable here: {name: processor config keys}, and {name: why skipped}."""
     options, skipped = {"fp32": {}, "channels_last": {"channels_last": True}}, {}
     for amp in ("bf16", "fp16"):
-        if device.type == "cpu" and not cpu_amp_is_native(amp):
-            skipped[amp] = f"no native {amp} kernels on this CPU (emulated: slower than fp32)"
-        elif amp == "fp16" and device.type == "cpu" and quick:
-            skipped[amp] = "--quick"
+        if device.type == "cpu" and not cpu_amp_is_fast(amp):
+            why = "its fp16 conv backward is a reference kernel" if amp == "fp16" else "no native bf16 kernels"
+            skipped[amp] = f"slower than fp32 on this CPU: {why}"
         else:
             options[amp] = {"amp": amp}
     if quick:
@@ -401,7 +400,7 @@ def main(argv=None):
         options = {"baseline": {"baseline": True}, **options}
     n = args.matmul_size or (512 if args.quick else 2048 if device.type == "cpu" else 8192)
     matmul = {"fp32": matmul_gflops(device, torch.float32, n, 1, 3 if args.quick else 5)}
-    if device.type == "cuda" or cpu_amp_is_native("bf16"):
+    if device.type == "cuda" or cpu_amp_is_fast("bf16"):
         matmul["bf16"] = matmul_gflops(device, torch.bfloat16, n, 1, 3 if args.quick else 5)
     print(f"matmul {n}x{n}: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in matmul.items()), flush=True)
 

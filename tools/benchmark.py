@@ -1,7 +1,7 @@
 """Speed benchmark: how close pretraining, evaluation and inference run to the machine's limit.
 
 python tools/benchmark.py --json speed.json        # default run: < 5 minutes on 2 CPU cores
-python tools/benchmark.py --batch 128 --json full.json   # the paper's batch for the pretraining steps
+python tools/benchmark.py --batch 128 --methods skelemixclr_plus --options fp32,bf16,combined   # paper's batch, ~8 min
 python tools/benchmark.py --quick                  # tiny smoke run (CI)
 
 In one run on the current device it measures the machine's sustained fp32 (and bf16) matrix-multiply
@@ -316,8 +316,12 @@ def measure_option(name, option, args, data, device, reference=None):
     return row
 
 
-def speed_options(device, quick):
-    """Speed options runnable here: {name: processor config keys}, and {name: why skipped}."""
+def speed_options(device, quick, wanted=()):
+    """Speed options runnable here: {name: processor config keys}, and {name: why skipped}.
+
+    On CPU, compile runs only when named in `wanted`: inductor's code measured slower than eager
+    there (75 vs 137 GFLOP/s, 2-core Xeon) and costs over a minute to compile.
+    """
     options, skipped = {"fp32": {}, "channels_last": {"channels_last": True}}, {}
     for amp in ("bf16", "fp16"):
         if device.type == "cpu" and not cpu_amp_is_fast(amp):
@@ -327,6 +331,8 @@ def speed_options(device, quick):
             options[amp] = {"amp": amp}
     if quick:
         skipped["compile"] = "--quick (compiling takes minutes)"
+    elif device.type == "cpu" and "compile" not in wanted:
+        skipped["compile"] = "CPU: slower than eager here; --options compile measures it"
     else:
         options["compile"] = {"compile": True}
     options["device_augment"] = {"device_augment": True}
@@ -392,9 +398,9 @@ def main(argv=None):
                           "cpu" if args.device == "auto" else args.device)
     args.device = str(device)
     t_start = time.perf_counter()
-    options, skipped = speed_options(device, args.quick)
-    if args.options:
-        wanted = args.options.split(",")
+    wanted = args.options.split(",") if args.options else []
+    options, skipped = speed_options(device, args.quick, wanted)
+    if wanted:
         options = {k: v for k, v in options.items() if k in wanted}
     if args.baseline:
         options = {"baseline": {"baseline": True}, **options}

@@ -255,11 +255,13 @@ class Processor:
                 group["lr"] = lr
             stats = self.train_epoch(epoch)
             stats["lr"] = lr
-            if (epoch + 1) % cfg["save_interval"] == 0 or epoch + 1 == cfg["num_epoch"]:
-                self.save_checkpoint(epoch)
             if cfg["eval_interval"] > 0 and ((epoch + 1) % cfg["eval_interval"] == 0
                                              or epoch + 1 == cfg["num_epoch"]):
                 stats.update(self.evaluate(epoch))
+            # After evaluating: its loaders draw from the global RNG, and a resumed run must start
+            # the next epoch with the same random state as the uninterrupted one.
+            if (epoch + 1) % cfg["save_interval"] == 0 or epoch + 1 == cfg["num_epoch"]:
+                self.save_checkpoint(epoch)
             self.stats.append(stats)
             self.log(f"epoch {epoch + 1}/{cfg['num_epoch']} " +
                      " ".join(f"{k} {v:.4g}" for k, v in stats.items()))

@@ -22,7 +22,9 @@ def test_skelemixclr_plus_two_epochs_lower_the_loss(demo_arrays, tiny, tmp_path)
 
 
 def test_resume_continues_exactly(demo_arrays, tiny, tmp_path):
-    args = dict(num_epoch=3, save_interval=1, model_args=dict(queue_size=64, dropout=0.3))
+    # The kNN monitor after every epoch must not change what a resumed run draws.
+    args = dict(num_epoch=3, save_interval=1, eval_interval=1, knn_k=[1],
+                model_args=dict(queue_size=64, dropout=0.3))
     cls, cfg = tiny("pretrain_skeletonclr_swap", demo_arrays, tmp_path / "straight", **args)
     straight = cls(cfg)
     straight.start()

@@ -13,6 +13,15 @@ def test_precedence_command_line_over_config_over_defaults():
     assert defaults == {"lr": 0.1, "model_args": {"a": 1, "b": 2}, "step": []}  # untouched
 
 
+def test_values_take_their_defaults_type():
+    defaults = {"lr": 0.1, "amp": "off", "wd": 0.0, "epochs": 3, "weights": None}
+    cfg = merge(defaults, {"lr": 3, "wd": "1e-4"}, {"amp": False, "weights": "w.pt"})
+    assert cfg == {"lr": 3.0, "amp": "off", "wd": 1e-4, "epochs": 3, "weights": "w.pt"}
+    assert type(cfg["lr"]) is float
+    with pytest.raises(ConfigError, match="key 'epochs' in x.yaml: expected int like the default 3, got True"):
+        merge(defaults, {"epochs": True}, {}, source="x.yaml")
+
+
 def test_overrides_are_read_as_yaml():
     assert parse_overrides(["--lr", "0.5", "--step=[1,2]", "--flag", "--name", "x", "--n.m", "null"]) == {
         "lr": 0.5, "step": [1, 2], "flag": True, "name": "x", "n.m": None}
@@ -24,6 +33,11 @@ def test_overrides_are_read_as_yaml():
     (["pretrain_skeletonclr", "--base_lr", "[1,"], "malformed value for --base_lr"),
     (["no_such_processor"], "unknown processor 'no_such_processor'"),
     (["pretrain_skeletonclr", "stray"], "expected --key value"),
+    (["pretrain_skeletonclr", "--batch_size", "abc"],
+     "key 'batch_size' in command line: expected int like the default 128, got 'abc'"),
+    (["pretrain_skeletonclr", "--progress", "0"], "key 'progress' in command line: expected bool"),
+    (["pretrain_skeletonclr", "--step", "80"], "key 'step' in command line: expected list like the default [300]"),
+    (["pretrain_skeletonclr", "--model_args.temperature", "cold"], "key 'model_args.temperature' in command line"),
 ])
 def test_bad_command_lines_give_one_line_errors(argv, message):
     with pytest.raises(SystemExit) as e:

@@ -71,4 +71,30 @@ def _set(cfg, path, value, source, defaults):
         for k, v in value.items():
             _set(cfg, path + [k], v, source, defaults)
     else:
-        node[leaf] = value
+        node[leaf] = _typed(value, _default_at(defaults, path), ".".join(path), source)
+
+
+def _default_at(defaults, path):
+    """The code default at `path`, or None where there is none (free-form keys such as model_args.*)."""
+    for part in path:
+        if not isinstance(defaults, dict) or part not in defaults:
+            return None
+        defaults = defaults[part]
+    return defaults
+
+
+def _typed(value, default, key, source):
+    """`value` if it has its default's type; ints pass as floats, YAML's off/no/on/yes words as strings."""
+    if default is None or value is None or isinstance(default, dict):
+        return value
+    if isinstance(default, str) and isinstance(value, bool):
+        return "on" if value else "off"  # YAML 1.1 reads `amp: off` as false
+    if isinstance(default, float) and not isinstance(value, bool):
+        try:
+            return float(value)  # also '1e-4', which YAML 1.1 reads as a string
+        except (TypeError, ValueError):
+            pass
+    elif isinstance(value, type(default)) and isinstance(value, bool) == isinstance(default, bool):
+        return value
+    raise ConfigError(f"key {key!r} in {source}: expected {type(default).__name__} like the default "
+                      f"{default!r}, got {value!r}")

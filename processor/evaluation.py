@@ -1,5 +1,6 @@
 """Evaluation protocols: linear, fine-tune / semi-supervised and kNN (SPEC §4)."""
 import json
+import math
 import os
 import pickle
 
@@ -48,25 +49,32 @@ def load_encoder(model, path, ignore_weights=()):
 class Classification(Processor):
     """Supervised training of an encoder + classifier with top-1/top-5 evaluation and a result file."""
 
-    extra_defaults = dict(ignore_weights=["encoder_q.fc", "encoder_k", "queue"], result_file="result.json")
+    extra_defaults = dict(ignore_weights=["encoder_q.fc", "encoder_k", "queue"], result_file="result.json",
+                          augment=False)  # train on SPEC §1.5's crop + shear (SPEC §4 trains without)
 
     def build_model(self):
         model = super().build_model()
         if self.cfg["weights"]:
             loaded, ignored, missing = load_encoder(model, self.cfg["weights"], self.cfg["ignore_weights"])
+            report = os.path.join(self.cfg["work_dir"], "weights.json")
             self.log(f"loaded {len(loaded)} tensors from {self.cfg['weights']}; ignored {len(ignored)} "
                      f"({', '.join(sorted({k.split('.')[0] for k in ignored})) or 'none'}); "
-                     f"trained from scratch: {', '.join(missing) or 'none'}")
+                     f"trained from scratch: {', '.join(missing) or 'none'}; every key in {report}")
+            if self.main:
+                with atomic_path(report) as tmp, open(tmp, "w") as f:
+                    json.dump(dict(weights=self.cfg["weights"], loaded=loaded, ignored=ignored, missing=missing),
+                              f, indent=1)
         return model
 
     def build_data(self):
         cfg = self.cfg
-        train = self.dataset(dict(cfg["train_feeder_args"], views=0), "train_feeder_args")
+        args = self.augmented_train_args(1) if cfg["augment"] else dict(cfg["train_feeder_args"], views=0)
+        train = self.dataset(args, "train_feeder_args")
         self.train_loader = self.loader(train, train=True)
         self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
         self.names = self.val_loader.dataset.names
         self.history, self.best = [], None
-        if getattr(train, "indices", None) is not None and self.main:
+        if cfg["train_feeder_args"].get("label_fraction") is not None and self.main:
             path = os.path.join(cfg["work_dir"], "labelled_subset.txt")
             with atomic_path(path) as tmp, open(tmp, "w") as f:
                 f.write("\n".join(train.subset_names()) + "\n")
@@ -74,7 +82,11 @@ class Classification(Processor):
 
     def train_step(self, batch):
         x, y, _ = batch
-        return {"loss": F.cross_entropy(self.model(self.to_input(x)).float(), y.to(self.device))}
+        if self.cfg["augment"]:
+            x = self.to_input(x[0], augment=self.cfg["device_augment"])  # the one augmented view
+        else:
+            x = self.to_input(x)
+        return {"loss": F.cross_entropy(self.model(x).float(), y.to(self.device))}
 
     def evaluate(self, epoch):
         scores, labels = self.features(self.raw_model, self.val_loader, return_features=False)
@@ -96,7 +108,8 @@ class Classification(Processor):
         scores, labels = self.last_scores.cpu(), self.last_labels.cpu()
         confusion = confusion_matrix(scores.argmax(1), labels, scores.shape[1])
         result = dict(final=self.history[-1], best_on_val=self.best, history=self.history,
-                      per_class_top1=per_class_accuracy(confusion), confusion=confusion.tolist(),
+                      per_class_top1=[None if math.isnan(a) else a for a in per_class_accuracy(confusion)],
+                      confusion=confusion.tolist(),
                       scores_file="scores.pkl", weights=self.cfg["weights"], stream=self.cfg["stream"])
         path = os.path.join(self.cfg["work_dir"], self.cfg["result_file"])
         with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -120,7 +133,8 @@ class LinearEvaluation(Classification):
 
     With un-augmented training clips the encoder's output per clip never changes, so by default
     (`cache_features`) it is computed once and the classifier trains on the cached features with
-    the same optimiser, schedule and batch order as the full path.
+    the same optimiser, schedule and batch order as the full path. With `augment` every epoch sees
+    new clips, and the encoder runs every step (the full path).
     """
 
     extra_defaults = dict(Classification.extra_defaults, base_lr=3.0, weight_decay=0.0, step=[80],
@@ -136,8 +150,12 @@ class LinearEvaluation(Classification):
     def set_train_mode(self):
         self.model.eval()  # BN statistics and dropout of the frozen encoder stay fixed (SPEC §4)
 
+    @property
+    def uses_cache(self):
+        return self.cfg["cache_features"] and not self.cfg["augment"]
+
     def train_epoch(self, epoch):
-        if not self.cfg["cache_features"]:
+        if not self.uses_cache:
             return super().train_epoch(epoch)
         if not hasattr(self, "cached"):
             self.cached = self.features(self.raw_model, self.train_loader_in_order(), return_features=True)
@@ -151,14 +169,16 @@ class LinearEvaluation(Classification):
             idx = order[i:i + batch]
             with self.autocast():
                 loss = F.cross_entropy(self.raw_model.fc(feats[idx]).float(), labels[idx])
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.optimize(loss)
             total, count = total + loss.item() * len(idx), count + len(idx)
         if count == 0:
             raise ConfigError(f"the training set has fewer clips than one batch ({batch})")
         return {"train/loss": total / count}
+
+    def build_data(self):
+        super().build_data()
+        if self.cfg["cache_features"] and self.cfg["augment"]:
+            self.log("augment is on: the encoder runs on every batch (no feature cache)")
 
     def train_loader_in_order(self):
         return self.loader(self.train_loader.dataset, train=False)

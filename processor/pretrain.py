@@ -16,9 +16,7 @@ class Pretrain(Processor):
             # Every rank enqueues the keys of the whole global batch (SPEC §3, §4b).
             raise ConfigError(f"model_args.queue_size {queue} is not divisible by the global batch_size {batch} "
                               f"({self.world} rank(s) x {batch // self.world})")
-        args = dict(cfg["train_feeder_args"], views=self.raw_model.num_queries + 1,
-                    augment=not cfg["device_augment"], seed=cfg["seed"])
-        self.augment_args = {k: args[k] for k in ("shear_amplitude", "padding_ratio") if k in args}
+        args = self.augmented_train_args(self.raw_model.num_queries + 1)
         self.train_loader = self.loader(self.dataset(args, "train_feeder_args"), train=True)
         if cfg["eval_interval"] > 0 and cfg["test_feeder_args"]:
             # SPEC §4b: the kNN bank is the train set without augmentation.

@@ -184,6 +184,14 @@ class Processor:
         return torch.optim.SGD(self.trainable_parameters(), lr=cfg["base_lr"], momentum=cfg["momentum"],
                                nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
 
+    def augmented_train_args(self, views):
+        """train_feeder_args for `views` augmented views per clip (SPEC §1.5): augmented by the loader's
+        workers, or with `device_augment` on the device in `to_input`."""
+        cfg = self.cfg
+        args = dict(cfg["train_feeder_args"], views=views, augment=not cfg["device_augment"], seed=cfg["seed"])
+        self.augment_args = {k: args[k] for k in ("shear_amplitude", "padding_ratio") if k in args}
+        return args
+
     def dataset(self, args, what):
         """The feeder for `args`; the skeleton layout defaults to the model's."""
         return instantiate(self.cfg["feeder"], {"layout": self.layout, **args}, what)
@@ -197,6 +205,8 @@ class Processor:
         else:
             sampler = ShardSampler(len(dataset))
         workers = self.cfg["num_workers"]
+        # Training workers are not persistent: each epoch's workers must see the dataset's new
+        # set_epoch (augmentation seeds), which a persistent worker's copy would miss.
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
                           pin_memory=self.device.type == "cuda", drop_last=train,
                           persistent_workers=workers > 0 and not train)
@@ -274,6 +284,16 @@ class Processor:
         if self.writer:
             self.writer.close()
 
+    def optimize(self, loss):
+        """Backward, gradient-norm clip (after backward, SPEC §4b) when `grad_clip` is set, SGD step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg["grad_clip"]:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
     def train_epoch(self, epoch):
         self.set_train_mode()
         loader = self.train_loader
@@ -284,13 +304,7 @@ class Processor:
         for batch in bar:
             with self.autocast():
                 losses = self.train_step(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(losses["loss"]).backward()
-            if self.cfg["grad_clip"]:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg["grad_clip"])
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.optimize(losses["loss"])
             n = len(batch[1])
             count += n
             for k, v in losses.items():

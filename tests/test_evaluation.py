@@ -63,18 +63,58 @@ def test_linear_evaluation_separable_toy_and_frozen_encoder(tiny, tmp_path):
     with open(tmp_path / "lin" / "scores.pkl", "rb") as f:
         scores = pickle.load(f)
     assert len(scores) == 24 and scores["clip1"].argmax() == 1
+    report = json.loads((tmp_path / "lin" / "weights.json").read_text())  # which keys came from where
+    saved = torch.load(tmp_path / "enc.pt")["model"]
+    assert report["loaded"] == sorted(saved) and report["ignored"] == [] and report["missing"] == []
 
 
 def test_cached_features_match_full_path(demo_arrays, tiny, tmp_path):
-    accs = []
+    accs, classifiers = [], []
     for cache in (True, False):
         cls, cfg = tiny("linear_evaluation", demo_arrays, tmp_path / str(cache), num_epoch=4, step=[3],
-                        eval_interval=4, cache_features=cache, model_args=dict(num_class=12))
+                        eval_interval=4, cache_features=cache, grad_clip=1.0, model_args=dict(num_class=12))
         proc = cls(cfg)
         proc.start()
+        assert hasattr(proc, "cached") == cache  # the path taken
         accs.append(proc.history[-1]["top1"])
+        classifiers.append(proc.raw_model.fc.weight.detach().clone())
         n_val = len(proc.val_loader.dataset)
     assert abs(accs[0] - accs[1]) <= 100 / n_val + 1e-9   # within one clip
+    # Same optimiser, schedule, clipping and batch order: the same classifier up to summation order.
+    torch.testing.assert_close(classifiers[0], classifiers[1], rtol=1e-3, atol=1e-4)
+    assert not (tmp_path / "True" / "labelled_subset.txt").exists()  # all labels: no subset file
+
+
+@pytest.mark.parametrize("device_augment", [False, True])
+def test_augmented_linear_evaluation_runs_the_encoder_every_step(demo_arrays, tiny, tmp_path, device_augment):
+    cls, cfg = tiny("linear_evaluation", demo_arrays, tmp_path, num_epoch=2, eval_interval=2, augment=True,
+                    device_augment=device_augment, model_args=dict(num_class=12))
+    proc = cls(cfg)
+    records, train_step, to_input = [], proc.train_step, proc.to_input
+
+    def recording_step(batch):  # the encoder's input of every training step, by clip index
+        inputs = []
+        proc.to_input = lambda x, augment=False: inputs.append(to_input(x, augment)) or inputs[-1]
+        try:
+            return train_step(batch)
+        finally:
+            proc.to_input = to_input
+            records.append(dict(zip(batch[2].tolist(), inputs[0])))
+
+    proc.train_step = recording_step
+    proc.start()
+    assert not hasattr(proc, "cached")  # cache_features (the default) falls back by itself
+    dataset = proc.train_loader.dataset
+    assert dataset.views == 1 and dataset.augment is not device_augment
+    per_epoch = len(records) // 2
+    epochs = [{i: x for r in records[e * per_epoch:(e + 1) * per_epoch] for i, x in r.items()} for e in (0, 1)]
+    both = sorted(set(epochs[0]) & set(epochs[1]))[:5]
+    assert both
+    for i in both:  # cropped and sheared, anew every epoch
+        stored = torch.from_numpy(np.array(dataset.data[dataset.indices[i]], dtype=np.float32))
+        assert epochs[0][i].shape == stored.shape
+        assert not torch.allclose(epochs[0][i], stored) and not torch.allclose(epochs[0][i], epochs[1][i])
+    assert "no feature cache" in (tmp_path / "log.txt").read_text()
 
 
 def moco_state(prefix=""):

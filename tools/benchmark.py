@@ -238,10 +238,7 @@ def train_steps(proc, args):
         batch = next(batches)
         with proc.autocast():
             losses = proc.train_step(batch)
-        proc.optimizer.zero_grad(set_to_none=True)
-        proc.scaler.scale(losses["loss"]).backward()
-        proc.scaler.step(proc.optimizer)
-        proc.scaler.update()
+        proc.optimize(losses["loss"])
 
     return timed(step, args.warmup, args.iters, proc.device)
 

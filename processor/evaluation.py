@@ -99,7 +99,9 @@ class Classification(Processor):
         return {"val/top1": result["top1"], "val/top5": result["top5"]}
 
     def finish(self):
-        if self.cfg["num_epoch"] > 0 and self.history and self.main:
+        if self.cfg["num_epoch"] > 0 and not self.history:  # eval_interval 0: still one final result
+            self.evaluate(self.cfg["num_epoch"] - 1)
+        if self.cfg["num_epoch"] > 0 and self.main:
             self.write_result()
         super().finish()
 

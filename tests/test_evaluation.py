@@ -85,6 +85,14 @@ def test_cached_features_match_full_path(demo_arrays, tiny, tmp_path):
     assert not (tmp_path / "True" / "labelled_subset.txt").exists()  # all labels: no subset file
 
 
+def test_final_result_without_periodic_evaluation(demo_arrays, tiny, tmp_path):
+    cls, cfg = tiny("linear_evaluation", demo_arrays, tmp_path, num_epoch=2, eval_interval=0,
+                    model_args=dict(num_class=12))
+    cls(cfg).start()
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["final"]["epoch"] == 2 and [h["epoch"] for h in result["history"]] == [2]
+
+
 @pytest.mark.parametrize("device_augment", [False, True])
 def test_augmented_linear_evaluation_runs_the_encoder_every_step(demo_arrays, tiny, tmp_path, device_augment):
     cls, cfg = tiny("linear_evaluation", demo_arrays, tmp_path, num_epoch=2, eval_interval=2, augment=True,

@@ -38,6 +38,9 @@ def test_overrides_are_read_as_yaml():
     (["pretrain_skeletonclr", "--progress", "0"], "key 'progress' in command line: expected bool"),
     (["pretrain_skeletonclr", "--step", "80"], "key 'step' in command line: expected list like the default [300]"),
     (["pretrain_skeletonclr", "--model_args.temperature", "cold"], "key 'model_args.temperature' in command line"),
+    (["pretrain_skeletonclr", "--device", "[0,1]"], "device [0, 1]: one process uses one device; run several GPUs "
+                                                    "with torchrun"),
+    (["pretrain_skeletonclr", "--device", "banana"], "device 'banana' (auto, cpu, cuda, cuda:1 or 1)"),
 ])
 def test_bad_command_lines_give_one_line_errors(argv, message):
     with pytest.raises(SystemExit) as e:

@@ -84,11 +84,14 @@ def _default_at(defaults, path):
 
 
 def _typed(value, default, key, source):
-    """`value` if it has its default's type; ints pass as floats, YAML's off/no/on/yes words as strings."""
+    """`value` if it has its default's type: ints pass as floats, YAML's off/no/on/yes words as strings.
+
+    String keys are not checked further: their readers know more (`device` takes 'cuda:1' or 1).
+    """
     if default is None or value is None or isinstance(default, dict):
         return value
-    if isinstance(default, str) and isinstance(value, bool):
-        return "on" if value else "off"  # YAML 1.1 reads `amp: off` as false
+    if isinstance(default, str):
+        return ("on" if value else "off") if isinstance(value, bool) else value  # YAML 1.1: `amp: off` is false
     if isinstance(default, float) and not isinstance(value, bool):
         try:
             return float(value)  # also '1e-4', which YAML 1.1 reads as a string

@@ -36,10 +36,16 @@ def seed_everything(seed):
 
 
 def select_device(spec="auto"):
-    """'auto' picks CUDA when available (this rank's GPU under torchrun), else CPU."""
+    """'auto' picks CUDA when available (this rank's GPU under torchrun), else CPU; 'cpu', 'cuda:1' or 1."""
     if spec in (None, "auto"):
         if torch.cuda.is_available():
             from .dist import local_rank
             return torch.device("cuda", local_rank())
         return torch.device("cpu")
-    return torch.device(spec)
+    if isinstance(spec, list):  # the original release's `device: [0, 1, 2, 3]` (DataParallel)
+        raise ConfigError(f"device {spec}: one process uses one device; run several GPUs with torchrun "
+                          "(README: Several GPUs and nodes)")
+    try:
+        return torch.device(spec)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device {spec!r} (auto, cpu, cuda, cuda:1 or 1): {e}") from None

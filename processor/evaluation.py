@@ -179,7 +179,7 @@ class LinearEvaluation(Classification):
 
     def build_data(self):
         super().build_data()
-        if self.cfg["cache_features"] and self.cfg["augment"]:
+        if self.cfg["cache_features"] and not self.uses_cache:
             self.log("augment is on: the encoder runs on every batch (no feature cache)")
 
     def train_loader_in_order(self):

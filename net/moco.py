@@ -1,5 +1,6 @@
 """MoCo v2 around an ST-GCN: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ are configurations of it (SPEC §3)."""
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -11,15 +12,17 @@ from torchlight.util import import_class
 
 
 def projection_head(head, hidden_dim, feature_dim):
-    """The projection head: 'linear', 'mlp' (SkeletonCLR, §3.1) or 'mlp_bn' (SkeleMixCLR, §3.3)."""
+    """The projection head: 'linear', 'mlp' (SkeletonCLR, §3.1), 'mlp_bn' (SkeleMixCLR, §3.3) or 'mlp_bn_out'."""
     if head == "linear":
         return nn.Linear(hidden_dim, feature_dim)
     if head == "mlp":
         return nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, feature_dim))
-    if head == "mlp_bn":
-        return nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
-                             nn.Linear(hidden_dim, feature_dim))
-    raise ValueError(f"unknown projection head {head!r}; use linear, mlp or mlp_bn")
+    if head in ("mlp_bn", "mlp_bn_out"):
+        layers = [nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
+                  nn.Linear(hidden_dim, feature_dim)]
+        # MoCo v3's output BN: outputs centred over the batch cannot all point one way (small-scale configs)
+        return nn.Sequential(*layers, *[nn.BatchNorm1d(feature_dim, affine=False)] * (head == "mlp_bn_out"))
+    raise ValueError(f"unknown projection head {head!r}; use linear, mlp, mlp_bn or mlp_bn_out")
 
 
 def info_nce(q, positive, queue, temperature, extra_negative=None):
@@ -29,6 +32,16 @@ def info_nce(q, positive, queue, temperature, extra_negative=None):
         logits.append((q * extra_negative).sum(1, keepdim=True))
     logits = torch.cat(logits, dim=1) / temperature
     return F.cross_entropy(logits.float(), torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+@torch.no_grad()
+def training_health(q, k, queue):
+    """Collapse signals of normalised queries q (N, d) against keys k and the queue (d, K) (issue 10 item 2):
+    mean cosine of positive pairs and of negatives, and the per-dimension standard deviation of q, which is
+    0 when every output is the same and about 1/sqrt(d) when outputs spread over the sphere."""
+    q = q.float()
+    return {"health/pos_cos": (q * k.float()).sum(1).mean(), "health/neg_cos": (q @ queue.float()).mean(),
+            "health/q_std": q.std(0, correction=0).mean()}
 
 
 class MoCo(nn.Module):
@@ -70,6 +83,16 @@ class MoCo(nn.Module):
         """How many query views a sample needs (the feeder supplies these plus one key view)."""
         return max(1, len(self.swap_params))
 
+    def chance_losses(self):
+        """Each loss when every logit is equal (collapsed or untrained outputs): ln(K+1) per InfoNCE, ln(K+2)
+        with the mix's extra negative, times the configured weights and repeats (issue 10 item 2)."""
+        rows = self.swap_params or [[0, 0, 0, 0, 0, 1.0]]
+        ins = sum(row[5] for row in rows) * math.log(self.queue_size + 1)
+        if not self.swap_params:
+            return {"loss": ins, "loss_ins": ins}
+        mix = sum(row[5] * int(row[4]) for row in rows) * math.log(self.queue_size + 2)
+        return {"loss": ins + mix, "loss_ins": ins, "loss_mix": mix}
+
     @torch.no_grad()
     def _momentum_update_key_encoder(self):
         for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
@@ -109,8 +132,10 @@ class MoCo(nn.Module):
 
         loss_ins = loss_mix = 0.0
         rows = self.swap_params or [[0, 0, 0, 0, 0, 1.0]]
-        for im_q, (spa_l, spa_u, tem_l, tem_u, repeat, weight) in zip(queries, rows):
+        for i, (im_q, (spa_l, spa_u, tem_l, tem_u, repeat, weight)) in enumerate(zip(queries, rows)):
             q = F.normalize(self.encoder_q(im_q), dim=1)
+            if i == 0:
+                health = training_health(q.detach(), k, queue)
             loss_ins = loss_ins + weight * info_nce(q, k, queue, self.temperature)
             for _ in range(int(repeat)):
                 mixed, mask, partner = self.skelemix(im_q, spa_l, spa_u, tem_l, tem_u, generator=generator)
@@ -124,4 +149,4 @@ class MoCo(nn.Module):
         out = {"loss": loss, "loss_ins": loss_ins}
         if self.swap_params:
             out["loss_mix"] = loss_mix
-        return out
+        return {**out, **health}

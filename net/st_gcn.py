@@ -174,8 +174,9 @@ class Model(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.reset_running_stats()
-                nn.init.normal_(module.weight, 1.0, 0.02)
-                nn.init.zeros_(module.bias)
+                if module.affine:
+                    nn.init.normal_(module.weight, 1.0, 0.02)
+                    nn.init.zeros_(module.bias)
         if isinstance(self.edge_importance, nn.ParameterList):
             for importance in self.edge_importance:
                 nn.init.ones_(importance)

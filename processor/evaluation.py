@@ -5,11 +5,13 @@ import os
 import pickle
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from processor.metrics import confusion_matrix, knn_accuracies, per_class_accuracy, topk_accuracy
 from processor.processor import Processor
 from torchlight.config import ConfigError
+from torchlight.dist import all_reduce_sum
 from torchlight.io import atomic_path
 
 # The classifier is trained anew; everything else of the encoder must come from the checkpoint.
@@ -46,6 +48,30 @@ def load_encoder(model, path, ignore_weights=()):
     return sorted(state), sorted(ignored), missing
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model, inputs):
+    """Random-init baseline: every BatchNorm's running statistics measured on `inputs` (issue 10 item 1).
+
+    One pass without gradient, BN layers in train mode with a cumulative average (momentum None), every
+    other layer in eval mode (no dropout). Without it a random ST-GCN in eval mode normalises with
+    mean 0 / variance 1 and outputs features of ~1e-8, which no linear classifier can move from chance.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        if not nn.parameter.is_lazy(m.running_mean):  # a lazy one is fresh until its first batch
+            m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for x in inputs:
+        model(x, return_features=True)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+        m.eval()
+    return len(norms)
+
+
 class Classification(Processor):
     """Supervised training of an encoder + classifier with top-1/top-5 evaluation and a result file."""
 
@@ -79,6 +105,17 @@ class Classification(Processor):
             with atomic_path(path) as tmp, open(tmp, "w") as f:
                 f.write("\n".join(train.subset_names()) + "\n")
             self.log(f"labelled subset: {len(train.indices)} clips, names in {path}")
+
+    def calibrate_random_encoder(self):
+        """Without `weights`, the frozen encoder is a random one with BN statistics of the training clips."""
+        with self.autocast():
+            n = calibrate_batchnorm(self.raw_model, (self.to_input(x) for x, _, _ in
+                                                     self.progress(self.clip_loader(), "BN statistics")))
+        if self.world > 1:  # each rank saw its shard: average, so every rank holds one model
+            for buf in (b for k, b in self.raw_model.named_buffers() if "running" in k):
+                buf.copy_(all_reduce_sum(buf.double()) / self.world)
+        self.log(f"no weights: random encoder, running statistics of its {n} BatchNorm layers measured on "
+                 "the training clips (random-init baseline)")
 
     def train_step(self, batch):
         x, y, _ = batch
@@ -146,11 +183,17 @@ class LinearEvaluation(Classification):
         model = super().build_model()
         for name, p in model.named_parameters():
             p.requires_grad = name in CLASSIFIER_KEYS
-        self.frozen = {k: v.clone() for k, v in model.state_dict().items() if k not in CLASSIFIER_KEYS}
         return model
 
     def set_train_mode(self):
         self.model.eval()  # BN statistics and dropout of the frozen encoder stay fixed (SPEC §4)
+
+    def start(self):
+        if not self.cfg["weights"] and not self.start_epoch:
+            self.calibrate_random_encoder()
+        # finish() checks that none of these moved (a resumed run's come from its checkpoint)
+        self.frozen = {k: v.clone() for k, v in self.raw_model.state_dict().items() if k not in CLASSIFIER_KEYS}
+        super().start()
 
     @property
     def uses_cache(self):
@@ -218,6 +261,8 @@ class KNNEvaluation(Classification):
         self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
 
     def start(self):
+        if not self.cfg["weights"]:
+            self.calibrate_random_encoder()
         bank, bank_labels = self.features(self.raw_model, self.bank_loader)
         feats, labels = self.features(self.raw_model, self.val_loader)
         accs = {f"top1_k{k}": 100 * a for k, a in

@@ -4,6 +4,11 @@ from processor.processor import Processor
 from torchlight.config import ConfigError
 
 
+def near_chance(loss_over_chance, keys_seen, queue_size, refills=3, margin=0.03):
+    """Whether training looks stuck: the queue refilled `refills` times and the loss within `margin` of chance."""
+    return keys_seen >= refills * queue_size and loss_over_chance > 1 - margin
+
+
 class Pretrain(Processor):
     """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (SPEC §3.4)."""
 
@@ -20,13 +25,26 @@ class Pretrain(Processor):
         self.train_loader = self.loader(self.dataset(args, "train_feeder_args"), train=True)
         if cfg["eval_interval"] > 0 and cfg["test_feeder_args"]:
             # SPEC §4b: the kNN bank is the train set without augmentation.
-            bank = dict(cfg["train_feeder_args"], views=0)
-            self.bank_loader = self.loader(self.dataset(bank, "train_feeder_args"), train=False)
+            self.bank_loader = self.clip_loader()
             self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
 
     def train_step(self, batch):
         views = [self.to_input(v, augment=self.cfg["device_augment"]) for v in batch[0]]
         return self.model(views, generator=self.generator)
+
+    def train_epoch(self, epoch):
+        """The shared epoch, with the health signals of issue 10 item 2 under `health/`."""
+        stats = super().train_epoch(epoch)
+        stats = {k.replace("train/health/", "health/"): v for k, v in stats.items()}
+        for key, chance in self.raw_model.chance_losses().items():
+            stats[f"health/{key}_over_chance"] = stats[f"train/{key}"] / chance
+        keys_seen = (epoch + 1) * len(self.train_loader) * self.cfg["batch_size"]
+        ratio = stats["health/loss_over_chance"]
+        if near_chance(ratio, keys_seen, self.raw_model.queue_size):
+            self.log(f"warning: epoch {epoch + 1}: loss {stats['train/loss']:.4g} is {100 * ratio:.1f}% of its chance "
+                     f"value, after the queue was refilled {keys_seen // self.raw_model.queue_size} times: the "
+                     "encoder is not learning (README: Is pretraining learning?)")
+        return stats
 
     def evaluate(self, epoch):
         if not hasattr(self, "val_loader"):

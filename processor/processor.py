@@ -211,6 +211,10 @@ class Processor:
                           pin_memory=self.device.type == "cuda", drop_last=train,
                           persistent_workers=workers > 0 and not train)
 
+    def clip_loader(self, what="train_feeder_args"):
+        """Every clip of a feeder config once, un-augmented and in order (kNN bank, BN statistics)."""
+        return self.loader(self.dataset(dict(self.cfg[what], views=0), what), train=False)
+
     @property
     def layout(self):
         return (self.cfg["model_args"].get("graph_args") or {}).get("layout", "ntu-rgb+d")

@@ -70,7 +70,7 @@ def test_skeletonclr_loss_ema_and_queue_exactly():
         q = F.normalize(model.encoder_q(im_q), dim=1)
     logits = torch.stack([torch.cat([(q[i] * k[i]).sum()[None], q[i] @ queue0]) for i in range(4)]) / 0.07
     assert losses["loss"].item() == pytest.approx(cross_entropy_at_zero(logits), rel=1e-4, abs=1e-6)
-    assert set(losses) == {"loss", "loss_ins"}
+    assert set(losses) == {"loss", "loss_ins", "health/pos_cos", "health/neg_cos", "health/q_std"}
     # queue: the 4 new keys at the front, pointer advanced, the rest untouched
     assert torch.allclose(model.queue[:, :4], k.T, atol=1e-6)
     assert torch.equal(model.queue[:, 4:], queue0[:, 4:]) and int(model.queue_ptr) == 4

@@ -1,0 +1,118 @@
+"""Honest baselines and training-health signals (issue 10): BN-calibrated random encoder, raw-joint row,
+loss over chance, collapse statistics and the not-learning warning, against explicit computations."""
+import json
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from net.moco import MoCo, training_health
+from net.st_gcn import Model
+from processor.evaluation import calibrate_batchnorm
+from processor.pretrain import near_chance
+from tests.test_evaluation import toy_dataset
+
+ENC = dict(hidden_channels=4, hidden_dim=16, dropout=0.0)
+
+
+def test_calibrated_random_encoder_gives_features_of_order_one():
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 16, 25, 2) * 0.3 + 0.5
+    model = Model(**ENC, num_class=2).eval()
+    with torch.no_grad():
+        raw = model(x, return_features=True)
+    assert raw.abs().max() < 1e-3  # SPEC §2 init with running statistics 0/1: features vanish
+    calibrate_batchnorm(model, [x[:16], x[16:]])  # two equal batches: cumulative mean = data mean
+    data = x.permute(0, 4, 3, 1, 2).reshape(64, 75, 16)  # data BN's (N·M, V·C, T) view
+    assert torch.allclose(model.data_bn.running_mean, data.mean((0, 2)), atol=1e-5)
+    assert not model.training and not model.data_bn.training and model.data_bn.momentum == 0.1
+    with torch.no_grad():
+        feats = model(x, return_features=True)
+    assert 0.1 < feats.std(0).mean() < 10 and 0.1 < feats.abs().mean() < 10
+
+
+def linear_eval(tiny, tmp_path, data, name, model_args, **overrides):
+    cls, cfg = tiny("linear_evaluation", "unused", tmp_path / name, train_feeder_args=data, test_feeder_args=data,
+                    num_epoch=40, step=[30], eval_interval=0, batch_size=8, base_lr=0.5, **overrides)
+    cfg["model_args"] = model_args if "model" in overrides else {**cfg["model_args"], **model_args}
+    proc = cls(cfg)
+    proc.start()
+    return proc, json.loads((tmp_path / name / "result.json").read_text())["final"]["top1"]
+
+
+def test_random_init_linear_evaluation_is_above_chance(tiny, tmp_path):
+    data = toy_dataset(tmp_path)
+    proc, top1 = linear_eval(tiny, tmp_path, data, "random", model_args=dict(num_class=2))
+    assert top1 >= 90.0  # separable toy data; uncalibrated, the features are ~1e-8 and top-1 is 50
+    assert proc.raw_model.data_bn.running_var.min() > 0
+    assert "random encoder" in (tmp_path / "random" / "log.txt").read_text()
+
+
+def test_raw_joint_baseline_standardises_the_flattened_clip(tiny, tmp_path):
+    data = toy_dataset(tmp_path)
+    proc, top1 = linear_eval(tiny, tmp_path, data, "raw", model="net.raw_joints.Model",
+                             model_args=dict(num_class=2))
+    x = np.load(data["data_path"]).reshape(24, -1)
+    assert np.allclose(proc.raw_model.norm.running_mean.numpy(), x.mean(0), atol=1e-5)
+    assert top1 == 100.0
+
+
+def collapsed_moco(**kwargs):
+    """A MoCo whose query outputs are all zero (after normalisation): every logit equal."""
+    torch.manual_seed(0)
+    model = MoCo(**ENC, feature_dim=8, queue_size=12, **kwargs)
+    model.encoder_q.fc[-1].weight.data.zero_()
+    return model
+
+
+def test_chance_losses_of_each_method():
+    k = 12
+    assert collapsed_moco().chance_losses() == {"loss": math.log(k + 1), "loss_ins": math.log(k + 1)}
+    plus = collapsed_moco(swap_params=[[2, 3, 7, 11, 3, 1.0]]).chance_losses()
+    assert math.isclose(plus["loss"], math.log(13) + 3 * math.log(14))  # ins + 3 mixes with one extra negative
+    assert math.isclose(plus["loss_mix"], 3 * math.log(14))
+
+
+def test_collapsed_outputs_give_chance_loss_and_zero_spread():
+    for swap in (None, [[2, 3, 7, 11, 3, 1.0]]):
+        model = collapsed_moco(swap_params=swap, head="mlp_bn" if swap else "mlp")
+        views = [torch.randn(6, 3, 16, 25, 2) for _ in range(model.num_queries + 1)]
+        out = model(views, generator=torch.Generator().manual_seed(0))
+        for key, chance in model.chance_losses().items():
+            assert math.isclose(float(out[key].detach()), chance, rel_tol=1e-5), key
+        assert float(out["health/q_std"]) == 0.0
+
+
+def test_health_statistics_by_hand():
+    torch.manual_seed(0)
+    q, k, queue = F.normalize(torch.randn(5, 4), dim=1), F.normalize(torch.randn(5, 4), dim=1), torch.randn(4, 7)
+    h = training_health(q, k, queue)
+    assert math.isclose(float(h["health/pos_cos"]), sum(float(q[i] @ k[i]) for i in range(5)) / 5, rel_tol=1e-5)
+    assert math.isclose(float(h["health/neg_cos"]), float((q @ queue).sum()) / 35, rel_tol=1e-5)
+    spread = sum(float(np.std(q[:, j].numpy())) for j in range(4)) / 4
+    assert math.isclose(float(h["health/q_std"]), spread, rel_tol=1e-5)
+
+
+def test_near_chance_rule():
+    assert near_chance(0.99, keys_seen=300, queue_size=100)
+    assert not near_chance(0.99, keys_seen=200, queue_size=100)  # queue refilled only twice
+    assert not near_chance(0.90, keys_seen=10_000, queue_size=100)
+
+
+def pretrain(tiny, demo_arrays, work_dir, collapse):
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, work_dir, num_epoch=2, batch_size=8, save_interval=2,
+                    base_lr=0.0 if collapse else 0.1, model_args=dict(queue_size=16))
+    proc = cls(cfg)
+    if collapse:
+        proc.raw_model.encoder_q.fc[-1].weight.data.zero_()
+    proc.start()
+    return proc, (work_dir / "log.txt").read_text()
+
+
+def test_warning_fires_on_forced_collapse_only(demo_arrays, tiny, tmp_path):
+    proc, log = pretrain(tiny, demo_arrays, tmp_path / "collapsed", collapse=True)
+    assert math.isclose(proc.stats[-1]["health/loss_over_chance"], 1.0, rel_tol=1e-5)
+    assert proc.stats[-1]["health/q_std"] == 0.0 and "is not learning" in log
+    proc, log = pretrain(tiny, demo_arrays, tmp_path / "healthy", collapse=False)
+    assert proc.stats[-1]["health/loss_over_chance"] < 0.9 and "is not learning" not in log

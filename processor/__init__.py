@@ -15,6 +15,7 @@ PROCESSORS = {
     "linear_evaluation": ("processor.evaluation.LinearEvaluation", {}),
     "finetune_evaluation": ("processor.evaluation.FinetuneEvaluation", {}),
     "knn_evaluation": ("processor.evaluation.KNNEvaluation", {}),
+    "table": ("processor.table.Table", {}),
     "demo": ("processor.demo.Demo", {}),
 }
 

@@ -1,12 +1,15 @@
-"""The README's main command, `python main.py demo`, at a reduced size."""
+"""The README's main command, `python main.py demo`, at a reduced size, and the table it prints."""
 import json
 import subprocess
 import sys
+
+from processor.table import Table, mean_std, slug
 
 TINY = "model_args: {hidden_channels: 4, hidden_dim: 16"
 REDUCED = ["--num_files", "90", "--frames", "16", "--progress", "false",
            "--pretrain", "{num_epoch: 1, batch_size: 16, " + TINY + ", queue_size: 64}}",
            "--linear", "{num_epoch: 2, batch_size: 16, eval_interval: 2, " + TINY + "}}"]
+ROWS = ["raw joints", "random init", "SkeletonCLR", "SkeleMixCLR+"]
 
 
 def test_demo_end_to_end(tmp_path):
@@ -14,15 +17,25 @@ def test_demo_end_to_end(tmp_path):
                           "--data_dir", str(tmp_path / "data"), *REDUCED],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads((tmp_path / "wd" / "demo_result.json").read_text())
-    rows = result["results"]
-    assert [r["model"] for r in rows] == ["SkeleMixCLR+", "SkeletonCLR", "random init"]
-    assert all(0 <= r["top1"] <= 100 and r["top1"] <= r["top5"] for r in rows)
-    for r in rows:  # the printed table shows the same numbers
-        assert f"{r['model']:<14}{r['top1']:>9.1f}" in out.stdout
-    for work in ("skelemixclr_plus", "skeletonclr"):
-        assert (tmp_path / "wd" / work / "epoch1_model.pt").is_file()
-        assert (tmp_path / "wd" / work / "linear" / "result.json").is_file()
+    rows = json.loads((tmp_path / "wd" / "demo_result.json").read_text())["results"]
+    assert [r["model"] for r in rows] == ROWS
+    assert all(0 <= r["top1"] <= 100 and r["runs"][0]["top1"] <= r["runs"][0]["top5"] for r in rows)
+    for r in rows:  # the printed table shows the same numbers, with loss/chance for pretrained rows only
+        ratio = "-" if r["loss_over_chance"] is None else f"{r['loss_over_chance']:.3f}"
+        assert f"{r['model']:<14}{r['top1']:>14.1f}{ratio:>13}" in out.stdout
+    assert [r["loss_over_chance"] is None for r in rows] == [True, True, False, False]
+    for row in ROWS:
+        work = tmp_path / "wd" / slug(row) / "seed1"
+        assert (work / "linear" / "result.json").is_file()
+        assert (work / "epoch1_model.pt").is_file() == (row in ROWS[2:])
     # the synthetic clips were generated where the demo was told to put its data
-    raw = tmp_path / "data" / "raw"
-    assert len(list(raw.iterdir())) == 90
+    assert len(list((tmp_path / "data" / "nuisance0.5" / "raw").iterdir())) == 90
+
+
+def test_table_mean_and_spread_by_hand(tmp_path):
+    assert mean_std([50.0, 60.0, 70.0]) == (60.0, 10.0) and mean_std([42.0]) == (42.0, 0.0)
+    table = Table(dict(Table.default_config(), seeds=[1, 2, 3], work_dir=str(tmp_path)))
+    text = table.format([dict(model="SkeletonCLR", top1=60.0, top1_std=10.0, loss_over_chance=0.8123),
+                         dict(model="raw joints", top1=55.25, top1_std=0.5, loss_over_chance=None)])
+    assert text.splitlines()[2:] == [f"{'SkeletonCLR':<14}{'60.0 ± 10.0':>14}{'0.812':>13}",
+                                     f"{'raw joints':<14}{'55.2 ± 0.5':>14}{'-':>13}"]

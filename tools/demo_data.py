@@ -247,20 +247,29 @@ def _yaw(points, angle):
     return points @ np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
 
 
-def clip_joints(label, camera, rng):
-    """(T, bodies, 25, 3) camera-space joints of one random clip of class index `label`."""
+def clip_joints(label, camera, rng, nuisance=0.0):
+    """(T, bodies, 25, 3) camera-space joints of one random clip of class index `label`.
+
+    `nuisance` > 0 makes the set hard: the action's amplitude shrinks, every limb holds its own random
+    offset, and the scene is sheared by a random matrix with off-diagonal entries up to `nuisance`.
+    """
     T = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
     t0 = rng.uniform(0.0, 0.25)
     r = {"t0": t0, "t1": min(1.0, t0 + rng.uniform(0.6, 0.8)), "cycles": rng.uniform(2.0, 4.0),
-         "phase": rng.uniform(0, 2 * np.pi), "amp": rng.uniform(0.8, 1.15), "yaw": rng.normal(0, 0.15),
-         "gap": rng.uniform(0.8, 1.0)}
+         "phase": rng.uniform(0, 2 * np.pi), "amp": rng.uniform(0.8, 1.15) / (1 + nuisance),
+         "yaw": rng.normal(0, 0.15), "gap": rng.uniform(0.8, 1.0)}
     t = np.linspace(0.0, 1.0, T)
     bodies = []
     for pose, yaw, x in MOTIONS[CLASSES[label]](t, r):
         pose["root"][:, 0] += 0.02 * np.sin(2 * np.pi * 0.4 * t + r["phase"] + x)  # idle sway
+        for key in [k for k in pose if k.endswith(("_upper", "_fore", "_thigh", "_shin"))]:
+            pose[key] = pose[key] + rng.normal(0, nuisance * 0.5, 2)
         local = _body(pose, rng.uniform(0.85, 1.15))
         bodies.append(_yaw(local, yaw) + [x, 0.0, 0.0])
     scene = np.stack(bodies, 1)
+    if nuisance:
+        shear = np.eye(3) + rng.uniform(-nuisance, nuisance, (3, 3)) * (1 - np.eye(3))
+        scene = scene @ shear.T
     view = _yaw(scene, CAMERA_YAW[camera] + rng.normal(0, 0.1))
     offset = [rng.uniform(-0.3, 0.3), rng.uniform(-0.1, 0.25), rng.uniform(2.7, 3.4)]
     return view + offset + rng.normal(0, NOISE, view.shape)
@@ -303,7 +312,7 @@ def clip_names(num_files, seed):
     return [next(streams[index % len(CLASSES)]) for index in range(num_files)]
 
 
-def generate(out_dir, num_files=480, seed=0):
+def generate(out_dir, num_files=480, seed=0, nuisance=0.0):
     """Write `num_files` demo clips into `out_dir`; returns their file names in writing order."""
     if num_files < 1:
         raise ValueError(f"num_files must be >= 1, got {num_files}")
@@ -312,7 +321,7 @@ def generate(out_dir, num_files=480, seed=0):
     for index, name in enumerate(names):
         camera = int(name[5:8])
         rng = np.random.default_rng([seed, index, 0])
-        joints = clip_joints(index % len(CLASSES), camera, rng)
+        joints = clip_joints(index % len(CLASSES), camera, rng, nuisance)
         body_ids = 72057594037927936 + rng.integers(0, 10**6, joints.shape[1])
         with open(os.path.join(out_dir, name), "w") as f:
             f.write(skeleton_text(joints, body_ids))

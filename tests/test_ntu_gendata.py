@@ -222,3 +222,15 @@ def test_script_and_module_run_without_torch(demo, tmp_path):
     check = "import sys, tools.ntu_gendata, tools.demo_data; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path, capsys):
+    data = copy_real(tmp_path / "raw", "S001C001P001R001A001.skeleton")
+    bad = data / "S001C002P002R001A002.skeleton"
+    raw = "\n".join(real_lines()).encode()
+    bad.write_bytes(raw[:200] + b"\xff\xfe" + raw[200:])
+    line = raw[:200].count(b"\n") + 1
+    with pytest.raises(ValueError, match=rf"{bad}:{line}: byte 0xff is not UTF-8 text"):
+        read_skeleton(bad)
+    main(["--data_path", str(data), "--out_folder", str(tmp_path / "out"), "--skip_bad"])
+    assert f"S001C002P002R001A002.skeleton: {bad}:{line}: byte 0xff is not UTF-8 text" in capsys.readouterr().out

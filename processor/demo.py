@@ -60,9 +60,10 @@ class Demo:
         cfg = self.cfg
         data = {p: dict(data_path=f"{self.data}/{p}_position.npy", label_path=f"{self.data}/{p}_label.pkl")
                 for p in ("train", "val")}
-        demo = dict(work_dir=os.path.join(cfg["work_dir"], work_dir), seed=cfg["seed"], device=cfg["device"],
-                    progress=cfg["progress"], train_feeder_args=dict(data["train"], frames=cfg["frames"]),
-                    test_feeder_args=data["val"])
+        # overwrite: a rerun of the demo redoes its own runs in place.
+        demo = dict(work_dir=os.path.join(cfg["work_dir"], work_dir), overwrite=True, seed=cfg["seed"],
+                    device=cfg["device"], progress=cfg["progress"],
+                    train_feeder_args=dict(data["train"], frames=cfg["frames"]), test_feeder_args=data["val"])
         config = {**load_yaml(os.path.join(CONFIGS, config_file)), **demo}
         cls, run_cfg = configure(name, config, overrides, source=config_file)
         processor = cls(run_cfg)

@@ -127,8 +127,7 @@ def claim_out_folder(out, settings):
     made_with = read_manifest(out)
     if made_with is not None and made_with != settings:
         raise ValueError(f"{out} holds arrays made with {made_with}, not {settings}: choose another --out_folder")
-    for name in remove_stale_temps(out):
-        print(f"removed {os.path.join(out, name)}, left by an interrupted run")
+    remove_stale_temps(out)
 
 
 def main(argv=None):

@@ -72,6 +72,7 @@ def remove_stale_temps(folder):
         if match and not pid_alive(int(match.group(1))):
             os.remove(os.path.join(folder, name))
             removed.append(name)
+            print(f"removed {os.path.join(folder, name)}, left by an interrupted run")
     return removed
 
 

@@ -1,7 +1,11 @@
 """processor/processor.py: work-directory ownership, non-finite losses, exact resume, checkpoints, bad config."""
+import json
 import os
 import pickle
 import shutil
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,6 +67,21 @@ def test_a_run_owns_its_work_dir(small, tiny, tmp_path):
     assert resumed.start_epoch == 1 and (tmp_path / "run" / "epoch2_model.pt").is_file()
     assert (tmp_path / "run" / "epoch1_model.pt").read_bytes() == before
     pretrain(tiny, small, tmp_path / "run", overwrite=True)
+
+
+def test_a_concurrent_second_run_fails_at_once_naming_the_holder(small, tiny, tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.makedirs(tmp_path / "run")
+        (tmp_path / "run" / "run.lock").write_text(json.dumps(dict(pid=other.pid, host=socket.gethostname(),
+                                                                   start="2026-12-02 10:00:00")))
+        with pytest.raises(WorkDirError, match=f"in use by pid {other.pid} on {socket.gethostname()} since "
+                                               "2026-12-02 10:00:00"):
+            build(tiny, PRETRAIN, small, tmp_path / "run", **SMALL)
+    finally:
+        other.kill()
+        other.wait()
+    assert os.listdir(tmp_path / "run") == ["run.lock"]  # nothing of the second run was written
 
 
 def test_evaluation_writes_beside_its_weights_never_over_them(small, tiny, tmp_path):

@@ -26,6 +26,9 @@ def test_lock_names_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
     lock.release()
     assert not (tmp_path / "run.lock").exists()
+    (tmp_path / "run.lock").write_text("")  # being written by another run this instant, or damaged
+    with pytest.raises(WorkDirError, match="is locked by .*run.lock, which cannot be read"):
+        WorkDirLock(str(tmp_path))
 
 
 def test_a_work_dir_with_another_runs_files_is_refused(tmp_path):

@@ -127,12 +127,16 @@ def write_manifest(folder, settings):
         json.dump(settings, f, indent=1, sort_keys=True)
 
 
+class WorkDirError(ValueError):
+    """The work directory belongs to another run."""
+
 
 class WorkDirLock:
-    """`<work_dir>/run.lock` naming pid, host and start time while a run writes there (SPEC: one run per work_dir).
+    """`<work_dir>/run.lock` naming pid, host and start time while a run writes there (README: work directories).
 
-    A lock left by a process that no longer runs on this host, or by this very process (an earlier run in it
-    that raised), is taken over; any other holder is a one-line error naming it.
+    Created exclusively, so of two runs starting at once one fails. A lock left by a process that no longer
+    runs on this host, or by this very process (an earlier run in it that raised), is taken over; any other
+    holder is a one-line error naming it.
     """
 
     NAME = "run.lock"
@@ -140,16 +144,20 @@ class WorkDirLock:
     def __init__(self, work_dir):
         self.path = os.path.join(work_dir, self.NAME)
         os.makedirs(work_dir, exist_ok=True)
-        holder = self.holder()
-        if holder and not self.stale(holder):
-            raise WorkDirError(f"work_dir {work_dir} is in use by pid {holder['pid']} on {holder['host']} since "
-                               f"{holder['start']} (remove {self.path} if that run is gone)")
         me = dict(pid=os.getpid(), host=socket.gethostname(), start=time.strftime("%Y-%m-%d %H:%M:%S"))
-        with atomic_path(self.path) as tmp, open(tmp, "w") as f:
-            json.dump(me, f)
-        if self.holder() != me:  # another run took it between our check and our rename
-            raise WorkDirError(f"work_dir {work_dir} was taken by another run at the same moment: {self.holder()}")
-        atexit.register(self.release)
+        for _ in range(2):  # the second try follows the removal of a stale lock
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self.check_stale(work_dir)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            atexit.register(self.release)
+            return
+        raise WorkDirError(f"work_dir {work_dir}: another run took {self.path} at the same moment")
 
     def holder(self):
         try:
@@ -158,19 +166,23 @@ class WorkDirLock:
         except (OSError, ValueError):
             return None
 
-    @staticmethod
-    def stale(holder):
-        if holder.get("host") != socket.gethostname():
-            return False
-        return holder.get("pid") == os.getpid() or not pid_alive(holder.get("pid", -1))
+    def check_stale(self, work_dir):
+        """Return if the existing lock's holder is gone (or is this process); else the error naming it."""
+        holder = self.holder()
+        if holder is None:  # being written this instant, or damaged
+            raise WorkDirError(f"work_dir {work_dir} is locked by {self.path}, which cannot be read "
+                               "(remove it if no run uses this directory)")
+        if holder.get("host") == socket.gethostname() and (holder.get("pid") == os.getpid()
+                                                         or not pid_alive(holder.get("pid", -1))):
+            return
+        raise WorkDirError(f"work_dir {work_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} since "
+                           f"{holder.get('start')} (remove {self.path} if that run is gone)")
 
     def release(self):
-        if self.holder() and self.holder().get("pid") == os.getpid() and os.path.exists(self.path):
-            os.remove(self.path)
-
-
-class WorkDirError(ValueError):
-    """The work directory belongs to another run."""
+        holder = self.holder()
+        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
 
 
 def claim_work_dir(work_dir, resume=None, overwrite=False):

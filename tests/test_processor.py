@@ -66,7 +66,7 @@ def test_a_run_owns_its_work_dir(small, tiny, tmp_path):
                        resume=str(tmp_path / "run" / "epoch1_model.pt"))
     assert resumed.start_epoch == 1 and (tmp_path / "run" / "epoch2_model.pt").is_file()
     assert (tmp_path / "run" / "epoch1_model.pt").read_bytes() == before
-    pretrain(tiny, small, tmp_path / "run", overwrite=True)
+    build(tiny, PRETRAIN, small, tmp_path / "run", **SMALL, overwrite=True)  # allowed when asked for
 
 
 def test_a_concurrent_second_run_fails_at_once_naming_the_holder(small, tiny, tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from net.utils.layouts import get_layout
+from torchlight.io import first_non_finite, load_npy
 
 from .augment import augment_sample, center_crop, temporal_resize
 
@@ -15,18 +16,33 @@ def read_labels(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"label file {path} not found")
     if path.endswith(".npy"):
-        names, labels = None, np.load(path)
+        names, labels = None, load_npy(path, mmap=False, what="label file")
         if labels.ndim not in (1, 2) or labels.ndim == 2 and labels.shape[1] != 1:
             raise ValueError(f"{path}: expected labels of shape (N, 1), got {labels.shape}")
     else:
-        with open(path, "rb") as f:
-            content = pickle.load(f)
+        try:
+            with open(path, "rb") as f:
+                content = pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}: not a label pickle ({err})") from None
         if not (isinstance(content, (tuple, list)) and len(content) == 2):
             raise ValueError(f"{path}: expected a pickled (names, labels) pair")
         names, labels = list(content[0]), np.asarray(content[1])
         if len(names) != len(labels):
             raise ValueError(f"{path}: {len(names)} names but {len(labels)} labels")
-    return names, labels.astype(np.int64).reshape(-1)
+    return names, class_indices(labels.reshape(-1), path)
+
+
+def class_indices(labels, path):
+    """`labels` as int64, each a whole number >= 0; anything else (1.5, -1, 'a') is an error naming it."""
+    try:
+        values = labels.astype(np.float64)
+    except (TypeError, ValueError):
+        values = np.full(len(labels), np.nan)
+    bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0) & (values == np.floor(values))))
+    if len(bad):
+        raise ValueError(f"{path}: label {labels[bad[0]]} of clip {bad[0]} is not a class index (an integer >= 0)")
+    return values.astype(np.int64)
 
 
 def labelled_subset(labels, fraction, seed):
@@ -48,12 +64,13 @@ class Feeder(torch.utils.data.Dataset):
     views=0 gives (clip, label, index) for evaluation, center-cropped to `window_size`;
     views=k gives ([k views], label, index), each view augmented by `augment_sample`, or, with
     augment=False, k copies resized to `frames` for augmentation on the device. `index` is the
-    position in this dataset (in the labelled subset when `label_fraction` is set).
+    position in this dataset (in the labelled subset when `label_fraction` is set). `check_finite` reads the
+    whole array once on load and refuses NaN or inf, naming the clip.
     """
 
     def __init__(self, data_path, label_path, views=0, frames=64, window_size=None, shear_amplitude=0.5,
                  padding_ratio=6, mmap=True, label_fraction=None, label_seed=0, layout="ntu-rgb+d",
-                 augment=True, seed=0):
+                 augment=True, seed=0, check_finite=False):
         for key, value, low in (("views", views, 0), ("frames", frames, 1),
                                 ("padding_ratio", padding_ratio, 1)):
             if not isinstance(value, int) or value < low:
@@ -68,9 +85,8 @@ class Feeder(torch.utils.data.Dataset):
         self.shear_amplitude, self.padding_ratio = shear_amplitude, padding_ratio
         self.seed, self.epoch = seed, 0
 
-        if not os.path.isfile(data_path):
-            raise FileNotFoundError(f"data file {data_path} not found")
-        self.data = np.load(data_path, mmap_mode="r" if mmap else None)
+        self.data_path, self.label_path = data_path, label_path
+        self.data = load_npy(data_path, mmap)
         num_joints = get_layout(layout).num_joints
         if self.data.ndim != 5 or self.data.shape[1] != 3 or self.data.shape[3] != num_joints:
             raise ValueError(f"{data_path}: expected shape (N, 3, T, {num_joints}, M) for layout {layout!r}, "
@@ -86,6 +102,16 @@ class Feeder(torch.utils.data.Dataset):
         self.names = names
         self.indices = (np.arange(len(self.data)) if label_fraction is None
                         else labelled_subset(self.labels, label_fraction, label_seed))
+        bad = first_non_finite(self.data) if check_finite else None
+        if bad is not None:
+            raise ValueError(f"{data_path}: clip {bad} ({self.names[bad]}) holds NaN or inf")
+
+    def check_labels(self, num_class):
+        """Every label is below `num_class` (the classifier's outputs), else an error naming the file."""
+        bad = np.flatnonzero(self.labels >= num_class)
+        if len(bad):
+            raise ValueError(f"{self.label_path}: label {self.labels[bad[0]]} of clip {bad[0]} "
+                             f"({self.names[bad[0]]}) is out of range for model_args.num_class {num_class}")
 
     def __len__(self):
         return len(self.indices)

@@ -4,7 +4,9 @@
 
 For every folder under the dataset path holding `<part>_data.npy` and `<part>_label.pkl`, writes
 `<out>/<same relative folder>/<part>_{position,motion}.npy` float32 (N, 3, frames, V, 2),
-`<part>_label.npy` int64 (N, 1) and a copy of `<part>_label.pkl`.
+`<part>_label.npy` int64 (N, 1), a copy of `<part>_label.pkl` and, once every part is written,
+`manifest.json` with the settings (frames, layout). A folder made with other settings is refused; a clip
+holding NaN or inf stops the run naming file and clip.
 """
 import argparse
 import os
@@ -22,7 +24,13 @@ from feeder.augment import temporal_resize  # noqa: E402
 from feeder.feeder import read_labels  # noqa: E402
 from feeder.streams import motion as motion_stream  # noqa: E402
 from net.utils.layouts import get_layout  # noqa: E402
-from torchlight.io import atomic_path  # noqa: E402
+from torchlight.io import (  # noqa: E402
+    atomic_path,
+    load_npy,
+    read_manifest,
+    remove_stale_temps,
+    write_manifest,
+)
 
 DATA_SUFFIX = "_data.npy"
 
@@ -78,23 +86,20 @@ def load_part(folder, part, layout):
     """The raw array (memory-mapped) and the (names, labels) pickle of one part, validated."""
     data_file = os.path.join(folder, part + DATA_SUFFIX)
     label_file = os.path.join(folder, part + "_label.pkl")
-    try:
-        data = np.load(data_file, mmap_mode="r")
-    except ValueError as e:
-        raise ValueError(f"{data_file}: not a numpy array file ({e})") from None
+    data = load_npy(data_file)
     if data.ndim != 5 or data.shape[1] != 3 or data.shape[3] != layout.num_joints:
         raise ValueError(f"{data_file}: expected shape (N, 3, T, {layout.num_joints}, M), got {data.shape}")
     if not os.path.isfile(label_file):
         raise FileNotFoundError(f"label file {label_file} not found (needed beside {data_file})")
-    labels = read_labels(label_file)[1]
+    names, labels = read_labels(label_file)
     if len(labels) != len(data):
         raise ValueError(f"{label_file}: {len(labels)} labels for {len(data)} clips in {data_file}")
-    return data, label_file, labels.reshape(-1, 1)
+    return data, label_file, names, labels.reshape(-1, 1)
 
 
 def process_part(folder, part, out_folder, frames, layout):
     """Write the position, motion and label arrays of one part (SPEC §1.3 outputs)."""
-    data, label_file, labels = load_part(folder, part, layout)
+    data, label_file, names, labels = load_part(folder, part, layout)
     n, c, _, v, m = data.shape
     shape = (n, c, frames, v, m)
     out = os.path.join(out_folder, part)
@@ -102,6 +107,8 @@ def process_part(folder, part, out_folder, frames, layout):
         position = np.lib.format.open_memmap(pos_tmp, mode="w+", dtype=np.float32, shape=shape)
         motion = np.lib.format.open_memmap(mot_tmp, mode="w+", dtype=np.float32, shape=shape)
         for i in tqdm(range(n), desc=os.path.join(folder, part), dynamic_ncols=True):
+            if not np.isfinite(data[i]).all():
+                raise ValueError(f"{os.path.join(folder, part + DATA_SUFFIX)}: clip {i} ({names[i]}) holds NaN or inf")
             position[i], motion[i] = preprocess_clip(data[i], frames, layout)
         position.flush()
         motion.flush()
@@ -110,6 +117,17 @@ def process_part(folder, part, out_folder, frames, layout):
         np.save(tmp, labels)
     with atomic_path(out + "_label.pkl") as tmp:
         shutil.copyfile(label_file, tmp)
+
+
+def claim_out_folder(out, settings):
+    """Refuse a folder whose arrays were made with other settings; remove temporaries of killed runs.
+
+    Refused before anything is written, so a folder never holds parts of two settings.
+    """
+    made_with = read_manifest(out)
+    if made_with is not None and made_with != settings:
+        raise ValueError(f"{out} holds arrays made with {made_with}, not {settings}: choose another --out_folder")
+    remove_stale_temps(out)
 
 
 def main(argv=None):
@@ -124,9 +142,15 @@ def main(argv=None):
         if args.frames < 1:
             raise ValueError(f"--frames must be a positive integer, got {args.frames}")
         layout = get_layout(args.layout)
-        for rel, part in find_parts(args.dataset_path):
+        settings = dict(frames=args.frames, layout=layout.name)
+        parts = find_parts(args.dataset_path)
+        for rel in dict.fromkeys(rel for rel, _ in parts):
+            claim_out_folder(os.path.normpath(os.path.join(args.out_folder, rel)), settings)
+        for rel, part in parts:
             process_part(os.path.join(args.dataset_path, rel), part,
                          os.path.normpath(os.path.join(args.out_folder, rel)), args.frames, layout)
+        for rel in dict.fromkeys(rel for rel, _ in parts):
+            write_manifest(os.path.normpath(os.path.join(args.out_folder, rel)), settings)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from net.skelemix import SkeleMix
 from torchlight.dist import concat_all_gather, get_rank, get_world_size
-from torchlight.util import import_class
+from torchlight.util import instantiate
 
 
 def projection_head(head, hidden_dim, feature_dim):
@@ -44,6 +44,18 @@ def training_health(q, k, queue):
             "health/q_std": q.std(0, correction=0).mean()}
 
 
+def check_swap_params(swap_params):
+    """`swap_params` as a list of rows [spa_l, spa_u, tem_l, tem_u, repeat, weight] of valid numbers, or an error."""
+    rows = swap_params or []
+    for row in rows if isinstance(rows, list) else [rows]:
+        ok = isinstance(row, (list, tuple)) and len(row) == 6
+        ok = ok and all(isinstance(v, int) and v >= 1 for v in row[:5]) and row[0] <= row[1] and row[2] <= row[3]
+        if not (ok and isinstance(row[5], (int, float)) and math.isfinite(row[5])):
+            raise ValueError(f"model_args.swap_params {swap_params!r}: each row must be [spa_l, spa_u, tem_l, tem_u, "
+                             "repeat, weight], integers >= 1 with spa_l <= spa_u, tem_l <= tem_u, a finite weight")
+    return [list(row) for row in rows]
+
+
 class MoCo(nn.Module):
     """Query encoder, EMA key encoder and key queue; SkeleMix mixes when `swap_params` is given (SPEC §3).
 
@@ -57,14 +69,11 @@ class MoCo(nn.Module):
                  shuffle_bn=False, **encoder_args):
         super().__init__()
         self.queue_size, self.momentum, self.temperature = queue_size, momentum, temperature
-        self.swap_params = [list(row) for row in swap_params or []]
-        for row in self.swap_params:
-            if len(row) != 6:
-                raise ValueError(f"swap_params row {row} must be [spa_l, spa_u, tem_l, tem_u, repeat, weight]")
+        self.swap_params = check_swap_params(swap_params)
         self.shuffle_bn = shuffle_bn
 
         encoder_args = dict(encoder_args, num_class=feature_dim)
-        self.encoder_q = import_class(base_encoder)(**encoder_args)
+        self.encoder_q = instantiate(base_encoder, encoder_args, "model_args")
         self.encoder_q.fc = projection_head(head, self.encoder_q.fc.in_features, feature_dim)
         self.encoder_q.init_weights()
         # Deviation from the release (SPEC §3): the key encoder starts as an exact copy.

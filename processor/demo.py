@@ -62,7 +62,7 @@ class Demo:
                      work_dir=cfg["work_dir"], seeds=[cfg["seed"]], device=cfg["device"], progress=cfg["progress"],
                      data=dict(train_feeder_args=dict(part["train"], frames=cfg["frames"]),
                                test_feeder_args=part["val"]),
-                     pretrain=cfg["pretrain"], linear=cfg["linear"])
+                     pretrain=cfg["pretrain"], linear=cfg["linear"], overwrite=True)  # a rerun redoes its runs
         print(f"\nDemo (synthetic data, nuisance {cfg['nuisance']}, NTU-60-style xsub split)", flush=True)
         rows = Table(table).start()
         path = os.path.join(cfg["work_dir"], "demo_result.json")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from processor.metrics import confusion_matrix, knn_accuracies, per_class_accuracy, topk_accuracy
 from processor.processor import Processor
+from torchlight.checkpoint import check_state_dict, read_checkpoint
 from torchlight.config import ConfigError
 from torchlight.dist import all_reduce_sum
 from torchlight.io import atomic_path
@@ -25,10 +26,10 @@ def load_encoder(model, path, ignore_weights=()):
     and the `encoder_q.` prefix of the contrastive wrapper; keys starting with an `ignore_weights`
     prefix are dropped first. Returns (loaded, ignored, missing) key lists.
     """
-    if not os.path.isfile(path):
-        raise ConfigError(f"weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path, "weights file")
     state = state.get("model", state) if isinstance(state, dict) else state
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise ConfigError(f"weights file {path} holds no state dict (neither a 'model' entry nor tensors by name)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     ignored = [k for k in state if any(k.startswith(p) for p in ignore_weights)]
     state = {k: v for k, v in state.items() if k not in ignored}
@@ -36,14 +37,8 @@ def load_encoder(model, path, ignore_weights=()):
         ignored += [k for k in state if not k.startswith("encoder_q.")]
         state = {k.removeprefix("encoder_q."): v for k, v in state.items() if k.startswith("encoder_q.")}
     own = model.state_dict()
-    unexpected = sorted(set(state) - set(own))
+    check_state_dict(path, own, state, may_miss=CLASSIFIER_KEYS, what="encoder", hint=" (see ignore_weights)")
     missing = sorted(set(own) - set(state))
-    if unexpected or set(missing) - CLASSIFIER_KEYS:
-        raise ConfigError(f"{path} does not hold this encoder: missing {sorted(set(missing) - CLASSIFIER_KEYS)[:5]}"
-                          f", unexpected {unexpected[:5]} (see ignore_weights)")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise ConfigError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
     model.load_state_dict(state, strict=False)
     return sorted(state), sorted(ignored), missing
 
@@ -77,6 +72,7 @@ class Classification(Processor):
 
     extra_defaults = dict(ignore_weights=["encoder_q.fc", "encoder_k", "queue"], result_file="result.json",
                           augment=False)  # train on SPEC §1.5's crop + shear (SPEC §4 trains without)
+    checkpoint_name = "eval_epoch{}.pt"  # never a pretraining checkpoint's name: it may sit beside one
 
     def build_model(self):
         model = super().build_model()
@@ -95,9 +91,14 @@ class Classification(Processor):
     def build_data(self):
         cfg = self.cfg
         args = self.augmented_train_args(1) if cfg["augment"] else dict(cfg["train_feeder_args"], views=0)
+        if cfg["num_epoch"] < 1:
+            raise ConfigError(f"num_epoch must be >= 1 for {type(self).__name__}, got {cfg['num_epoch']}")
         train = self.dataset(args, "train_feeder_args")
+        val = self.dataset(cfg["test_feeder_args"], "test_feeder_args")
+        for dataset in (train, val):  # before training: a bad label would only fail at its step or at the end
+            dataset.check_labels(self.raw_model.fc.out_features)
         self.train_loader = self.loader(train, train=True)
-        self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
+        self.val_loader = self.loader(val, train=False)
         self.names = self.val_loader.dataset.names
         self.history, self.best = [], None
         if cfg["train_feeder_args"].get("label_fraction") is not None and self.main:
@@ -165,6 +166,7 @@ class FinetuneEvaluation(Classification):
 
     extra_defaults = dict(Classification.extra_defaults, base_lr=0.1, step=[50, 70, 90], num_epoch=110,
                           grad_clip=5.0, weight_decay=1e-4)
+    work_dir_name = "finetune"
 
 
 class LinearEvaluation(Classification):
@@ -178,6 +180,7 @@ class LinearEvaluation(Classification):
 
     extra_defaults = dict(Classification.extra_defaults, base_lr=3.0, weight_decay=0.0, step=[80],
                           num_epoch=150, cache_features=True)
+    work_dir_name = "linear"
 
     def build_model(self):
         model = super().build_model()
@@ -253,6 +256,7 @@ class KNNEvaluation(Classification):
 
     extra_defaults = dict(ignore_weights=["encoder_q.fc", "encoder_k", "queue"], knn_k=[10, 20, 40],
                           num_epoch=0, result_file="knn.json")
+    work_dir_name = "knn"
 
     def build_data(self):
         cfg = self.cfg

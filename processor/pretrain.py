@@ -17,6 +17,8 @@ class Pretrain(Processor):
     def build_data(self):
         cfg = self.cfg
         queue, batch = self.raw_model.queue_size, cfg["batch_size"]
+        if not isinstance(queue, int) or queue < batch:
+            raise ConfigError(f"model_args.queue_size {queue!r} must be at least the global batch_size {batch}")
         if queue % batch:
             # Every rank enqueues the keys of the whole global batch (SPEC §3, §4b).
             raise ConfigError(f"model_args.queue_size {queue} is not divisible by the global batch_size {batch} "

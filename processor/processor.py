@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from feeder.augment import augment_batch
 from feeder.streams import to_stream
+from torchlight.checkpoint import check_state_dict, read_checkpoint, write_checkpoint
 from torchlight.config import ConfigError
 from torchlight.dist import (
     all_gather_object,
@@ -26,11 +27,12 @@ from torchlight.dist import (
     init_distributed,
     is_main_process,
 )
-from torchlight.io import Logger, atomic_path
+from torchlight.io import Logger, atomic_path, claim_work_dir
 from torchlight.util import instantiate, seed_everything, select_device
 
 DEFAULTS = dict(
-    work_dir="./work_dir/tmp",      # everything a run writes goes here; nothing in it is ever deleted
+    work_dir=None,                  # everything a run writes goes here; default: Processor.default_work_dir
+    overwrite=False,                # allow a work_dir that holds another run's files (nothing is deleted)
     seed=1,
     device="auto",                  # auto: this rank's CUDA device when there is one, else cpu
     # data
@@ -97,14 +99,44 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+def check_counts(cfg):
+    """Counts of the config are integers in range, checked before anything is built."""
+    for key, low in (("batch_size", 1), ("test_batch_size", 1), ("num_workers", 0), ("num_epoch", 0),
+                     ("save_interval", 1), ("eval_interval", 0)):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < low:
+            raise ConfigError(f"{key} must be an integer >= {low}, got {cfg[key]!r}")
+
+
+class NonFiniteError(ValueError):
+    """A loss or score is NaN or infinite: the run stops instead of writing it."""
+
+
+def loader_seed(seed, rank, epoch):
+    """Seed of a loader's own generator (its workers' seeds) in `epoch`, independent of any global stream."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
+def check_finite(outputs, dataset):
+    """Encoder outputs (features or scores) of `dataset` must be finite: NaN scores make no result."""
+    bad = (~torch.isfinite(outputs.reshape(len(outputs), -1))).any(1)
+    if bad.any():
+        where = getattr(dataset, "data_path", type(dataset).__name__)
+        raise NonFiniteError(f"the encoder's outputs for {int(bad.sum())} of {len(bad)} clips of {where} hold NaN "
+                             "or inf; no result written")
+
+
 class Processor:
     extra_defaults = {}
+    work_dir_name = "pretrain"             # default work_dir ./work_dir/<this> (evaluation: beside its weights)
+    checkpoint_name = "epoch{}_model.pt"   # pretraining checkpoints; evaluations write other names
 
     @classmethod
     def default_config(cls):
         return {**DEFAULTS, **cls.extra_defaults}
 
     def __init__(self, cfg):
+        check_counts(cfg)
+        cfg["work_dir"] = cfg["work_dir"] or self.default_work_dir(cfg)
         self.cfg = cfg
         self.distributed = init_distributed(cfg["device"])
         self.device = select_device(cfg["device"])
@@ -113,13 +145,13 @@ class Processor:
             raise ConfigError(f"batch_size {cfg['batch_size']} is not divisible by the {self.world} ranks")
         seed_everything(cfg["seed"])  # every rank builds the same model; draws differ per rank after it
         self.main = is_main_process()
+        # Before anything is written: a work_dir belongs to one run (README: work directories).
+        self.lock = claim_work_dir(cfg["work_dir"], cfg["resume"], cfg["overwrite"]) if self.main else None
         self.log = Logger(cfg["work_dir"], enabled=self.main)
         self.writer = None
         if self.main:
             from tensorboardX import SummaryWriter
             self.writer = SummaryWriter(os.path.join(cfg["work_dir"], "tensorboard"))
-            with atomic_path(os.path.join(cfg["work_dir"], "config.yaml")) as tmp, open(tmp, "w") as f:
-                yaml.safe_dump(cfg, f, sort_keys=False)
         self.log(f"{type(self).__name__} on {self.device}, {self.world} process(es), work_dir {cfg['work_dir']}")
 
         self.model = self.build_model().to(self.device)
@@ -151,8 +183,19 @@ class Processor:
                      + ("its fp16 convolution backward is a reference kernel" if cfg["amp"] == "fp16"
                         else "it has no native bf16 kernels"))
         self.start_epoch = 0
+        self.epoch, self.step, self.last_checkpoint = 0, 0, None  # where a non-finite loss is reported
         if cfg["resume"]:
             self.resume(cfg["resume"])
+        if self.main:  # last: it marks the work_dir as this run's (torchlight.io.claim_work_dir)
+            with atomic_path(os.path.join(cfg["work_dir"], "config.yaml")) as tmp, open(tmp, "w") as f:
+                yaml.safe_dump(cfg, f, sort_keys=False)
+
+    @classmethod
+    def default_work_dir(cls, cfg):
+        """Beside the weights' run for an evaluation (`<run>/linear`), else ./work_dir/<work_dir_name>."""
+        if cfg.get("weights"):
+            return os.path.join(os.path.dirname(os.path.abspath(cfg["weights"])), cls.work_dir_name)
+        return os.path.join("work_dir", cls.work_dir_name)
 
     # --- what subclasses say -------------------------------------------------------------------
     def build_model(self):
@@ -205,11 +248,19 @@ class Processor:
         else:
             sampler = ShardSampler(len(dataset))
         workers = self.cfg["num_workers"]
+        # An own generator: the workers' seeds are never drawn from the global stream (see seed_loaders).
+        generator = torch.Generator().manual_seed(loader_seed(self.cfg["seed"], get_rank(), 0))
         # Training workers are not persistent: each epoch's workers must see the dataset's new
         # set_epoch (augmentation seeds), which a persistent worker's copy would miss.
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
                           pin_memory=self.device.type == "cuda", drop_last=train,
-                          persistent_workers=workers > 0 and not train)
+                          persistent_workers=workers > 0 and not train, generator=generator)
+
+    def seed_loaders(self, epoch):
+        """Reseed every loader's generator for `epoch`: a resumed run's loaders draw what the uninterrupted
+        run's drew, and a persistent loader created anew on resume takes nothing from the global stream."""
+        for loader in [v for v in vars(self).values() if isinstance(v, DataLoader)]:
+            loader.generator.manual_seed(loader_seed(self.cfg["seed"], get_rank(), epoch))
 
     def clip_loader(self, what="train_feeder_args"):
         """Every clip of a feeder config once, un-augmented and in order (kNN bank, BN statistics)."""
@@ -253,6 +304,7 @@ class Processor:
             parts = all_gather_object((feats.cpu(), labels.cpu(), indices.cpu()))
             feats, labels, indices = (torch.cat(t).to(self.device) for t in zip(*parts))
         order = torch.argsort(indices)
+        check_finite(feats, loader.dataset)
         return feats[order], labels[order].long()
 
     def progress(self, iterable, desc):
@@ -267,13 +319,15 @@ class Processor:
             lr = step_lr(cfg["base_lr"], cfg["step"], epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            self.seed_loaders(epoch)
+            self.epoch, self.step = epoch, 0
             stats = self.train_epoch(epoch)
             stats["lr"] = lr
             if cfg["eval_interval"] > 0 and ((epoch + 1) % cfg["eval_interval"] == 0
                                              or epoch + 1 == cfg["num_epoch"]):
                 stats.update(self.evaluate(epoch))
-            # After evaluating: its loaders draw from the global RNG, and a resumed run must start
-            # the next epoch with the same random state as the uninterrupted one.
+            # After evaluating, so that a resumed run starts the next epoch with the random state of the
+            # uninterrupted one whatever evaluation draws.
             if (epoch + 1) % cfg["save_interval"] == 0 or epoch + 1 == cfg["num_epoch"]:
                 self.save_checkpoint(epoch)
             self.stats.append(stats)
@@ -287,9 +341,18 @@ class Processor:
     def finish(self):
         if self.writer:
             self.writer.close()
+        if self.lock:
+            self.lock.release()
 
     def optimize(self, loss):
-        """Backward, gradient-norm clip (after backward, SPEC §4b) when `grad_clip` is set, SGD step."""
+        """Backward, gradient-norm clip (after backward, SPEC §4b) when `grad_clip` is set, SGD step.
+
+        A non-finite loss stops the run before the step, so the last checkpoint stays the last good state.
+        """
+        self.step += 1
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteError(f"loss {float(loss.detach())} at epoch {self.epoch + 1}, step {self.step}: "
+                                 f"training stopped; last checkpoint {self.last_checkpoint}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg["grad_clip"]:
@@ -333,7 +396,7 @@ class Processor:
         return state
 
     def save_checkpoint(self, epoch, extra=None):
-        """Write `epoch{N}_model.pt` atomically: model, optimizer, epoch, config and RNG states.
+        """Write `checkpoint_name` atomically: model, optimizer, epoch, config, RNG states and a checksum.
 
         Called on every rank: each rank's RNG states travel to rank 0, the only writer.
         """
@@ -342,19 +405,17 @@ class Processor:
             return
         state = dict(model=self.raw_model.state_dict(), optimizer=self.optimizer.state_dict(),
                      scaler=self.scaler.state_dict(), epoch=epoch + 1, config=self.cfg, rng=rng[0],
-                     **(extra or {}))
+                     processor=type(self).__name__, **(extra or {}))
         if self.world > 1:
             state["rng_per_rank"] = rng
-        path = os.path.join(self.cfg["work_dir"], f"epoch{epoch + 1}_model.pt")
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        path = os.path.join(self.cfg["work_dir"], self.checkpoint_name.format(epoch + 1))
+        write_checkpoint(state, path)
+        self.last_checkpoint = path
         self.log(f"saved {path}")
 
     def resume(self, path):
         """Continue exactly where the run that wrote checkpoint `path` stopped."""
-        if not os.path.isfile(path):
-            raise ConfigError(f"resume checkpoint not found: {path}")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = self.read_resume_checkpoint(path)
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -368,5 +429,22 @@ class Processor:
         self.generator.set_state(rng["generator"].cpu())
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        self.last_checkpoint = path
         self.log(f"resumed from {path} at epoch {self.start_epoch}")
+        return state
+
+    def read_resume_checkpoint(self, path):
+        """The checkpoint at `path` if this run can continue it; otherwise a one-line error saying why."""
+        state = read_checkpoint(path, "resume checkpoint", map_location=self.device)
+        keys = {"model", "optimizer", "epoch", "rng"}
+        if not isinstance(state, dict) or not keys <= set(state):
+            raise ConfigError(f"resume checkpoint {path} is not a training checkpoint of this project "
+                              f"(needs keys {sorted(keys)})")
+        if state.get("processor", type(self).__name__) != type(self).__name__:
+            raise ConfigError(f"resume checkpoint {path} was written by {state['processor']}; "
+                              f"this run is {type(self).__name__}")
+        check_state_dict(path, self.raw_model.state_dict(), state["model"])
+        if state["epoch"] >= self.cfg["num_epoch"]:
+            raise ConfigError(f"resume checkpoint {path} is at epoch {state['epoch']}, num_epoch is "
+                              f"{self.cfg['num_epoch']}: nothing left to train (raise --num_epoch)")
         return state

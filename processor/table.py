@@ -23,6 +23,7 @@ DEFAULTS = dict(
     rows=[],       # [{name, linear: yaml, pretrain: [processor, yaml] (optional), linear_args: {...}}]
     pretrain={},   # overrides for every pretraining run, e.g. --pretrain.num_epoch 2
     linear={},     # overrides for every linear evaluation
+    overwrite=False,  # True: redo runs whose work_dir exists (the demo), instead of refusing
 )
 
 
@@ -59,7 +60,8 @@ class Table:
     def run(self, name, config_file, work_dir, seed, *overrides):
         """Processor `name` with `config_file`, this table's data, work_dir and seed, and `overrides`."""
         cfg = self.cfg
-        common = dict(work_dir=work_dir, seed=seed, device=cfg["device"], progress=cfg["progress"])
+        common = dict(work_dir=work_dir, seed=seed, device=cfg["device"], progress=cfg["progress"],
+                      overwrite=cfg["overwrite"])
         config = merged(load_yaml(config_file), cfg["data"], common, *overrides)
         cls, run_cfg = configure(name, config, {}, source=config_file)
         processor = cls(run_cfg)

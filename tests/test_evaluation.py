@@ -199,3 +199,26 @@ def test_ensemble_fusion_by_hand(tmp_path):
     files = [str(tmp_path / f) for f in ("a.pkl", "b.pkl", "label.pkl")]
     top1, top5 = ensemble.main([files[0], files[1], "--label", files[2]])
     assert (top1, top5) == (1.0, 1.0)
+
+
+def test_ensemble_refuses_foreign_mismatched_and_non_finite_scores(tmp_path):
+    def scores(name, values):
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({"x": np.array(values[0]), "y": np.array(values[1])}, f)
+        return str(tmp_path / name)
+
+    good = scores("good.pkl", [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    (tmp_path / "result.json").write_text('{"final": {"top1": 50.0}}')
+    with open(tmp_path / "label.pkl", "wb") as f:
+        pickle.dump((["x", "y"], [0, 1]), f)
+    label = ["--label", str(tmp_path / "label.pkl")]
+    cases = [([good, str(tmp_path / "result.json")], f"{tmp_path / 'result.json'}: not a scores pickle"),
+             ([good, scores("four.pkl", [[1.0, 0, 0, 0], [0, 1.0, 0, 0]])],
+              f"different numbers of classes: {good} 3, {tmp_path / 'four.pkl'} 4"),
+             ([good, scores("nan.pkl", [[1.0, 0, 0], [np.nan, 1.0, 0]])],
+              f"{tmp_path / 'nan.pkl'}: the scores of 1 clips hold NaN or inf, e.g. y"),
+             ([good, good, "--label", str(tmp_path / "result.json")], "result.json: not a gendata label pickle")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as info:
+            ensemble.main(argv + (label if "--label" not in argv else []))
+        assert str(info.value).startswith("error: ") and message in str(info.value) and "\n" not in str(info.value)

@@ -98,3 +98,45 @@ def test_errors_name_the_file(files, tmp_path):
         Feeder(data_path, label_path, label_fraction=1.5)
     with pytest.raises(ValueError, match="views"):
         Feeder(data_path, label_path, views=-1)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_truncated_or_empty_arrays_name_the_file(files, tmp_path, mmap):
+    data_path, label_path, _ = files
+    raw = open(data_path, "rb").read()
+    for name, content in (("empty.npy", b""), ("cut.npy", raw[:len(raw) // 2]), ("head.npy", raw[:60])):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}: not a complete numpy array file"):
+            Feeder(str(tmp_path / name), label_path, mmap=mmap)
+
+
+def test_check_finite_names_the_first_bad_clip(files, tmp_path):
+    data_path, label_path, data = files
+    Feeder(data_path, label_path, check_finite=True)
+    bad = data.copy()
+    bad[41, 2, 10, 3, 1] = np.inf
+    bad[60, 0, 0, 0, 0] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    Feeder(str(tmp_path / "bad.npy"), label_path)  # off by default: the whole array is read only when asked
+    with pytest.raises(ValueError, match=r"bad\.npy: clip 41 \(clip041\) holds NaN or inf"):
+        Feeder(str(tmp_path / "bad.npy"), label_path, check_finite=True)
+
+
+@pytest.mark.parametrize("label, shown", [(1.5, "1.5"), (-1, "-1"), (float("nan"), "nan")])
+def test_labels_that_are_not_class_indices_name_file_and_clip(files, tmp_path, label, shown):
+    data_path, _, _ = files
+    labels = list(LABELS)
+    labels[7] = label
+    with open(tmp_path / "bad_label.pkl", "wb") as f:
+        pickle.dump(([f"clip{i:03d}" for i in range(len(labels))], labels), f)
+    with pytest.raises(ValueError, match=f"bad_label.pkl: label {shown} of clip 7 is not a class index"):
+        Feeder(data_path, str(tmp_path / "bad_label.pkl"))
+
+
+def test_labels_beyond_the_classifier_name_file_and_clip(files):
+    data_path, label_path, _ = files
+    feeder = Feeder(data_path, label_path)
+    feeder.check_labels(5)
+    with pytest.raises(ValueError, match=r"train_label.npy: label 4 of clip 65 \(clip065\) is out of range for "
+                                         "model_args.num_class 4"):
+        feeder.check_labels(4)

@@ -222,3 +222,25 @@ def test_script_and_module_run_without_torch(demo, tmp_path):
     check = "import sys, tools.ntu_gendata, tools.demo_data; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path, capsys):
+    data = copy_real(tmp_path / "raw", "S001C001P001R001A001.skeleton")
+    bad = data / "S001C002P002R001A002.skeleton"
+    raw = "\n".join(real_lines()).encode()
+    bad.write_bytes(raw[:200] + b"\xff\xfe" + raw[200:])
+    line = raw[:200].count(b"\n") + 1
+    with pytest.raises(ValueError, match=rf"{bad}:{line}: byte 0xff is not UTF-8 text"):
+        read_skeleton(bad)
+    main(["--data_path", str(data), "--out_folder", str(tmp_path / "out"), "--skip_bad"])
+    assert f"S001C002P002R001A002.skeleton: {bad}:{line}: byte 0xff is not UTF-8 text" in capsys.readouterr().out
+
+
+def test_rerun_removes_temporaries_of_a_killed_run(tmp_path):
+    data = copy_real(tmp_path / "raw", "S001C001P001R001A001.skeleton", "S001C002P002R001A002.skeleton")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "out" / "xsub" / f"train_data.tmp{dead.stdout.strip()}.npy"
+    os.makedirs(stale.parent)
+    stale.write_bytes(b"\0" * 1000)
+    main(["--data_path", str(data), "--out_folder", str(tmp_path / "out"), "--benchmark", "xsub"])
+    assert all_files(tmp_path / "out") == [f"xsub/{p}_{k}" for p in ("train", "val") for k in ("data.npy", "label.pkl")]

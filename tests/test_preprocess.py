@@ -157,3 +157,33 @@ def test_errors_name_the_path(tmp_path):
     assert str(tmp_path / "nolabel" / "xsub" / "train_label.pkl") in message
     write_part(tmp_path / "count" / "xsub", "train", raw_clip()[None], [0, 1])
     assert "train_label.pkl" in error_of(["--dataset_path", str(tmp_path / "count"), *out])
+
+
+def test_nan_or_inf_clip_is_refused_naming_file_and_clip(tmp_path):
+    data = np.stack([raw_clip(0), raw_clip(1)])
+    data[1, 0, 3, 7, 0] = np.nan
+    write_part(tmp_path / "gen" / "xsub", "train", data, [0, 1])
+    message = error_of(["--dataset_path", str(tmp_path / "gen"), "--out_folder", str(tmp_path / "out")])
+    assert "train_data.npy: clip 1 (S001C001P001R001A002) holds NaN or inf" in message
+    assert not os.path.exists(tmp_path / "out" / "xsub" / "train_position.npy")
+
+
+def test_rerun_removes_stale_temporaries_and_refuses_other_settings(tmp_path):
+    write_part(tmp_path / "gen" / "xsub", "val", raw_clip()[None], [4])
+    argv = ["--dataset_path", str(tmp_path / "gen"), "--out_folder", str(tmp_path / "out"), "--frames", "16"]
+    # A killed run's temporary (its pid no longer runs) is removed; a running writer's is left alone.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    os.makedirs(tmp_path / "out" / "xsub")
+    stale = tmp_path / "out" / "xsub" / f"val_position.tmp{dead.stdout.strip()}.npy"
+    live = tmp_path / "out" / "xsub" / f"val_motion.tmp{os.getppid()}.npy"
+    stale.write_bytes(b"x" * 100)
+    live.write_bytes(b"x")
+    main(argv)
+    assert not stale.exists() and live.exists()
+    manifest = (tmp_path / "out" / "xsub" / "manifest.json").read_text()
+    assert '"frames": 16' in manifest and '"layout": "ntu-rgb+d"' in manifest
+    before = np.load(tmp_path / "out" / "xsub" / "val_position.npy")
+    message = error_of(argv[:-1] + ["32"])
+    assert "frames" in message and "16" in message and str(tmp_path / "out" / "xsub") in message
+    assert np.array_equal(np.load(tmp_path / "out" / "xsub" / "val_position.npy"), before)
+    main(argv)  # the same settings again are fine

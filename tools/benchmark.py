@@ -217,8 +217,10 @@ def encoder_figures(args, option, device):
 
 def build(name, args, option, data, **extra):
     """Processor `name` on the benchmark data with the speed option applied."""
-    cfg = dict(work_dir=os.path.join(args.tmp, "work_dir"), batch_size=args.batch, test_batch_size=args.batch,
-               num_workers=args.workers, progress=False, eval_interval=0, save_interval=10 ** 9, seed=1,
+    # overwrite: every measurement builds a processor in the same scratch work_dir.
+    cfg = dict(work_dir=os.path.join(args.tmp, "work_dir"), overwrite=True, batch_size=args.batch,
+               test_batch_size=args.batch, num_workers=args.workers, progress=False, eval_interval=0,
+               save_interval=10 ** 9, seed=1,
                device=args.device, train_feeder_args=dict(data, frames=args.frames),
                test_feeder_args=dict(data), model_args=dict(args.model_args))
     for key, value in {**option, **extra}.items():

@@ -14,6 +14,33 @@ def softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def unpickle(path, what):
+    """The object pickled in `path`; a file of another kind (JSON, truncated) is an error naming it."""
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+        raise ValueError(f"{path}: not {what} ({err})") from None
+
+
+def load_scores(path):
+    """{clip name: 1-D finite scores} of a scores.pkl, all of one length; anything else names the file."""
+    scores = unpickle(path, "a scores pickle of linear/fine-tune evaluation")
+    if not isinstance(scores, dict) or not scores:
+        raise ValueError(f"{path}: expected a pickled {{clip name: scores}} dict, got {type(scores).__name__}")
+    try:
+        arrays = {name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: scores that are not numbers") from None
+    shapes = sorted({a.shape for a in arrays.values()})
+    if len(shapes) != 1 or len(shapes[0]) != 1:
+        raise ValueError(f"{path}: expected one score vector per clip, got shapes {shapes[:3]}")
+    bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
+    if bad:
+        raise ValueError(f"{path}: the scores of {len(bad)} clips hold NaN or inf, e.g. {bad[0]}")
+    return arrays
+
+
 def fuse(score_dicts, weights=None, use_softmax=True):
     """Weighted sum of each clip's (softmax) scores over streams: {name: fused scores}."""
     weights = weights or [1.0] * len(score_dicts)
@@ -37,8 +64,10 @@ def topk(fused, labels, k):
 
 def load_labels(path):
     """{clip name: label} from a `<part>_label.pkl` of gendata (names with or without '.skeleton')."""
-    with open(path, "rb") as f:
-        names, labels = pickle.load(f)
+    content = unpickle(path, "a gendata label pickle")
+    if not (isinstance(content, (tuple, list)) and len(content) == 2):
+        raise ValueError(f"{path}: expected a pickled (names, labels) pair")
+    names, labels = content
     return dict(zip(names, (int(x) for x in labels)))
 
 
@@ -52,10 +81,11 @@ def main(argv=None):
     try:
         if args.weights and len(args.weights) != len(args.scores):
             raise ValueError(f"{len(args.weights)} weights for {len(args.scores)} score files")
-        dicts = []
-        for path in args.scores:
-            with open(path, "rb") as f:
-                dicts.append(pickle.load(f))
+        dicts = [load_scores(path) for path in args.scores]
+        classes = [len(next(iter(d.values()))) for d in dicts]
+        if len(set(classes)) > 1:
+            raise ValueError("score files have different numbers of classes: "
+                             + ", ".join(f"{path} {n}" for path, n in zip(args.scores, classes)))
         fused = fuse(dicts, args.weights, use_softmax=not args.logits)
         labels = load_labels(args.label)
         missing = set(labels) - set(fused)

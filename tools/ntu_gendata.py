@@ -19,7 +19,7 @@ from tqdm import tqdm
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __package__ in (None, ""):  # run as `python tools/ntu_gendata.py`: make the repo importable
     sys.path.insert(0, REPO)
-from torchlight.io import atomic_path  # noqa: E402
+from torchlight.io import atomic_path, read_text_lines, remove_stale_temps  # noqa: E402
 
 # NTU 120 cross-subject training performers; those up to 40 are exactly the NTU 60 list.
 TRAIN_PERFORMERS = frozenset((
@@ -112,8 +112,7 @@ def _joint_blocks(lines, path, max_frames, num_joints, max_bodies):
 
 def read_skeleton(path, max_frames=300, num_joints=25, max_bodies=2):
     """x, y, z of the first bodies/joints/frames of one `.skeleton` file, float32 (3, T, V, M) (SPEC §1.1)."""
-    with open(path) as f:
-        lines = f.read().splitlines()
+    lines = read_text_lines(path)
     while lines and not lines[-1].strip():
         lines.pop()
     blocks = _joint_blocks(lines, path, max_frames, num_joints, max_bodies)
@@ -200,6 +199,8 @@ def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sam
     home = {n: [(b, "train" if is_training(n, b) else "val") for b in benchmarks] for n in names}
     sizes = Counter(key for keys in home.values() for key in keys)
     keys = [(b, p) for b in benchmarks for p in ("train", "val")]
+    for benchmark in benchmarks:
+        remove_stale_temps(os.path.join(out_folder, benchmark))  # a killed earlier run's half-written arrays
 
     with contextlib.ExitStack() as stack:  # every output keeps a temporary name until all succeeded
         tmps = {key: stack.enter_context(atomic_path(os.path.join(out_folder, *key) + "_data.npy"))

@@ -27,7 +27,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python tools/pku_gendata.py`: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools.ntu_gendata import MAX_FLOAT32  # noqa: E402
-from torchlight.io import atomic_path  # noqa: E402
+from torchlight.io import atomic_path, read_text_lines, remove_stale_temps  # noqa: E402
 
 NUM_CLASSES = {1: 51, 2: 41}
 BODIES, JOINTS = 2, 25
@@ -109,8 +109,7 @@ def _bad_line(path, lines):
 
 def read_video(path):
     """The whole skeleton file as float32 (3, T, 25, 2) (C, T, V, M), errors naming file and line."""
-    with open(path) as f:
-        lines = f.read().splitlines()
+    lines = read_text_lines(path)
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -137,6 +136,8 @@ def write_database(out_folder, parts, clips, shape):
     for key, members in names.items():
         for row, name in enumerate(members):
             rows.setdefault(name, []).append((key, row))
+    for benchmark in {b for b, _ in parts}:
+        remove_stale_temps(os.path.join(out_folder, benchmark))  # a killed earlier run's half-written arrays
     with contextlib.ExitStack() as stack:
         paths = {key: os.path.join(out_folder, *key) for key in parts}
         arrays = {key: np.lib.format.open_memmap(stack.enter_context(atomic_path(paths[key] + "_data.npy")),

@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as `python tools/ucla_gendata.py`: make the
 from net.utils.layouts import joint_map  # noqa: E402
 from tools.ntu_gendata import MAX_FLOAT32  # noqa: E402
 from tools.pku_gendata import write_database  # noqa: E402
+from torchlight.io import read_text_lines  # noqa: E402
 
 ACTIONS = (1, 2, 3, 4, 5, 6, 8, 9, 11, 12)  # action number of label 1..10
 TRAIN_VIEWS = (1, 2)
@@ -49,8 +50,7 @@ def read_clip(path):
     if action not in ACTIONS:
         raise ValueError(f"{path}: a{action:02d} is not an NW-UCLA action (a01-a06, a08, a09, a11, a12)")
     try:
-        with open(path) as f:
-            content = json.load(f)
+        content = json.loads("\n".join(read_text_lines(path)))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: not JSON ({err.msg})") from None
     if not isinstance(content, dict) or not {"skeletons", "label"} <= set(content):

@@ -71,7 +71,7 @@ def _set(cfg, path, value, source, defaults):
         for k, v in value.items():
             _set(cfg, path + [k], v, source, defaults)
     else:
-        node[leaf] = _typed(value, _default_at(defaults, path), ".".join(path), source)
+        node[leaf] = check_type(value, _default_at(defaults, path), ".".join(path), source)
 
 
 def _default_at(defaults, path):
@@ -83,7 +83,7 @@ def _default_at(defaults, path):
     return defaults
 
 
-def _typed(value, default, key, source):
+def check_type(value, default, key, source):
     """`value` if it has its default's type: ints pass as floats, YAML's off/no/on/yes words as strings.
 
     String keys are not checked further: their readers know more (`device` takes 'cuda:1' or 1).

@@ -1,11 +1,12 @@
 """Run-time helpers: import by dotted name, seeding, device selection."""
 import importlib
+import inspect
 import random
 
 import numpy as np
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, check_type
 
 
 def import_class(name):
@@ -18,10 +19,13 @@ def import_class(name):
 
 
 def instantiate(name, kwargs, what):
-    """Build `name(**kwargs)`; a wrong keyword becomes a one-line error naming `what`."""
+    """Build `name(**kwargs)`; a wrong keyword, or a value unlike its keyword's default (hidden_channels 'four'),
+    becomes a one-line error naming `what`."""
     cls = import_class(name)
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
+    kwargs = {k: check_type(v, defaults.get(k), f"{what}.{k}", what) for k, v in (kwargs or {}).items()}
     try:
-        return cls(**(kwargs or {}))
+        return cls(**kwargs)
     except TypeError as e:
         if "argument" in str(e):
             raise ConfigError(f"{what} ({name}): {e}") from None

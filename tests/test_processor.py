@@ -1,0 +1,196 @@
+"""processor/processor.py: work-directory ownership, non-finite losses, exact resume, checkpoints, bad config."""
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from processor.processor import NonFiniteError
+from torchlight.config import ConfigError
+from torchlight.io import WorkDirError
+
+PRETRAIN = "pretrain_skeletonclr_swap"
+SMALL = dict(batch_size=8, model_args=dict(queue_size=16))
+
+
+@pytest.fixture(scope="module")
+def small(demo_arrays, tmp_path_factory):
+    """The first 24 train and 16 val clips of the demo arrays: three batches of 8 per epoch."""
+    folder = tmp_path_factory.mktemp("small")
+    for part, n in (("train", 24), ("val", 16)):
+        np.save(folder / f"{part}_position.npy", np.load(f"{demo_arrays}/{part}_position.npy")[:n])
+        with open(f"{demo_arrays}/{part}_label.pkl", "rb") as f:
+            names, labels = pickle.load(f)
+        with open(folder / f"{part}_label.pkl", "wb") as f:
+            pickle.dump((names[:n], labels[:n]), f)
+    return str(folder)
+
+
+def with_nan(data, folder, part="train"):
+    """Feeder args of a copy of `part` whose every clip holds a NaN (joint 1 of body 1, frame 0)."""
+    os.makedirs(folder, exist_ok=True)
+    x = np.load(f"{data}/{part}_position.npy")
+    x[:, 0, 0, 0, 0] = np.nan
+    np.save(f"{folder}/{part}_position.npy", x)
+    shutil.copy(f"{data}/{part}_label.pkl", f"{folder}/{part}_label.pkl")
+    return dict(data_path=f"{folder}/{part}_position.npy", label_path=f"{folder}/{part}_label.pkl")
+
+
+def build(tiny, name, data, work_dir, **overrides):
+    cls, cfg = tiny(name, data, work_dir, **overrides)
+    if work_dir is None:
+        cfg["work_dir"] = None
+    return cls(cfg)
+
+
+def pretrain(tiny, data, work_dir, **overrides):
+    cls, cfg = tiny(PRETRAIN, data, work_dir, **{**SMALL, "num_epoch": 1, **overrides})
+    proc = cls(cfg)
+    proc.start()
+    return proc
+
+
+def test_a_run_owns_its_work_dir(small, tiny, tmp_path):
+    pretrain(tiny, small, tmp_path / "run")
+    assert not (tmp_path / "run" / "run.lock").exists()  # removed when the run ends
+    with pytest.raises(WorkDirError, match="holds another run's files .config.yaml, epoch1_model.pt."):
+        pretrain(tiny, small, tmp_path / "run", seed=2)
+    before = (tmp_path / "run" / "epoch1_model.pt").read_bytes()
+    resumed = pretrain(tiny, small, tmp_path / "run", num_epoch=2,
+                       resume=str(tmp_path / "run" / "epoch1_model.pt"))
+    assert resumed.start_epoch == 1 and (tmp_path / "run" / "epoch2_model.pt").is_file()
+    assert (tmp_path / "run" / "epoch1_model.pt").read_bytes() == before
+    build(tiny, PRETRAIN, small, tmp_path / "run", **SMALL, overwrite=True)  # allowed when asked for
+
+
+def test_a_concurrent_second_run_fails_at_once_naming_the_holder(small, tiny, tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.makedirs(tmp_path / "run")
+        (tmp_path / "run" / "run.lock").write_text(json.dumps(dict(pid=other.pid, host=socket.gethostname(),
+                                                                   start="2026-12-02 10:00:00")))
+        with pytest.raises(WorkDirError, match=f"in use by pid {other.pid} on {socket.gethostname()} since "
+                                               "2026-12-02 10:00:00"):
+            build(tiny, PRETRAIN, small, tmp_path / "run", **SMALL)
+    finally:
+        other.kill()
+        other.wait()
+    assert os.listdir(tmp_path / "run") == ["run.lock"]  # nothing of the second run was written
+
+
+def test_evaluation_writes_beside_its_weights_never_over_them(small, tiny, tmp_path):
+    pretrain(tiny, small, tmp_path / "run")
+    weights = tmp_path / "run" / "epoch1_model.pt"
+    before = weights.read_bytes()
+    with pytest.raises(WorkDirError, match="holds another run's files"):
+        build(tiny, "linear_evaluation", small, tmp_path / "run", weights=str(weights))
+    proc = build(tiny, "linear_evaluation", small, None, weights=str(weights), num_epoch=1, save_interval=1,
+                 model_args=dict(num_class=12))
+    proc.start()
+    assert proc.cfg["work_dir"] == str(tmp_path / "run" / "linear")
+    assert {"eval_epoch1.pt", "result.json", "config.yaml"} <= set(os.listdir(tmp_path / "run" / "linear"))
+    assert not [f for f in os.listdir(tmp_path / "run" / "linear") if f.endswith("_model.pt")]
+    assert weights.read_bytes() == before
+
+
+def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(small, tiny, tmp_path):
+    pretrain(tiny, small, tmp_path / "run")
+    before = (tmp_path / "run" / "epoch1_model.pt").read_bytes()
+    last = str(tmp_path / "run" / "epoch1_model.pt")
+    with pytest.raises(NonFiniteError, match=f"loss nan at epoch 2, step 1: training stopped; last checkpoint {last}"):
+        pretrain(tiny, small, tmp_path / "run", num_epoch=2, resume=last,
+                 train_feeder_args=with_nan(small, tmp_path / "nan"))
+    assert (tmp_path / "run" / "epoch1_model.pt").read_bytes() == before
+    assert not (tmp_path / "run" / "epoch2_model.pt").exists()
+
+
+def test_non_finite_scores_write_no_result(small, tiny, tmp_path):
+    cls, cfg = tiny("linear_evaluation", small, tmp_path, num_epoch=1, model_args=dict(num_class=12),
+                    test_feeder_args=with_nan(small, tmp_path / "nan", "val"))
+    with pytest.raises(NonFiniteError, match=r"outputs for 16 of 16 clips of .*nan/val_position.npy hold NaN"):
+        cls(cfg).start()
+    assert not (tmp_path / "result.json").exists()
+
+
+def tensors(x, path=""):
+    """{key path: tensor} of every tensor in a nested checkpoint."""
+    if isinstance(x, torch.Tensor):
+        return {path: x}
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, (list, tuple)) else []
+    return {k: v for key, value in items for k, v in tensors(value, f"{path}/{key}").items()}
+
+
+def test_resume_with_two_workers_and_evaluation_is_bitwise_exact(small, tiny, tmp_path):
+    # Persistent evaluation workers and per-epoch training workers; dropout draws from the global stream.
+    args = dict(num_epoch=3, save_interval=1, eval_interval=1, knn_k=[1], num_workers=2,
+                model_args=dict(dropout=0.3))
+    pretrain(tiny, small, tmp_path / "straight", **args)
+    pretrain(tiny, small, tmp_path / "stopped", **dict(args, num_epoch=1))
+    pretrain(tiny, small, tmp_path / "stopped", **args, resume=str(tmp_path / "stopped" / "epoch1_model.pt"))
+    a, b = (tensors(torch.load(tmp_path / run / "epoch3_model.pt", weights_only=False))
+            for run in ("straight", "stopped"))
+    assert a.keys() == b.keys() and len(a) > 100
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+    (dict(test_batch_size=0), "test_batch_size must be an integer >= 1, got 0"),
+    (dict(model_args=dict(queue_size=0)), "model_args.queue_size 0 must be at least the global batch_size 8"),
+    (dict(model_args=dict(swap_params=[2, 3, 7, 11, 1, 1.0])), r"model_args.swap_params \[2, 3, 7, 11, 1, 1.0\]"),
+    (dict(model_args=dict(swap_params=[[2, 3, 7, 11, 0, 1.0]])), "each row must be"),
+    (dict(model_args=dict(swap_params=[[2, 3, 7, 11, -1, 1.0]])), "each row must be"),
+    (dict(model_args=dict(swap_params=[[2, 3, 7, 11, 1, float("nan")]])), "a finite weight"),
+    (dict(model_args=dict(hidden_channels="four")),
+     "key 'model_args.hidden_channels' in model_args: expected int like the default 16, got 'four'"),
+])
+def test_bad_config_values_are_one_line_errors_before_training(small, tiny, tmp_path, overrides, message):
+    cls, cfg = tiny(PRETRAIN, small, tmp_path, **{**SMALL, **overrides,
+                                                       "model_args": {**SMALL["model_args"],
+                                                                      **overrides.get("model_args", {})}})
+    with pytest.raises(ValueError, match=message) as info:
+        cls(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_labels_beyond_num_class_stop_before_training(small, tiny, tmp_path):
+    cls, cfg = tiny("finetune_evaluation", small, tmp_path, num_epoch=1, model_args=dict(num_class=5))
+    with pytest.raises(ValueError, match=r"train_label.pkl: label \d+ of clip \d+ .* out of range for "
+                                         "model_args.num_class 5"):
+        cls(cfg)
+
+
+def test_damaged_or_foreign_checkpoints_are_one_line_errors(small, tiny, tmp_path):
+    pretrain(tiny, small, tmp_path / "run")
+    good = tmp_path / "run" / "epoch1_model.pt"
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"epoch": 1}, tmp_path / "nomodel.pt")
+    cases = [(tmp_path / "empty.pt", "is not a readable checkpoint"),
+             (tmp_path / "nomodel.pt", "is not a training checkpoint of this project")]
+    for path, message in cases:
+        with pytest.raises(ConfigError, match=f"resume checkpoint {path} {message}"):
+            pretrain(tiny, small, tmp_path / "a", num_epoch=2, resume=str(path))
+        with pytest.raises(ConfigError, match=f"weights file {path}"):
+            build(tiny, "linear_evaluation", small, tmp_path / "b", weights=str(path))
+    with pytest.raises(ConfigError, match=r"does not hold this model: missing \[.*\], unexpected \[.*\]"):
+        pretrain(tiny, small, tmp_path / "c", num_epoch=2, resume=str(good),
+                 model_args=dict(hidden_channels=8))
+    with pytest.raises(ConfigError, match=f"resume checkpoint {good} is at epoch 1, num_epoch is 1: nothing left"):
+        pretrain(tiny, small, tmp_path / "d", resume=str(good))
+    cls, cfg = tiny("linear_evaluation", small, tmp_path / "lin", weights=str(good), num_epoch=1,
+                    save_interval=1, model_args=dict(num_class=12))
+    cls(cfg).start()
+    with pytest.raises(ConfigError, match="was written by LinearEvaluation; this run is Pretrain"):
+        pretrain(tiny, small, tmp_path / "e", num_epoch=2, resume=str(tmp_path / "lin" / "eval_epoch1.pt"))
+
+
+def test_linear_evaluation_without_epochs_is_an_error(small, tiny, tmp_path):
+    cls, cfg = tiny("linear_evaluation", small, tmp_path, num_epoch=0, model_args=dict(num_class=12))
+    with pytest.raises(ConfigError, match="num_epoch must be >= 1 for LinearEvaluation, got 0"):
+        cls(cfg)

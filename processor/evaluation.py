@@ -80,13 +80,17 @@ class Classification(Processor):
                 f.write("\n".join(train.subset_names()) + "\n")
             self.log(f"labelled subset: {len(train.indices)} clips, names in {path}")
 
-    def train_step(self, batch):
+    def prepare(self, batch):
         x, y, _ = batch
         if self.cfg["augment"]:
             x = self.to_input(x[0], augment=self.cfg["device_augment"])  # the one augmented view
         else:
             x = self.to_input(x)
-        return {"loss": F.cross_entropy(self.model(x).float(), y.to(self.device))}
+        return x, y.to(self.device, non_blocking=True)
+
+    def train_step(self, inputs):
+        x, y = inputs
+        return {"loss": F.cross_entropy(self.model(x).float(), y)}
 
     def evaluate(self, epoch):
         scores, labels = self.features(self.raw_model, self.val_loader, return_features=False)

@@ -24,8 +24,10 @@ class Pretrain(Processor):
             self.bank_loader = self.loader(self.dataset(bank, "train_feeder_args"), train=False)
             self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
 
-    def train_step(self, batch):
-        views = [self.to_input(v, augment=self.cfg["device_augment"]) for v in batch[0]]
+    def prepare(self, batch):
+        return [self.to_input(v, augment=self.cfg["device_augment"]) for v in batch[0]]
+
+    def train_step(self, views):
         return self.model(views, generator=self.generator)
 
     def evaluate(self, epoch):

@@ -1,7 +1,8 @@
 """The one loop every processor shares: config, device, DDP, AMP, logging, checkpoints and resume.
 
-A processor subclass says what a model is (`build_model`), what one step is (`train_step`) and what
-evaluation is (`evaluate`); everything else lives here once.
+A processor subclass says what a model is (`build_model`), what one step's inputs are (`prepare`, in
+fp32 outside autocast), what one step is (`train_step`) and what evaluation is (`evaluate`); everything
+else lives here once.
 """
 import contextlib
 import os
@@ -162,8 +163,12 @@ class Processor:
         """Create `self.train_loader` (and whatever evaluation needs)."""
         raise NotImplementedError
 
-    def train_step(self, batch):
-        """Losses (a dict with 'loss') of one batch."""
+    def prepare(self, batch):
+        """The model inputs of one training batch on the device (`to_input`), run in fp32 outside autocast."""
+        raise NotImplementedError
+
+    def train_step(self, inputs):
+        """Losses (a dict with 'loss') of the prepared `inputs`, run under autocast."""
         raise NotImplementedError
 
     def evaluate(self, epoch):
@@ -239,8 +244,9 @@ class Processor:
         encoder.eval()
         feats, labels, indices = [], [], []
         for x, y, index in self.progress(loader, "features"):
+            x = self.to_input(x)
             with self.autocast():
-                feats.append(encoder(self.to_input(x), return_features=return_features).float())
+                feats.append(encoder(x, return_features=return_features).float())
             labels.append(y.to(self.device))
             indices.append(index.to(self.device))
         encoder.train(training)
@@ -302,8 +308,11 @@ class Processor:
         sums, count, t0 = {}, 0, time.perf_counter()
         bar = self.progress(loader, f"epoch {epoch + 1}")
         for batch in bar:
+            # Input preparation stays fp32: under autocast the shear's einsum would round the positions
+            # to bf16/fp16 before SkeleMix, data BN and the motion/bone differences.
+            inputs = self.prepare(batch)
             with self.autocast():
-                losses = self.train_step(batch)
+                losses = self.train_step(inputs)
             self.optimize(losses["loss"])
             n = len(batch[1])
             count += n

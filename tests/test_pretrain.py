@@ -44,3 +44,29 @@ def test_device_augmentation_trains(demo_arrays, tiny, tmp_path):
     proc = cls(cfg)
     proc.start()
     assert proc.train_loader.dataset.augment is False and proc.stats[0]["train/loss"] > 0
+
+
+def first_step_views(demo_arrays, tiny, tmp_path, amp):
+    """The views SkeleMixCLR+ receives in its first training step with device augmentation, motion stream."""
+    cls, cfg = tiny("pretrain_skeletonclr_multi_swapv2", demo_arrays, tmp_path / amp, num_epoch=1, amp=amp,
+                    device_augment=True, stream="motion", model_args=dict(queue_size=64))
+    proc = cls(cfg)
+    seen, forward = [], proc.model.forward
+
+    def recording(views, **kwargs):
+        seen.append([v.detach().clone() for v in views])
+        return forward(views, **kwargs)
+
+    proc.model.forward = recording
+    proc.train_epoch(0)
+    return seen[0]
+
+
+def test_device_augmentation_under_amp_gives_fp32_inputs(demo_arrays, tiny, tmp_path):
+    """Crop, shear and streams run outside autocast: bf16 sees the fp32 path's inputs, bit for bit."""
+    reference = first_step_views(demo_arrays, tiny, tmp_path, "off")
+    views = first_step_views(demo_arrays, tiny, tmp_path, "bf16")
+    assert len(views) == 2  # query and key
+    for v, ref in zip(views, reference):
+        assert v.dtype == torch.float32
+        assert torch.equal(v, ref)

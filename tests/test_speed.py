@@ -64,9 +64,9 @@ def pretrain_step(tmp_path, **option):
                train_feeder_args=dict(data, frames=16), model_args=dict(TINY, queue_size=32), **option)
     cls, cfg = configure("pretrain_skeletonclr_multi_swapv2", cfg)
     proc = cls(cfg)
-    batch = next(iter(proc.train_loader))
+    inputs = proc.prepare(next(iter(proc.train_loader)))
     with proc.autocast():
-        loss = proc.train_step(batch)["loss"]
+        loss = proc.train_step(inputs)["loss"]
     loss.backward()  # unscaled: fp16's GradScaler only guards against under/overflow, not precision
     return loss.detach().float(), grads(proc.raw_model)
 

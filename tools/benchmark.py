@@ -235,9 +235,9 @@ def train_steps(proc, args):
     batches = iter(proc.train_loader)
 
     def step():
-        batch = next(batches)
+        inputs = proc.prepare(next(batches))
         with proc.autocast():
-            losses = proc.train_step(batch)
+            losses = proc.train_step(inputs)
         proc.optimize(losses["loss"])
 
     return timed(step, args.warmup, args.iters, proc.device)
@@ -258,8 +258,9 @@ def inference(proc, args):
 
     @torch.no_grad()
     def forward():
+        inputs = proc.to_input(x)
         with proc.autocast():
-            model(proc.to_input(x), return_features=True)
+            model(inputs, return_features=True)
 
     return timed(forward, args.warmup, args.iters, proc.device)
 

@@ -28,7 +28,7 @@ from torchlight.dist import (
     is_main_process,
 )
 from torchlight.io import Logger, atomic_path
-from torchlight.util import instantiate, seed_everything, select_device
+from torchlight.util import instantiate, seed_everything, select_device, set_numerics
 
 DEFAULTS = dict(
     work_dir="./work_dir/tmp",      # everything a run writes goes here; nothing in it is ever deleted
@@ -62,6 +62,10 @@ DEFAULTS = dict(
     channels_last=False,
     device_augment=False,           # pretraining: augment the batch on the device instead of per sample
     sync_bn=False,                  # DDP: SyncBatchNorm instead of per-rank statistics
+    # GPU numerics (README: Speed): exact fp32 and cuDNN's fastest algorithms unless told otherwise
+    tf32=False,                     # TF32 matmuls and convolutions (Ampere and newer): ~10 mantissa bits
+    cudnn_benchmark=True,           # time cuDNN's algorithms once per input shape and keep the fastest
+    deterministic=False,            # deterministic algorithms (cudnn_benchmark off): a resume repeats bit for bit
     # bookkeeping
     save_interval=5,
     eval_interval=5,
@@ -83,6 +87,21 @@ def cpu_amp_is_fast(amp):
 def step_lr(base_lr, steps, epoch):
     """Step schedule: base_lr times 0.1 for every milestone already passed (SPEC §3.4, §4)."""
     return base_lr * 0.1 ** sum(epoch >= s for s in steps)
+
+
+def restore_cuda_rng(state, device):
+    """Set `device`'s CUDA generator from a checkpoint's state; nothing on CPU or without a state.
+
+    Older checkpoints hold a list over every GPU visible then: this device takes its own entry, if any.
+    """
+    if state is None or device.type != "cuda":
+        return
+    if isinstance(state, (list, tuple)):
+        index = device.index or 0
+        if index >= len(state):
+            return
+        state = state[index]
+    torch.cuda.set_rng_state(state.cpu(), device)
 
 
 class ShardSampler(Sampler):
@@ -112,6 +131,10 @@ class Processor:
         self.world = get_world_size()
         if cfg["batch_size"] % self.world:
             raise ConfigError(f"batch_size {cfg['batch_size']} is not divisible by the {self.world} ranks")
+        if cfg["sync_bn"] and cfg["compile"]:
+            raise ConfigError("sync_bn and compile are both true: SyncBatchNorm does not trace under "
+                              "torch.compile (a graph break at every BatchNorm); set one of them false")
+        set_numerics(cfg["tf32"], cfg["cudnn_benchmark"], cfg["deterministic"])
         seed_everything(cfg["seed"])  # every rank builds the same model; draws differ per rank after it
         self.main = is_main_process()
         self.log = Logger(cfg["work_dir"], enabled=self.main)
@@ -333,8 +356,8 @@ class Processor:
     def rng_state(self):
         state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
                      generator=self.generator.get_state())
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":  # this rank's GPU only: a resume may see fewer GPUs
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def save_checkpoint(self, epoch, extra=None):
@@ -362,7 +385,8 @@ class Processor:
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when written with amp off or bf16: an fp16 resume starts a new scale
+            self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = state["epoch"]
         # Each rank continues its own random stream when the world size is unchanged.
         per_rank = state.get("rng_per_rank", [state["rng"]])
@@ -371,7 +395,6 @@ class Processor:
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self.generator.set_state(rng["generator"].cpu())
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        restore_cuda_rng(rng.get("cuda"), self.device)
         self.log(f"resumed from {path} at epoch {self.start_epoch}")
         return state

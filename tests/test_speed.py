@@ -8,6 +8,7 @@ import torch
 from net.st_gcn import Model, _keep_mask
 from processor import configure
 from tools import benchmark
+from torchlight.config import ConfigError
 
 TINY = dict(hidden_channels=4, hidden_dim=16, dropout=0.0)
 
@@ -121,3 +122,34 @@ def test_benchmark_quick_writes_json(tmp_path):
     for row in result["options"].values():
         for key in benchmark.FIGURES:
             assert row[key] > 0, key
+
+
+@pytest.fixture
+def restore_numerics():
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+     torch.backends.cudnn.deterministic) = flags[:4]
+    torch.use_deterministic_algorithms(flags[4])
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({}, (False, False, True, False, False)),  # defaults: exact fp32, cuDNN benchmark
+    (dict(tf32=True, cudnn_benchmark=False), (True, True, False, False, False)),
+    (dict(deterministic=True), (False, False, False, True, True)),
+])
+def test_gpu_numerics_keys_set_the_torch_flags(tmp_path, restore_numerics, keys, expected):
+    torch.backends.cudnn.allow_tf32 = True  # torch's own default
+    cls, cfg = configure("pretrain_skeletonclr", dict(
+        work_dir=str(tmp_path), num_workers=0, progress=False, eval_interval=0, model_args=dict(TINY, queue_size=32),
+        batch_size=8, train_feeder_args=benchmark.write_dataset(str(tmp_path), 8, 16), **keys))
+    cls(cfg)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == expected
+
+
+def test_sync_bn_with_compile_is_refused(tmp_path):
+    cls, cfg = configure("pretrain_skeletonclr", dict(work_dir=str(tmp_path), sync_bn=True, compile=True))
+    with pytest.raises(ConfigError, match="sync_bn and compile are both true: SyncBatchNorm does not trace"):
+        cls(cfg)

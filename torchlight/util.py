@@ -1,5 +1,6 @@
-"""Run-time helpers: import by dotted name, seeding, device selection."""
+"""Run-time helpers: import by dotted name, seeding, numerics, device selection."""
 import importlib
+import os
 import random
 
 import numpy as np
@@ -33,6 +34,21 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def set_numerics(tf32=False, cudnn_benchmark=True, deterministic=False):
+    """Process-wide GPU numerics (no effect on CPU results).
+
+    torch's own defaults mix precisions: cuDNN convolutions in TF32, matmuls in fp32. Here both follow
+    `tf32`. `deterministic` turns off cudnn_benchmark and selects deterministic algorithms; an op that has
+    none warns instead of failing the run.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and not deterministic
+    torch.backends.cudnn.deterministic = bool(deterministic)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
 
 
 def select_device(spec="auto"):

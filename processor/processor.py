@@ -127,7 +127,7 @@ class Processor:
     def __init__(self, cfg):
         self.cfg = cfg
         self.distributed = init_distributed(cfg["device"])
-        self.device = select_device(cfg["device"])
+        self.device = select_device(cfg["device"], self.distributed)
         self.world = get_world_size()
         if cfg["batch_size"] % self.world:
             raise ConfigError(f"batch_size {cfg['batch_size']} is not divisible by the {self.world} ranks")
@@ -273,10 +273,12 @@ class Processor:
             labels.append(y.to(self.device))
             indices.append(index.to(self.device))
         encoder.train(training)
-        feats, labels, indices = (torch.cat(t) if t else t for t in (feats, labels, indices))
+        local = [torch.cat(t) for t in (feats, labels, indices)] if feats else None
         if self.world > 1:
-            parts = all_gather_object((feats.cpu(), labels.cpu(), indices.cpu()))
-            feats, labels, indices = (torch.cat(t).to(self.device) for t in zip(*parts))
+            # A rank with no clips (fewer clips than ranks) sends None but still takes part in the gather.
+            parts = [p for p in all_gather_object(local and [t.cpu() for t in local]) if p is not None]
+            local = [torch.cat(t).to(self.device) for t in zip(*parts)]
+        feats, labels, indices = local
         order = torch.argsort(indices)
         return feats[order], labels[order].long()
 

@@ -51,17 +51,23 @@ def set_numerics(tf32=False, cudnn_benchmark=True, deterministic=False):
     torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
 
 
-def select_device(spec="auto"):
-    """'auto' picks CUDA when available (this rank's GPU under torchrun), else CPU; 'cpu', 'cuda:1' or 1."""
+def select_device(spec="auto", distributed=False):
+    """'auto' picks CUDA when available, else CPU; 'cpu', 'cuda', 'cuda:1' or 1.
+
+    Under torchrun every rank uses its own GPU (LOCAL_RANK): 'cuda' means that one, and an explicit
+    index, which would put every rank on the same GPU, is an error.
+    """
+    from .dist import local_rank
     if spec in (None, "auto"):
-        if torch.cuda.is_available():
-            from .dist import local_rank
-            return torch.device("cuda", local_rank())
-        return torch.device("cpu")
+        return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     if isinstance(spec, list):  # the original release's `device: [0, 1, 2, 3]` (DataParallel)
         raise ConfigError(f"device {spec}: one process uses one device; run several GPUs with torchrun "
                           "(README: Several GPUs and nodes)")
+    if distributed and (isinstance(spec, int) or str(spec).startswith("cuda:")):
+        raise ConfigError(f"device {spec!r} under torchrun: every rank would use that GPU; "
+                          "use cuda or auto (each rank takes its LOCAL_RANK's GPU)")
     try:
-        return torch.device(spec)
+        device = torch.device(spec)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"device {spec!r} (auto, cpu, cuda, cuda:1 or 1): {e}") from None
+    return torch.device("cuda", local_rank()) if distributed and device.type == "cuda" else device

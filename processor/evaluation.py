@@ -176,10 +176,10 @@ class LinearEvaluation(Classification):
             with self.autocast():
                 loss = F.cross_entropy(self.raw_model.fc(feats[idx]).float(), labels[idx])
             self.optimize(loss)
-            total, count = total + loss.item() * len(idx), count + len(idx)
+            total, count = total + loss.detach() * len(idx), count + len(idx)  # read once, after the epoch
         if count == 0:
             raise ConfigError(f"the training set has fewer clips than one batch ({batch})")
-        return {"train/loss": total / count}
+        return {"train/loss": float(total) / count}
 
     def build_data(self):
         super().build_data()

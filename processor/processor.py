@@ -74,6 +74,9 @@ DEFAULTS = dict(
 )
 
 
+PROGRESS_INTERVAL = 20  # steps between the progress bar's loss reads (each one waits for the device)
+
+
 def cpu_amp_is_fast(amp):
     """Whether autocast to `amp` ('bf16' or 'fp16') beats fp32 on this CPU.
 
@@ -330,9 +333,9 @@ class Processor:
         loader = self.train_loader
         loader.sampler.set_epoch(epoch)
         loader.dataset.set_epoch(epoch)
-        sums, count, t0 = {}, 0, time.perf_counter()
+        sums, count, t0 = None, 0, time.perf_counter()
         bar = self.progress(loader, f"epoch {epoch + 1}")
-        for batch in bar:
+        for step, batch in enumerate(bar):
             # Input preparation stays fp32: under autocast the shear's einsum would round the positions
             # to bf16/fp16 before SkeleMix, data BN and the motion/bone differences.
             inputs = self.prepare(batch)
@@ -341,16 +344,18 @@ class Processor:
             self.optimize(losses["loss"])
             n = len(batch[1])
             count += n
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}",
-                            samples_s=f"{count * self.world / (time.perf_counter() - t0):.1f}")
+            # Summed on the device and read once per epoch: reading a loss every step waits for the GPU.
+            weighted = torch.stack([v.detach().double() for v in losses.values()]) * n
+            sums = weighted if sums is None else sums + weighted
+            if not bar.disable and step % PROGRESS_INTERVAL == 0:
+                bar.set_postfix(loss=f"{losses['loss'].item():.4f}",
+                                samples_s=f"{count * self.world / (time.perf_counter() - t0):.1f}")
         if count == 0:
             raise ConfigError(f"the training set has fewer clips than one batch ({loader.batch_size})")
         # Logged means are over the whole global batch, not rank 0's share.
-        totals = all_reduce_sum(torch.tensor([count, *sums.values()], dtype=torch.float64, device=self.device))
-        count, sums = totals[0].item(), dict(zip(sums, totals[1:].tolist()))
-        stats = {f"train/{k}": v / count for k, v in sums.items()}
+        totals = all_reduce_sum(torch.cat([torch.tensor([count], dtype=torch.float64, device=self.device), sums]))
+        count, *sums = totals.tolist()
+        stats = {f"train/{k}": v / count for k, v in zip(losses, sums)}
         stats["train/samples_per_s"] = count / (time.perf_counter() - t0)
         return stats
 

@@ -251,7 +251,8 @@ def pretrain_worker(rank, data, root):
         params = {k: v.clone() for k, v in proc.raw_model.named_parameters()}
         stats = [{k: v for k, v in s.items() if not k.endswith("per_s")} for s in proc.stats]
         return dict(stats=stats, params=params, queue=proc.raw_model.queue.clone(), start_epoch=start,
-                    sampler_epoch=proc.train_loader.sampler.epoch, ddp=type(proc.model).__name__)
+                    sampler_epoch=proc.train_loader.sampler.epoch, ddp=type(proc.model).__name__,
+                    broadcast=set(proc.model.named_module_buffers))
 
     straight = run("straight")
     dist.barrier()
@@ -272,6 +273,8 @@ def test_pretraining_on_two_ranks_writes_on_rank0_and_resumes_exactly(demo_array
     for run in ("straight", "resumed"):
         a, b = (r[run] for r in ranks)
         assert a["ddp"] == "DistributedDataParallel" and a["sampler_epoch"] == b["sampler_epoch"] == 1
+        # DDP re-sends the BatchNorm statistics every forward, not the queue (identical by construction).
+        assert "encoder_q.data_bn.running_mean" in a["broadcast"] and not {"queue", "queue_ptr"} & a["broadcast"]
         assert a["stats"] == b["stats"]  # logged means are over the global batch; kNN over the whole val set
         assert torch.equal(a["queue"], b["queue"])
         for name, value in a["params"].items():

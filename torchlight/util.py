@@ -29,6 +29,14 @@ def instantiate(name, kwargs, what):
         raise
 
 
+def compute_dtype(tensor):
+    """The dtype autocast computes matrix products in on `tensor`'s device, or `tensor`'s own without autocast."""
+    device = tensor.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return tensor.dtype
+
+
 def seed_everything(seed):
     """Seed Python, numpy and torch (all devices)."""
     random.seed(seed)

@@ -153,3 +153,16 @@ def test_sync_bn_with_compile_is_refused(tmp_path):
     cls, cfg = configure("pretrain_skeletonclr", dict(work_dir=str(tmp_path), sync_bn=True, compile=True))
     with pytest.raises(ConfigError, match="sync_bn and compile are both true: SyncBatchNorm does not trace"):
         cls(cfg)
+
+
+def test_benchmark_on_cuda_measures_every_option():
+    """Planned without a GPU: on CUDA nothing is skipped, TF32 is an option and compile gets every figure."""
+    args = benchmark.parse_args([])
+    options, skipped = benchmark.speed_options(torch.device("cuda"), quick=False)
+    assert skipped == {}
+    assert {"fp32", "tf32", "bf16", "fp16", "compile", "channels_last", "device_augment", "combined"} == set(options)
+    assert options["tf32"] == {"tf32": True} and options["combined"]["compile"]
+    assert not any(benchmark.encoder_only(option, args, torch.device("cuda")) for option in options.values())
+    # On CPU as before: compile, when asked for, measures the encoder only unless --compile_all.
+    assert benchmark.encoder_only({"compile": True}, args, torch.device("cpu"))
+    assert "tf32" not in benchmark.speed_options(torch.device("cpu"), quick=False)[0]

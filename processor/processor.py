@@ -236,11 +236,9 @@ class Processor:
         else:
             sampler = ShardSampler(len(dataset))
         workers = self.cfg["num_workers"]
-        # Training workers are not persistent: each epoch's workers must see the dataset's new
-        # set_epoch (augmentation seeds), which a persistent worker's copy would miss.
+        # Persistent workers: the feeder's epoch (augmentation seeds) is in shared memory.
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
-                          pin_memory=self.device.type == "cuda", drop_last=train,
-                          persistent_workers=workers > 0 and not train)
+                          pin_memory=self.device.type == "cuda", drop_last=train, persistent_workers=workers > 0)
 
     @property
     def layout(self):

@@ -47,6 +47,10 @@ def test_device_augmentation_trains(demo_arrays, tiny, tmp_path):
     cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=1, device_augment=True,
                     model_args=dict(queue_size=64))
     proc = cls(cfg)
+    batch = next(iter(proc.train_loader))
+    assert len(batch[0]) == 1  # each clip travels once; the query and key views are made on the device
+    query, key = proc.prepare(batch)
+    assert query.shape == key.shape == batch[0][0].shape and not torch.equal(query, key)
     proc.start()
     assert proc.train_loader.dataset.augment is False and proc.stats[0]["train/loss"] > 0
 

@@ -246,7 +246,7 @@ def train_steps(proc, args):
 
 
 def loading(proc):
-    """Samples/s of the training loader alone over one epoch, its workers' start-up included (a lower bound)."""
+    """Samples/s of the training loader alone over one epoch (its persistent workers already started)."""
     t0, count = time.perf_counter(), 0
     for batch in proc.train_loader:
         count += len(batch[1])

@@ -118,4 +118,15 @@ def augment_batch(x, generator=None, shear_amplitude=0.5, padding_ratio=6, frame
     if matrices is None:
         draws = torch.rand(n, 6, generator=generator, dtype=torch.float64)
         matrices = shear_matrix((2 * draws - 1) * shear_amplitude)
-    return shear(mirror_pad_crop(x, offsets, padding_ratio), matrices)
+    # The draws are made on the CPU: frame indices and matrices reach the device in two copies the host
+    # does not wait for, instead of copies in the middle of the step.
+    index = torch.as_tensor(mirror_index(length, np.asarray(offsets), padding_ratio))
+    matrices = torch.as_tensor(matrices).to(x.dtype)
+    return shear(_take_frames(x, _to_device(index, x.device)), _to_device(matrices, x.device))
+
+
+def _to_device(t, device):
+    """CPU tensor `t` on `device` without a wait: pinned, then an asynchronous copy (after the step's work)."""
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)

@@ -63,7 +63,7 @@ class Feeder(torch.utils.data.Dataset):
 
     views=0 gives (clip, label, index) for evaluation, center-cropped to `window_size`;
     views=k gives ([k views], label, index), each view augmented by `augment_sample`, or, with
-    augment=False, k copies resized to `frames` for augmentation on the device. `index` is the
+    augment=False, [the clip resized to `frames`] once: the k views are made of it on the device. `index` is the
     position in this dataset (in the labelled subset when `label_fraction` is set). `check_finite` reads the
     whole array once on load and refuses NaN or inf, naming the clip.
     """
@@ -83,7 +83,9 @@ class Feeder(torch.utils.data.Dataset):
             raise ValueError(f"feeder label_fraction must be in (0, 1], got {label_fraction!r}")
         self.views, self.frames, self.window_size, self.augment = views, frames, window_size, augment
         self.shear_amplitude, self.padding_ratio = shear_amplitude, padding_ratio
-        self.seed, self.epoch = seed, 0
+        self.seed = seed
+        # In shared memory: persistent loader workers see set_epoch without being re-forked every epoch.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
         self.data_path, self.label_path = data_path, label_path
         self.data = load_npy(data_path, mmap)
@@ -116,9 +118,13 @@ class Feeder(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.indices)
 
+    @property
+    def epoch(self):
+        return int(self._epoch)
+
     def set_epoch(self, epoch):
         """Use a new set of augmentations in `epoch` (SPEC §4b: workers must not repeat them)."""
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def subset_names(self):
         """Names of the clips in this dataset (the labelled subset when `label_fraction` is set)."""
@@ -130,9 +136,8 @@ class Feeder(torch.utils.data.Dataset):
         label = int(self.labels[clip])
         if self.views == 0:
             return (center_crop(x, self.window_size) if self.window_size else x), label, index
-        if not self.augment:
-            x = temporal_resize(x, self.frames)
-            return [x.copy() for _ in range(self.views)], label, index
+        if not self.augment:  # one copy through the loader, not `views` identical ones
+            return [temporal_resize(x, self.frames)], label, index
         # Seeded by (seed, epoch, index): reproducible, and independent of worker count and order.
         rng = np.random.default_rng([self.seed, self.epoch, index])
         views = [augment_sample(x, rng, self.frames, self.shear_amplitude, self.padding_ratio)

@@ -3,6 +3,8 @@
 Each works on a torch batch (N, C, T, V, M) on any device, and equally on a numpy clip
 (C, T, V, M): time is axis -3 and joints axis -2 in both.
 """
+import functools
+
 import numpy as np
 import torch
 
@@ -22,11 +24,18 @@ def motion(x):
     return d
 
 
+@functools.cache
+def _bone_index(layout, device=None):
+    """(child, parent) joint indices of `layout`'s bones: lists, or tensors built once per device."""
+    child, parent = (list(ids) for ids in zip(*get_layout(layout).bone_pairs))
+    if device is None:
+        return child, parent
+    return tuple(torch.tensor(ids, device=device) for ids in (child, parent))
+
+
 def bone(x, layout="ntu-rgb+d"):
     """b[child] = x[child] - x[parent] over the layout's bone pairs; the centre's bone is zero (SPEC §1.4)."""
-    child, parent = (list(ids) for ids in zip(*get_layout(layout).bone_pairs))
-    if torch.is_tensor(x):
-        child, parent = (torch.tensor(ids, device=x.device) for ids in (child, parent))
+    child, parent = _bone_index(layout, x.device if torch.is_tensor(x) else None)
     b = _zeros_like(x)
     b[..., child, :] = x[..., child, :] - x[..., parent, :]
     return b

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from net.skelemix import SkeleMix
 from torchlight.dist import concat_all_gather, get_rank, get_world_size
-from torchlight.util import instantiate
+from torchlight.util import compute_dtype, instantiate
 
 
 def projection_head(head, hidden_dim, feature_dim):
@@ -85,7 +85,13 @@ class MoCo(nn.Module):
         self.skelemix = SkeleMix(layout=layout, temporal_stride=self.encoder_q.temporal_stride,
                                  mode=mix_mode, region=mix_region)
         self.register_buffer("queue", F.normalize(torch.randn(feature_dim, queue_size), dim=0))
+        # The pointer is read every step: a Python int, not the buffer (reading a GPU tensor waits for the
+        # GPU). The buffer keeps it in checkpoints and is read back after load_state_dict.
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self.ptr = 0
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "ptr", int(module.queue_ptr)))
+        # The queue is identical on every rank by construction: DDP need not re-send its 16 MiB every forward.
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["queue", "queue_ptr"])
 
     @property
     def num_queries(self):
@@ -104,17 +110,20 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _momentum_update_key_encoder(self):
-        for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            k.mul_(self.momentum).add_(q.detach(), alpha=1 - self.momentum)
+        """k = m·k + (1 - m)·q over every parameter, as two multi-tensor kernels (not two per tensor)."""
+        keys = list(self.encoder_k.parameters())
+        torch._foreach_mul_(keys, self.momentum)
+        torch._foreach_add_(keys, [q.detach() for q in self.encoder_q.parameters()], alpha=1 - self.momentum)
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys):
         keys = concat_all_gather(keys)  # every rank enqueues the whole global batch (SPEC §4b)
-        n, ptr = len(keys), int(self.queue_ptr)
+        n, ptr = len(keys), self.ptr
         if self.queue_size % n:
             raise ValueError(f"queue_size {self.queue_size} is not divisible by the global batch {n}")
         self.queue[:, ptr:ptr + n] = keys.T.to(self.queue.dtype)
-        self.queue_ptr[0] = (ptr + n) % self.queue_size
+        self.ptr = (ptr + n) % self.queue_size
+        self.queue_ptr.fill_(self.ptr)
 
     @torch.no_grad()
     def _keys(self, im_k):
@@ -137,7 +146,9 @@ class MoCo(nn.Module):
             raise ValueError(f"expected {self.num_queries} query views and a key view, got {len(views)} views")
         self._momentum_update_key_encoder()
         k = self._keys(im_k)
-        queue = self.queue.clone().detach()
+        # A copy (the enqueue below writes the buffer before backward), cast once for every InfoNCE
+        # product instead of by autocast in each of them.
+        queue = self.queue.to(compute_dtype(self.queue), copy=True)
 
         loss_ins = loss_mix = 0.0
         rows = self.swap_params or [[0, 0, 0, 0, 0, 1.0]]
@@ -149,7 +160,7 @@ class MoCo(nn.Module):
             for _ in range(int(repeat)):
                 mixed, mask, partner = self.skelemix(im_q, spa_l, spa_u, tem_l, tem_u, generator=generator)
                 p, c = (F.normalize(f, dim=1) for f in self.encoder_q(mixed, mask=mask))
-                loss_p = info_nce(p, k[partner.to(k.device)], queue, self.temperature, extra_negative=c.detach())
+                loss_p = info_nce(p, k[partner], queue, self.temperature, extra_negative=c.detach())
                 loss_c = info_nce(c, k, queue, self.temperature, extra_negative=p.detach())
                 loss_mix = loss_mix + weight * (loss_p + loss_c) / 2
 

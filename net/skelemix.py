@@ -30,21 +30,34 @@ class SkeleMix:
         self.temporal_stride = int(temporal_stride)
         self.mode, self.region = mode.lower(), region
         self.parts = [torch.tensor(part) for part in self.layout.part_joints]
+        self._on_device = {}  # device -> self.parts there
         # Ablation "random" (§3.2): 10 to 15 of NTU's 25 joints, scaled to other layouts.
         v = self.layout.num_joints
         self.random_joints = (max(1, round(10 * v / 25)), max(1, round(15 * v / 25)))
 
-    def region_joints(self, spa_l, spa_u, generator=None):
-        """§3.2 step 2: the union of c ~ U{spa_l..spa_u} parts chosen without replacement (sorted indices)."""
+    def parts_on(self, device):
+        """The part index tensors on `device`, built once: no host-to-device copy in the step."""
+        if device not in self._on_device:
+            self._on_device[device] = [part.to(device) for part in self.parts]
+        return self._on_device[device]
+
+    def region_joints(self, spa_l, spa_u, generator=None, device="cpu"):
+        """§3.2 step 2: the union of c ~ U{spa_l..spa_u} parts chosen without replacement (sorted indices).
+
+        Drawn on the CPU generator, built on `device` from cached parts (the ablation's random joints are
+        one small copy).
+        """
         if self.region == "random":
             count = _uniform_int(*self.random_joints, generator)
-            return torch.randperm(self.layout.num_joints, generator=generator)[:count].sort().values
+            chosen = torch.randperm(self.layout.num_joints, generator=generator)[:count].sort().values
+            return chosen.to(device, non_blocking=True)
         if not 1 <= spa_l <= spa_u <= len(self.parts):
             raise ValueError(f"need 1 <= spa_l <= spa_u <= {len(self.parts)} parts, got spa_l={spa_l}, "
                              f"spa_u={spa_u}")
         count = _uniform_int(spa_l, spa_u, generator)
         chosen = torch.randperm(len(self.parts), generator=generator)[:count]
-        return torch.cat([self.parts[i] for i in chosen.tolist()]).sort().values
+        parts = self.parts_on(torch.device(device))
+        return torch.cat([parts[i] for i in chosen.tolist()]).sort().values
 
     def __call__(self, x, spa_l, spa_u, tem_l, tem_u, generator=None):
         """Mix x (N, C, T, V, M): (mixed, mask (T // stride, V) bool, partner (N,) long) (SPEC §3.2)."""
@@ -61,16 +74,15 @@ class SkeleMix:
 
         # §3.2 step 1: partner (i + n) mod N with one n ~ U{1..N-2}, never the sample itself.
         shift = _uniform_int(1, n - 2, generator)
-        partner = (torch.arange(n) + shift) % n
+        partner = (torch.arange(n, device=x.device) + shift) % n
         # §3.2 step 2: region joints.
-        joints = self.region_joints(spa_l, spa_u, generator)
+        joints = self.region_joints(spa_l, spa_u, generator, x.device)
         # §3.2 step 3: l ~ U{tem_l..tem_u} (bounds clamped to T // stride), s ~ U{0..T // stride - l}.
         length = _uniform_int(min(tem_l, steps), min(tem_u, steps), generator)
         start = _uniform_int(0, steps - length, generator)
         frames = slice(self.temporal_stride * start, self.temporal_stride * (start + length))
 
         # §3.2 step 4: the region (all channels, those frames and joints, all bodies) from the partner.
-        partner, joints = partner.to(x.device), joints.to(x.device)
         mixed = x.clone()
         if self.mode == "swap":
             mixed[:, :, frames, joints] = x[partner, :, frames][:, :, :, joints]

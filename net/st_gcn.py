@@ -4,6 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.utils.graph import Graph
+from torchlight.util import compute_dtype
 
 TEMPORAL_KERNEL = 9
 
@@ -53,16 +54,20 @@ class GraphConv(nn.Module):
     def forward(self, x, A):
         v, b, t, c = x.shape
         k, w = self.num_subsets, A.shape[-1]
-        weight = self.conv.weight.reshape(k, -1, c).transpose(1, 2)  # (K, C, out)
+        # Under autocast, cast the weight and graph once here rather than a view of them per subset (and
+        # in-place products are not autocast at all).
+        dtype = compute_dtype(x)
+        weight = self.conv.weight.to(dtype).reshape(k, -1, c).transpose(1, 2)  # (K, C, out)
+        A = A.to(dtype)
         rows = x.reshape(v, b * t * c)
-        bias = (A.sum(1).t() @ self.conv.bias.reshape(k, -1))[:, None]  # sum_k b_k colsum(A_k): (W, 1, out)
+        bias = (A.sum(1).t() @ self.conv.bias.to(dtype).reshape(k, -1))[:, None]  # sum_k b_k colsum(A_k): (W, 1, out)
         y = None
         for i in range(k):
             xa = (A[i].t() @ rows).view(w, b * t, c)
             if y is None:
                 y = torch.baddbmm(bias, xa, weight[i].expand(w, c, -1))
-            else:  # accumulate in place (explicit dtype: in-place ops are not autocast)
-                y.baddbmm_(xa, weight[i].to(y.dtype).expand(w, c, -1))
+            else:  # accumulate in place
+                y.baddbmm_(xa, weight[i].expand(w, c, -1))
         return y.view(w, b, t, -1)
 
 
@@ -99,8 +104,12 @@ class Block(nn.Module):
         y = norm2(F.conv2d(y, conv.weight.transpose(2, 3), conv.bias, conv.stride[::-1], conv.padding[::-1]))
         # y is BatchNorm's own output (not a view, not saved for backward): the rest works on it in place.
         if self.training and getattr(drop, "p", 0) > 0:
-            # Compiled, inductor fuses its own random mask into the kernel; eager, one draw per 8 entries.
-            y = F.dropout(y, drop.p) if torch.compiler.is_compiling() else y.mul_(_keep_mask(y, drop.p))
+            # The byte-mask trick is for eager CPU; a GPU's fused dropout kernel (or inductor's, compiled)
+            # beats its ~10 kernels and the mask in y's dtype. (Not inplace: torch's in-place dropout is unfused.)
+            if y.device.type == "cpu" and not torch.compiler.is_compiling():
+                y = y.mul_(_keep_mask(y, drop.p))
+            else:
+                y = F.dropout(y, drop.p)
         if isinstance(self.residual, nn.Sequential):
             # The strided 1x1 conv as a matrix product of the kept frames (oneDNN's backward of a 1x1 conv
             # strided along the last axis corrupts memory in torch 2.13).
@@ -191,8 +200,13 @@ class Model(nn.Module):
         x = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)
         x = self.data_bn(x)
         x = x.view(n * m, v, c, t).permute(1, 0, 3, 2).contiguous()
-        for block, importance in zip(self.st_gcn_networks, self.edge_importance):
-            x = block(x, self.A * importance)
+        # Every block's weighted graph A * importance_i in one product (10 small ones per pass otherwise).
+        if isinstance(self.edge_importance, nn.ParameterList):
+            graphs = self.A * torch.stack(list(self.edge_importance))
+        else:
+            graphs = self.A.expand(len(self.st_gcn_networks), *self.A.shape)
+        for block, A in zip(self.st_gcn_networks, graphs):
+            x = block(x, A)
         return x.permute(1, 3, 2, 0).reshape(n, m, x.shape[3], x.shape[2], v)
 
     def forward(self, x, mask=None, return_features=False):

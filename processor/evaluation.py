@@ -109,22 +109,26 @@ class Classification(Processor):
 
     def calibrate_random_encoder(self):
         """Without `weights`, the frozen encoder is a random one with BN statistics of the training clips."""
-        with self.autocast():
-            n = calibrate_batchnorm(self.raw_model, (self.to_input(x) for x, _, _ in
-                                                     self.progress(self.clip_loader(), "BN statistics")))
+        # In fp32 (no autocast): statistics, not speed, are what this pass is for.
+        n = calibrate_batchnorm(self.raw_model, (self.to_input(x) for x, _, _ in
+                                                 self.progress(self.clip_loader(), "BN statistics")))
         if self.world > 1:  # each rank saw its shard: average, so every rank holds one model
             for buf in (b for k, b in self.raw_model.named_buffers() if "running" in k):
                 buf.copy_(all_reduce_sum(buf.double()) / self.world)
         self.log(f"no weights: random encoder, running statistics of its {n} BatchNorm layers measured on "
                  "the training clips (random-init baseline)")
 
-    def train_step(self, batch):
+    def prepare(self, batch):
         x, y, _ = batch
         if self.cfg["augment"]:
             x = self.to_input(x[0], augment=self.cfg["device_augment"])  # the one augmented view
         else:
             x = self.to_input(x)
-        return {"loss": F.cross_entropy(self.model(x).float(), y.to(self.device))}
+        return x, y.to(self.device, non_blocking=True)
+
+    def train_step(self, inputs):
+        x, y = inputs
+        return {"loss": F.cross_entropy(self.model(x).float(), y)}
 
     def evaluate(self, epoch):
         scores, labels = self.features(self.raw_model, self.val_loader, return_features=False)
@@ -218,10 +222,10 @@ class LinearEvaluation(Classification):
             with self.autocast():
                 loss = F.cross_entropy(self.raw_model.fc(feats[idx]).float(), labels[idx])
             self.optimize(loss)
-            total, count = total + loss.item() * len(idx), count + len(idx)
+            total, count = total + loss.detach() * len(idx), count + len(idx)  # read once, after the epoch
         if count == 0:
             raise ConfigError(f"the training set has fewer clips than one batch ({batch})")
-        return {"train/loss": total / count}
+        return {"train/loss": float(total) / count}
 
     def build_data(self):
         super().build_data()

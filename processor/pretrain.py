@@ -30,8 +30,13 @@ class Pretrain(Processor):
             self.bank_loader = self.clip_loader()
             self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
 
-    def train_step(self, batch):
-        views = [self.to_input(v, augment=self.cfg["device_augment"]) for v in batch[0]]
+    def prepare(self, batch):
+        views = batch[0]
+        if self.cfg["device_augment"]:  # the feeder sent each clip once: one copy, every view made here
+            views = [views[0].to(self.device, non_blocking=True)] * (self.raw_model.num_queries + 1)
+        return [self.to_input(v, augment=self.cfg["device_augment"]) for v in views]
+
+    def train_step(self, views):
         return self.model(views, generator=self.generator)
 
     def train_epoch(self, epoch):

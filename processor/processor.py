@@ -1,7 +1,8 @@
 """The one loop every processor shares: config, device, DDP, AMP, logging, checkpoints and resume.
 
-A processor subclass says what a model is (`build_model`), what one step is (`train_step`) and what
-evaluation is (`evaluate`); everything else lives here once.
+A processor subclass says what a model is (`build_model`), what one step's inputs are (`prepare`, in
+fp32 outside autocast), what one step is (`train_step`) and what evaluation is (`evaluate`); everything
+else lives here once.
 """
 import contextlib
 import os
@@ -28,7 +29,7 @@ from torchlight.dist import (
     is_main_process,
 )
 from torchlight.io import Logger, atomic_path, claim_work_dir
-from torchlight.util import instantiate, seed_everything, select_device
+from torchlight.util import instantiate, seed_everything, select_device, set_numerics
 
 DEFAULTS = dict(
     work_dir=None,                  # everything a run writes goes here; default: Processor.default_work_dir
@@ -63,12 +64,19 @@ DEFAULTS = dict(
     channels_last=False,
     device_augment=False,           # pretraining: augment the batch on the device instead of per sample
     sync_bn=False,                  # DDP: SyncBatchNorm instead of per-rank statistics
+    # GPU numerics (README: Speed): exact fp32 and cuDNN's fastest algorithms unless told otherwise
+    tf32=False,                     # TF32 matmuls and convolutions (Ampere and newer): ~10 mantissa bits
+    cudnn_benchmark=True,           # time cuDNN's algorithms once per input shape and keep the fastest
+    deterministic=False,            # deterministic algorithms (cudnn_benchmark off): a resume repeats bit for bit
     # bookkeeping
     save_interval=5,
     eval_interval=5,
     resume=None,                    # checkpoint written by a previous run of this processor
     progress=True,                  # tqdm progress bars
 )
+
+
+PROGRESS_INTERVAL = 20  # steps between the progress bar's loss reads (each one waits for the device)
 
 
 def cpu_amp_is_fast(amp):
@@ -84,6 +92,21 @@ def cpu_amp_is_fast(amp):
 def step_lr(base_lr, steps, epoch):
     """Step schedule: base_lr times 0.1 for every milestone already passed (SPEC §3.4, §4)."""
     return base_lr * 0.1 ** sum(epoch >= s for s in steps)
+
+
+def restore_cuda_rng(state, device):
+    """Set `device`'s CUDA generator from a checkpoint's state; nothing on CPU or without a state.
+
+    Older checkpoints hold a list over every GPU visible then: this device takes its own entry, if any.
+    """
+    if state is None or device.type != "cuda":
+        return
+    if isinstance(state, (list, tuple)):
+        index = device.index or 0
+        if index >= len(state):
+            return
+        state = state[index]
+    torch.cuda.set_rng_state(state.cpu(), device)
 
 
 class ShardSampler(Sampler):
@@ -139,10 +162,14 @@ class Processor:
         cfg["work_dir"] = cfg["work_dir"] or self.default_work_dir(cfg)
         self.cfg = cfg
         self.distributed = init_distributed(cfg["device"])
-        self.device = select_device(cfg["device"])
+        self.device = select_device(cfg["device"], self.distributed)
         self.world = get_world_size()
         if cfg["batch_size"] % self.world:
             raise ConfigError(f"batch_size {cfg['batch_size']} is not divisible by the {self.world} ranks")
+        if cfg["sync_bn"] and cfg["compile"]:
+            raise ConfigError("sync_bn and compile are both true: SyncBatchNorm does not trace under "
+                              "torch.compile (a graph break at every BatchNorm); set one of them false")
+        set_numerics(cfg["tf32"], cfg["cudnn_benchmark"], cfg["deterministic"])
         seed_everything(cfg["seed"])  # every rank builds the same model; draws differ per rank after it
         self.main = is_main_process()
         # Before anything is written: a work_dir belongs to one run (README: work directories).
@@ -205,8 +232,12 @@ class Processor:
         """Create `self.train_loader` (and whatever evaluation needs)."""
         raise NotImplementedError
 
-    def train_step(self, batch):
-        """Losses (a dict with 'loss') of one batch."""
+    def prepare(self, batch):
+        """The model inputs of one training batch on the device (`to_input`), run in fp32 outside autocast."""
+        raise NotImplementedError
+
+    def train_step(self, inputs):
+        """Losses (a dict with 'loss') of the prepared `inputs`, run under autocast."""
         raise NotImplementedError
 
     def evaluate(self, epoch):
@@ -250,11 +281,10 @@ class Processor:
         workers = self.cfg["num_workers"]
         # An own generator: the workers' seeds are never drawn from the global stream (see seed_loaders).
         generator = torch.Generator().manual_seed(loader_seed(self.cfg["seed"], get_rank(), 0))
-        # Training workers are not persistent: each epoch's workers must see the dataset's new
-        # set_epoch (augmentation seeds), which a persistent worker's copy would miss.
+        # Persistent workers: the feeder's epoch (augmentation seeds) is in shared memory.
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
-                          pin_memory=self.device.type == "cuda", drop_last=train,
-                          persistent_workers=workers > 0 and not train, generator=generator)
+                          pin_memory=self.device.type == "cuda", drop_last=train, persistent_workers=workers > 0,
+                          generator=generator)
 
     def seed_loaders(self, epoch):
         """Reseed every loader's generator for `epoch`: a resumed run's loaders draw what the uninterrupted
@@ -294,15 +324,18 @@ class Processor:
         encoder.eval()
         feats, labels, indices = [], [], []
         for x, y, index in self.progress(loader, "features"):
+            x = self.to_input(x)
             with self.autocast():
-                feats.append(encoder(self.to_input(x), return_features=return_features).float())
+                feats.append(encoder(x, return_features=return_features).float())
             labels.append(y.to(self.device))
             indices.append(index.to(self.device))
         encoder.train(training)
-        feats, labels, indices = (torch.cat(t) if t else t for t in (feats, labels, indices))
+        local = [torch.cat(t) for t in (feats, labels, indices)] if feats else None
         if self.world > 1:
-            parts = all_gather_object((feats.cpu(), labels.cpu(), indices.cpu()))
-            feats, labels, indices = (torch.cat(t).to(self.device) for t in zip(*parts))
+            # A rank with no clips (fewer clips than ranks) sends None but still takes part in the gather.
+            parts = [p for p in all_gather_object(local and [t.cpu() for t in local]) if p is not None]
+            local = [torch.cat(t).to(self.device) for t in zip(*parts)]
+        feats, labels, indices = local
         order = torch.argsort(indices)
         check_finite(feats, loader.dataset)
         return feats[order], labels[order].long()
@@ -366,24 +399,29 @@ class Processor:
         loader = self.train_loader
         loader.sampler.set_epoch(epoch)
         loader.dataset.set_epoch(epoch)
-        sums, count, t0 = {}, 0, time.perf_counter()
+        sums, count, t0 = None, 0, time.perf_counter()
         bar = self.progress(loader, f"epoch {epoch + 1}")
-        for batch in bar:
+        for step, batch in enumerate(bar):
+            # Input preparation stays fp32: under autocast the shear's einsum would round the positions
+            # to bf16/fp16 before SkeleMix, data BN and the motion/bone differences.
+            inputs = self.prepare(batch)
             with self.autocast():
-                losses = self.train_step(batch)
+                losses = self.train_step(inputs)
             self.optimize(losses["loss"])
             n = len(batch[1])
             count += n
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}",
-                            samples_s=f"{count * self.world / (time.perf_counter() - t0):.1f}")
+            # Summed on the device and read once per epoch: reading a loss every step waits for the GPU.
+            weighted = torch.stack([v.detach().double() for v in losses.values()]) * n
+            sums = weighted if sums is None else sums + weighted
+            if not bar.disable and step % PROGRESS_INTERVAL == 0:
+                bar.set_postfix(loss=f"{losses['loss'].item():.4f}",
+                                samples_s=f"{count * self.world / (time.perf_counter() - t0):.1f}")
         if count == 0:
             raise ConfigError(f"the training set has fewer clips than one batch ({loader.batch_size})")
         # Logged means are over the whole global batch, not rank 0's share.
-        totals = all_reduce_sum(torch.tensor([count, *sums.values()], dtype=torch.float64, device=self.device))
-        count, sums = totals[0].item(), dict(zip(sums, totals[1:].tolist()))
-        stats = {f"train/{k}": v / count for k, v in sums.items()}
+        totals = all_reduce_sum(torch.cat([torch.tensor([count], dtype=torch.float64, device=self.device), sums]))
+        count, *sums = totals.tolist()
+        stats = {f"train/{k}": v / count for k, v in zip(losses, sums)}
         stats["train/samples_per_s"] = count / (time.perf_counter() - t0)
         return stats
 
@@ -391,8 +429,8 @@ class Processor:
     def rng_state(self):
         state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
                      generator=self.generator.get_state())
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":  # this rank's GPU only: a resume may see fewer GPUs
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def save_checkpoint(self, epoch, extra=None):
@@ -418,7 +456,8 @@ class Processor:
         state = self.read_resume_checkpoint(path)
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when written with amp off or bf16: an fp16 resume starts a new scale
+            self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = state["epoch"]
         # Each rank continues its own random stream when the world size is unchanged.
         per_rank = state.get("rng_per_rank", [state["rng"]])
@@ -427,8 +466,7 @@ class Processor:
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self.generator.set_state(rng["generator"].cpu())
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        restore_cuda_rng(rng.get("cuda"), self.device)
         self.last_checkpoint = path
         self.log(f"resumed from {path} at epoch {self.start_epoch}")
         return state

@@ -25,6 +25,7 @@ from net.moco import MoCo
 from processor import configure
 from torchlight.config import ConfigError
 from torchlight.dist import concat_all_gather, get_rank, get_world_size, init_distributed
+from torchlight.util import select_device
 
 WORLD, B = 2, 4  # ranks, clips per rank
 MOCO = dict(hidden_channels=4, hidden_dim=16, dropout=0.0, feature_dim=8, queue_size=4 * WORLD * B,
@@ -250,7 +251,8 @@ def pretrain_worker(rank, data, root):
         params = {k: v.clone() for k, v in proc.raw_model.named_parameters()}
         stats = [{k: v for k, v in s.items() if not k.endswith("per_s")} for s in proc.stats]
         return dict(stats=stats, params=params, queue=proc.raw_model.queue.clone(), start_epoch=start,
-                    sampler_epoch=proc.train_loader.sampler.epoch, ddp=type(proc.model).__name__)
+                    sampler_epoch=proc.train_loader.sampler.epoch, ddp=type(proc.model).__name__,
+                    broadcast=set(proc.model.named_module_buffers))
 
     straight = run("straight")
     dist.barrier()
@@ -271,6 +273,8 @@ def test_pretraining_on_two_ranks_writes_on_rank0_and_resumes_exactly(demo_array
     for run in ("straight", "resumed"):
         a, b = (r[run] for r in ranks)
         assert a["ddp"] == "DistributedDataParallel" and a["sampler_epoch"] == b["sampler_epoch"] == 1
+        # DDP re-sends the BatchNorm statistics every forward, not the queue (identical by construction).
+        assert "encoder_q.data_bn.running_mean" in a["broadcast"] and not {"queue", "queue_ptr"} & a["broadcast"]
         assert a["stats"] == b["stats"]  # logged means are over the global batch; kNN over the whole val set
         assert torch.equal(a["queue"], b["queue"])
         for name, value in a["params"].items():
@@ -375,3 +379,55 @@ def test_main_under_torchrun(demo_arrays, tmp_path):
     log = (tmp_path / "log.txt").read_text()
     assert "Pretrain on cpu, 2 process(es)" in log and log.count("knn/top1_k5") == 1
     assert (tmp_path / "epoch1_model.pt").is_file()
+
+
+def test_explicit_gpu_index_is_refused_under_torchrun(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for spec in ("cuda:1", 1):
+        with pytest.raises(ConfigError, match=f"device {spec!r} under torchrun: every rank would use that GPU"):
+            select_device(spec, distributed=True)
+    assert select_device("cuda", distributed=True) == torch.device("cuda", 1)  # this rank's GPU
+    assert select_device("cpu", distributed=True) == torch.device("cpu")
+    assert select_device("cuda:1") == torch.device("cuda", 1)  # one process may pick any GPU
+
+
+def knn_worker(rank, data, val, root):
+    cls, cfg = configure("knn_evaluation", tiny_run(data, os.path.join(root, f"rank{rank}"), device="cpu",
+                                                    test_feeder_args=val, knn_k=[1]))
+    proc = cls(cfg)
+    return dict(shard=list(proc.val_loader.sampler), accs=proc.start())
+
+
+def test_a_rank_without_val_clips_takes_part_in_the_gather(demo_arrays, tmp_path):
+    val = odd_val_set(demo_arrays, tmp_path, n=1)
+    ranks = run_ranks(knn_worker, tmp_path, demo_arrays, val, str(tmp_path))
+    single = knn_worker(0, demo_arrays, val, str(tmp_path / "single"))
+    assert [r["shard"] for r in ranks] == [[0], []]
+    assert ranks[0]["accs"] == ranks[1]["accs"] == single["accs"]
+
+
+def test_a_failing_rank_brings_the_job_down(demo_arrays, tmp_path):
+    """Rank 0 cannot write its first checkpoint: it exits with its error, and rank 1 does not wait for it.
+
+    Two plain processes with torchrun's environment, no torchrun agent to stop the survivor: 50 epochs
+    are far more than the time limit, so rank 1 ends only because rank 0 failed.
+    """
+    (tmp_path / "epoch1_model.pt").mkdir()  # only rank 0 writes, and cannot replace a folder
+    command = [sys.executable, "main.py", "pretrain_skeletonclr", "--work_dir", str(tmp_path), "--device", "cpu",
+               "--num_workers", "0", "--progress", "false", "--batch_size", "16", "--num_epoch", "50",
+               "--save_interval", "1", "--eval_interval", "0", "--train_feeder_args.frames", "16",
+               "--train_feeder_args.data_path", f"{demo_arrays}/train_position.npy",
+               "--train_feeder_args.label_path", f"{demo_arrays}/train_label.pkl", "--model_args.hidden_channels",
+               "4", "--model_args.hidden_dim", "16", "--model_args.queue_size", "32"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), WORLD_SIZE=str(WORLD))
+    ranks = [subprocess.Popen(command, cwd=ROOT, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for r in range(WORLD)]
+    try:
+        errors = [p.communicate(timeout=90)[1] for p in ranks]
+    finally:
+        for p in ranks:
+            p.kill()
+    assert [p.returncode != 0 for p in ranks] == [True, True]
+    assert "IsADirectoryError" in errors[0] and "rank 0 failed: aborting its process group" in errors[0]
+    assert "epoch 2/50" not in (tmp_path / "log.txt").read_text()

@@ -98,18 +98,14 @@ def test_augmented_linear_evaluation_runs_the_encoder_every_step(demo_arrays, ti
     cls, cfg = tiny("linear_evaluation", demo_arrays, tmp_path, num_epoch=2, eval_interval=2, augment=True,
                     device_augment=device_augment, model_args=dict(num_class=12))
     proc = cls(cfg)
-    records, train_step, to_input = [], proc.train_step, proc.to_input
+    records, prepare = [], proc.prepare
 
-    def recording_step(batch):  # the encoder's input of every training step, by clip index
-        inputs = []
-        proc.to_input = lambda x, augment=False: inputs.append(to_input(x, augment)) or inputs[-1]
-        try:
-            return train_step(batch)
-        finally:
-            proc.to_input = to_input
-            records.append(dict(zip(batch[2].tolist(), inputs[0])))
+    def recording_prepare(batch):  # the encoder's input of every training step, by clip index
+        x, y = prepare(batch)
+        records.append(dict(zip(batch[2].tolist(), x)))
+        return x, y
 
-    proc.train_step = recording_step
+    proc.prepare = recording_prepare
     proc.start()
     assert not hasattr(proc, "cached")  # cache_features (the default) falls back by itself
     dataset = proc.train_loader.dataset

@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from feeder.augment import augment_sample, temporal_resize
 from feeder.feeder import Feeder
@@ -49,13 +50,26 @@ def test_pretraining_views(files):
     assert len(views) == 3 and views[2].shape == (3, 32, 25, 2)
 
 
-def test_views_without_augmentation_are_raw_copies(files):
+def test_views_without_augmentation_are_one_raw_copy(files):
     data_path, label_path, data = files
     views, _, _ = Feeder(data_path, label_path, views=2, augment=False)[4]
-    for v in views:
-        np.testing.assert_array_equal(v, data[4])
+    assert len(views) == 1  # the views are made on the device
+    np.testing.assert_array_equal(views[0], data[4])
     views, _, _ = Feeder(data_path, label_path, views=2, frames=32, augment=False)[4]
-    np.testing.assert_allclose(views[1], temporal_resize(data[4], 32))
+    np.testing.assert_allclose(views[0], temporal_resize(data[4], 32))
+
+
+def test_persistent_workers_see_each_epoch(files):
+    """One worker started once serves both epochs, each with that epoch's augmentations."""
+    data_path, label_path, _ = files
+    feeder = Feeder(data_path, label_path, views=1, frames=16, seed=1)
+    loader = torch.utils.data.DataLoader(feeder, batch_size=4, num_workers=1, persistent_workers=True)
+    for epoch in (0, 1):
+        feeder.set_epoch(epoch)
+        first = next(iter(loader))[0][0]
+        expected = np.stack([feeder[i][0][0] for i in range(4)])
+        np.testing.assert_allclose(first.numpy(), expected, atol=1e-6)
+        assert feeder.epoch == epoch
 
 
 def test_labels_and_names(files, tmp_path):

@@ -1,7 +1,12 @@
 """Pretraining end to end on demo data with a tiny model: loss goes down, checkpoints resume exactly."""
 import os
 
+import pytest
 import torch
+from conftest import tiny_run
+
+from processor import configure
+from processor.processor import restore_cuda_rng
 
 
 def test_skelemixclr_plus_two_epochs_lower_the_loss(demo_arrays, tiny, tmp_path):
@@ -42,5 +47,82 @@ def test_device_augmentation_trains(demo_arrays, tiny, tmp_path):
     cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=1, device_augment=True,
                     model_args=dict(queue_size=64))
     proc = cls(cfg)
+    batch = next(iter(proc.train_loader))
+    assert len(batch[0]) == 1  # each clip travels once; the query and key views are made on the device
+    query, key = proc.prepare(batch)
+    assert query.shape == key.shape == batch[0][0].shape and not torch.equal(query, key)
     proc.start()
     assert proc.train_loader.dataset.augment is False and proc.stats[0]["train/loss"] > 0
+
+
+def first_step_views(demo_arrays, tiny, tmp_path, amp):
+    """The views SkeleMixCLR+ receives in its first training step with device augmentation, motion stream."""
+    cls, cfg = tiny("pretrain_skeletonclr_multi_swapv2", demo_arrays, tmp_path / amp, num_epoch=1, amp=amp,
+                    device_augment=True, stream="motion", model_args=dict(queue_size=64))
+    proc = cls(cfg)
+    seen, forward = [], proc.model.forward
+
+    def recording(views, **kwargs):
+        seen.append([v.detach().clone() for v in views])
+        return forward(views, **kwargs)
+
+    proc.model.forward = recording
+    proc.train_epoch(0)
+    return seen[0]
+
+
+def test_device_augmentation_under_amp_gives_fp32_inputs(demo_arrays, tiny, tmp_path):
+    """Crop, shear and streams run outside autocast: bf16 sees the fp32 path's inputs, bit for bit."""
+    reference = first_step_views(demo_arrays, tiny, tmp_path, "off")
+    views = first_step_views(demo_arrays, tiny, tmp_path, "bf16")
+    assert len(views) == 2  # query and key
+    for v, ref in zip(views, reference):
+        assert v.dtype == torch.float32
+        assert torch.equal(v, ref)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(demo_arrays, tmp_path_factory):
+    """Epoch-1 checkpoint of a tiny SkeletonCLR run with amp off."""
+    work = tmp_path_factory.mktemp("amp_off")
+    cls, cfg = configure("pretrain_skeletonclr", tiny_run(demo_arrays, work, num_epoch=1, device="cpu",
+                                                          model_args=dict(queue_size=64)))
+    cls(cfg).start()
+    return str(work / "epoch1_model.pt")
+
+
+def test_resume_touches_only_this_ranks_gpu_generator(demo_arrays, tiny, tmp_path, checkpoint, monkeypatch):
+    """A checkpoint of 3 GPUs' states resumes on a CPU rank (or one GPU) without an IndexError."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((state, device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.append(("all", states)))
+    states = [torch.full((4,), i, dtype=torch.uint8) for i in range(3)]
+    state = torch.load(checkpoint, weights_only=False)
+    state["rng"]["cuda"] = states
+    torch.save(state, tmp_path / "three_gpus.pt")
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path / "w", num_epoch=2, device="cpu",
+                    model_args=dict(queue_size=64))
+    proc = cls(cfg)
+    proc.resume(str(tmp_path / "three_gpus.pt"))
+    assert calls == [] and proc.start_epoch == 1
+    # The restore logic on a GPU rank: its own entry of an old list, the one saved state of ours.
+    restore_cuda_rng(states, torch.device("cuda", 1))
+    restore_cuda_rng(states[:1], torch.device("cuda", 1))  # saved with fewer GPUs: nothing to restore
+    restore_cuda_rng(states[2], torch.device("cuda", 0))
+    assert [(s[0].item(), d) for s, d in calls] == [(1, torch.device("cuda", 1)), (2, torch.device("cuda", 0))]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_checkpoint_holds_this_gpus_generator_only(demo_arrays, tiny, tmp_path):
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=1, device="cuda:0",
+                    model_args=dict(queue_size=64))
+    proc = cls(cfg)
+    assert torch.equal(proc.rng_state()["cuda"], torch.cuda.get_rng_state(0))
+
+
+def test_fp16_resumes_a_checkpoint_written_with_amp_off(demo_arrays, tiny, tmp_path, checkpoint):
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=1, device="cpu", amp="fp16",
+                    model_args=dict(queue_size=64), resume=checkpoint)
+    proc = cls(cfg)
+    assert proc.start_epoch == 1 and proc.scaler.is_enabled() and proc.scaler.get_scale() == 2.0 ** 16

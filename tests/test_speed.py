@@ -8,6 +8,7 @@ import torch
 from net.st_gcn import Model, _keep_mask
 from processor import configure
 from tools import benchmark
+from torchlight.config import ConfigError
 
 TINY = dict(hidden_channels=4, hidden_dim=16, dropout=0.0)
 
@@ -64,9 +65,9 @@ def pretrain_step(tmp_path, **option):
                train_feeder_args=dict(data, frames=16), model_args=dict(TINY, queue_size=32), **option)
     cls, cfg = configure("pretrain_skeletonclr_multi_swapv2", cfg)
     proc = cls(cfg)
-    batch = next(iter(proc.train_loader))
+    inputs = proc.prepare(next(iter(proc.train_loader)))
     with proc.autocast():
-        loss = proc.train_step(batch)["loss"]
+        loss = proc.train_step(inputs)["loss"]
     loss.backward()  # unscaled: fp16's GradScaler only guards against under/overflow, not precision
     return loss.detach().float(), grads(proc.raw_model)
 
@@ -121,3 +122,47 @@ def test_benchmark_quick_writes_json(tmp_path):
     for row in result["options"].values():
         for key in benchmark.FIGURES:
             assert row[key] > 0, key
+
+
+@pytest.fixture
+def restore_numerics():
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+     torch.backends.cudnn.deterministic) = flags[:4]
+    torch.use_deterministic_algorithms(flags[4])
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({}, (False, False, True, False, False)),  # defaults: exact fp32, cuDNN benchmark
+    (dict(tf32=True, cudnn_benchmark=False), (True, True, False, False, False)),
+    (dict(deterministic=True), (False, False, False, True, True)),
+])
+def test_gpu_numerics_keys_set_the_torch_flags(tmp_path, restore_numerics, keys, expected):
+    torch.backends.cudnn.allow_tf32 = True  # torch's own default
+    cls, cfg = configure("pretrain_skeletonclr", dict(
+        work_dir=str(tmp_path), num_workers=0, progress=False, eval_interval=0, model_args=dict(TINY, queue_size=32),
+        batch_size=8, train_feeder_args=benchmark.write_dataset(str(tmp_path), 8, 16), **keys))
+    cls(cfg)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == expected
+
+
+def test_sync_bn_with_compile_is_refused(tmp_path):
+    cls, cfg = configure("pretrain_skeletonclr", dict(work_dir=str(tmp_path), sync_bn=True, compile=True))
+    with pytest.raises(ConfigError, match="sync_bn and compile are both true: SyncBatchNorm does not trace"):
+        cls(cfg)
+
+
+def test_benchmark_on_cuda_measures_every_option():
+    """Planned without a GPU: on CUDA nothing is skipped, TF32 is an option and compile gets every figure."""
+    args = benchmark.parse_args([])
+    options, skipped = benchmark.speed_options(torch.device("cuda"), quick=False)
+    assert skipped == {}
+    assert {"fp32", "tf32", "bf16", "fp16", "compile", "channels_last", "device_augment", "combined"} == set(options)
+    assert options["tf32"] == {"tf32": True} and options["combined"]["compile"]
+    assert not any(benchmark.encoder_only(option, args, torch.device("cuda")) for option in options.values())
+    # On CPU as before: compile, when asked for, measures the encoder only unless --compile_all.
+    assert benchmark.encoder_only({"compile": True}, args, torch.device("cpu"))
+    assert "tf32" not in benchmark.speed_options(torch.device("cpu"), quick=False)[0]

@@ -1,5 +1,6 @@
 """torch.distributed helpers (torchrun conventions); every one is a no-op in a single process."""
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -38,6 +39,26 @@ def init_distributed(device="auto"):
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)
     return True
+
+
+def leave_process_group(failed=False):
+    """Leave the process group at the end of a run: destroyed after success, aborted after a failure.
+
+    A rank that fails alone must exit at once with its error: NCCL ranks waiting for it in a collective
+    notice nothing until the NCCL timeout, but torchrun stops them as soon as one rank's process exits
+    non-zero. Aborting (not destroying) keeps this rank from waiting on its peers' unfinished work.
+    """
+    if not is_dist():
+        return
+    if not failed:
+        dist.destroy_process_group()
+        return
+    print(f"rank {get_rank()} failed: aborting its process group (torchrun stops the other ranks)",
+          file=sys.stderr, flush=True)
+    try:
+        dist.distributed_c10d._abort_process_group()
+    except (AttributeError, RuntimeError):  # a backend or torch without abort: the exit closes its connections
+        pass
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
-"""Run-time helpers: import by dotted name, seeding, device selection."""
+"""Run-time helpers: import by dotted name, seeding, numerics, device selection."""
 import importlib
 import inspect
+import os
 import random
 
 import numpy as np
@@ -32,6 +33,14 @@ def instantiate(name, kwargs, what):
         raise
 
 
+def compute_dtype(tensor):
+    """The dtype autocast computes matrix products in on `tensor`'s device, or `tensor`'s own without autocast."""
+    device = tensor.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return tensor.dtype
+
+
 def seed_everything(seed):
     """Seed Python, numpy and torch (all devices)."""
     random.seed(seed)
@@ -39,17 +48,38 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def select_device(spec="auto"):
-    """'auto' picks CUDA when available (this rank's GPU under torchrun), else CPU; 'cpu', 'cuda:1' or 1."""
+def set_numerics(tf32=False, cudnn_benchmark=True, deterministic=False):
+    """Process-wide GPU numerics (no effect on CPU results).
+
+    torch's own defaults mix precisions: cuDNN convolutions in TF32, matmuls in fp32. Here both follow
+    `tf32`. `deterministic` turns off cudnn_benchmark and selects deterministic algorithms; an op that has
+    none warns instead of failing the run.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and not deterministic
+    torch.backends.cudnn.deterministic = bool(deterministic)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+
+
+def select_device(spec="auto", distributed=False):
+    """'auto' picks CUDA when available, else CPU; 'cpu', 'cuda', 'cuda:1' or 1.
+
+    Under torchrun every rank uses its own GPU (LOCAL_RANK): 'cuda' means that one, and an explicit
+    index, which would put every rank on the same GPU, is an error.
+    """
+    from .dist import local_rank
     if spec in (None, "auto"):
-        if torch.cuda.is_available():
-            from .dist import local_rank
-            return torch.device("cuda", local_rank())
-        return torch.device("cpu")
+        return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     if isinstance(spec, list):  # the original release's `device: [0, 1, 2, 3]` (DataParallel)
         raise ConfigError(f"device {spec}: one process uses one device; run several GPUs with torchrun "
                           "(README: Several GPUs and nodes)")
+    if distributed and (isinstance(spec, int) or str(spec).startswith("cuda:")):
+        raise ConfigError(f"device {spec!r} under torchrun: every rank would use that GPU; "
+                          "use cuda or auto (each rank takes its LOCAL_RANK's GPU)")
     try:
-        return torch.device(spec)
+        device = torch.device(spec)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"device {spec!r} (auto, cpu, cuda, cuda:1 or 1): {e}") from None
+    return torch.device("cuda", local_rank()) if distributed and device.type == "cuda" else device

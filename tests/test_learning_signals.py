@@ -95,14 +95,14 @@ def test_health_statistics_by_hand():
 
 
 def test_near_chance_rule():
-    assert near_chance(0.99, keys_seen=300, queue_size=100)
-    assert not near_chance(0.99, keys_seen=200, queue_size=100)  # queue refilled only twice
+    assert near_chance(0.99, keys_seen=2000, queue_size=100)
+    assert not near_chance(0.99, keys_seen=1900, queue_size=100)  # queue refilled only 19 times
     assert not near_chance(0.90, keys_seen=10_000, queue_size=100)
 
 
 def pretrain(tiny, demo_arrays, work_dir, collapse):
-    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, work_dir, num_epoch=2, batch_size=8, save_interval=2,
-                    base_lr=0.0 if collapse else 0.1, model_args=dict(queue_size=16))
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, work_dir, num_epoch=3, batch_size=8, save_interval=3,
+                    base_lr=0.0 if collapse else 0.1, model_args=dict(queue_size=8))  # 27 queue refills
     proc = cls(cfg)
     if collapse:
         proc.raw_model.encoder_q.fc[-1].weight.data.zero_()

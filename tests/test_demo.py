@@ -15,7 +15,7 @@ ROWS = ["raw joints", "random init", "SkeletonCLR", "SkeleMixCLR+"]
 def test_demo_end_to_end(tmp_path):
     out = subprocess.run([sys.executable, "main.py", "demo", "--work_dir", str(tmp_path / "wd"),
                           "--data_dir", str(tmp_path / "data"), *REDUCED],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "wd" / "demo_result.json").read_text())["results"]
     assert [r["model"] for r in rows] == ROWS

@@ -39,8 +39,9 @@ def training_health(q, k, queue):
     """Collapse signals of normalised queries q (N, d) against keys k and the queue (d, K) (issue 10 item 2):
     mean cosine of positive pairs and of negatives, and the per-dimension standard deviation of q, which is
     0 when every output is the same and about 1/sqrt(d) when outputs spread over the sphere."""
+    neg = (q.to(queue.dtype) @ queue).float()  # the queue as the losses use it (cast once per step)
     q = q.float()
-    return {"health/pos_cos": (q * k.float()).sum(1).mean(), "health/neg_cos": (q @ queue.float()).mean(),
+    return {"health/pos_cos": (q * k.float()).sum(1).mean(), "health/neg_cos": neg.mean(),
             "health/q_std": q.std(0, correction=0).mean()}
 
 

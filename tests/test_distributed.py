@@ -418,7 +418,8 @@ def test_a_failing_rank_brings_the_job_down(demo_arrays, tmp_path):
                "--save_interval", "1", "--eval_interval", "0", "--train_feeder_args.frames", "16",
                "--train_feeder_args.data_path", f"{demo_arrays}/train_position.npy",
                "--train_feeder_args.label_path", f"{demo_arrays}/train_label.pkl", "--model_args.hidden_channels",
-               "4", "--model_args.hidden_dim", "16", "--model_args.queue_size", "32"]
+               "4", "--model_args.hidden_dim", "16", "--model_args.queue_size", "32",
+               "--overwrite", "true"]  # the folder named like a checkpoint would otherwise be refused first
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(free_port()), WORLD_SIZE=str(WORLD))
     ranks = [subprocess.Popen(command, cwd=ROOT, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), text=True,

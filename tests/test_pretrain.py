@@ -7,6 +7,7 @@ from conftest import tiny_run
 
 from processor import configure
 from processor.processor import restore_cuda_rng
+from torchlight.checkpoint import read_checkpoint, write_checkpoint
 
 
 def test_skelemixclr_plus_two_epochs_lower_the_loss(demo_arrays, tiny, tmp_path):
@@ -98,9 +99,9 @@ def test_resume_touches_only_this_ranks_gpu_generator(demo_arrays, tiny, tmp_pat
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((state, device)))
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.append(("all", states)))
     states = [torch.full((4,), i, dtype=torch.uint8) for i in range(3)]
-    state = torch.load(checkpoint, weights_only=False)
+    state = read_checkpoint(checkpoint, "checkpoint")
     state["rng"]["cuda"] = states
-    torch.save(state, tmp_path / "three_gpus.pt")
+    write_checkpoint(state, str(tmp_path / "three_gpus.pt"))  # with the checksum of the changed content
     cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path / "w", num_epoch=2, device="cpu",
                     model_args=dict(queue_size=64))
     proc = cls(cfg)
@@ -122,7 +123,7 @@ def test_checkpoint_holds_this_gpus_generator_only(demo_arrays, tiny, tmp_path):
 
 
 def test_fp16_resumes_a_checkpoint_written_with_amp_off(demo_arrays, tiny, tmp_path, checkpoint):
-    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=1, device="cpu", amp="fp16",
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=2, device="cpu", amp="fp16",
                     model_args=dict(queue_size=64), resume=checkpoint)
     proc = cls(cfg)
     assert proc.start_epoch == 1 and proc.scaler.is_enabled() and proc.scaler.get_scale() == 2.0 ** 16

@@ -177,8 +177,28 @@ def test_knn_monitor_on_kinect_v1(arrays, tiny, tmp_path):
     assert 0 <= proc.stats[0]["knn/top1_k1"] <= 100
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "ucla", "*.yaml"))),
-                         ids=os.path.basename)
+FULL_SIZE = sorted(p for p in glob.glob(os.path.join(REPO, "config", "ucla", "*.yaml")) if "_small" not in p)
+SMALL = sorted(glob.glob(os.path.join(REPO, "config", "ucla", "*_small.yaml")))
+
+
+@pytest.mark.parametrize("path", SMALL, ids=os.path.basename)
+def test_cpu_scale_ucla_configs(path):
+    command = re.search(r"# python main.py (\w+) --config (\S+)", open(path).read())
+    assert command and command[2] == os.path.relpath(path, REPO)
+    _, cfg = configure(command[1], load_yaml(path))
+    if command[1] == "table":  # every row's configs exist and are CPU-scale ones
+        files = [f for row in cfg["rows"] for f in [row["linear"], *row.get("pretrain", [])[1:]]]
+        assert files and all(os.path.isfile(os.path.join(REPO, f)) and "_small" in f for f in files)
+        return
+    for key, part in (("train_feeder_args", "train"), ("test_feeder_args", "val")):
+        assert cfg[key]["data_path"] == f"./data/ucla_frame32/xview/{part}_position.npy"
+    if command[1].startswith("pretrain"):  # the recipe's departures from the paper (SPEC §3-4)
+        args = cfg["model_args"]
+        assert (args["dropout"], args["momentum"], cfg["base_lr"], args["graph_args"]) == (0.0, 0.99, 0.01, V1)
+        assert args["head"] == ("mlp_bn_out" if "skelemix" in path else "mlp")
+
+
+@pytest.mark.parametrize("path", FULL_SIZE, ids=os.path.basename)
 def test_ucla_configs(path):
     command = re.search(r"# python main.py (\w+) --config (\S+)", open(path).read())
     assert command and command[2] == os.path.relpath(path, REPO)

@@ -12,7 +12,8 @@ from processor.table import Table
 from torchlight.config import load_yaml
 from torchlight.io import Logger, atomic_path
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "demo")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "config", "demo")
 
 DEFAULTS = dict(
     work_dir="./work_dir/demo",
@@ -58,7 +59,12 @@ class Demo:
         data = self.prepare_data()
         part = {p: dict(data_path=f"{data}/{p}_position.npy", label_path=f"{data}/{p}_label.pkl")
                 for p in ("train", "val")}
-        table = dict(Table.default_config(), rows=load_yaml(os.path.join(CONFIGS, "table.yaml"))["rows"],
+        rows = load_yaml(os.path.join(CONFIGS, "table.yaml"))["rows"]
+        for row in rows:  # the demo runs from any folder: its configs are found beside this file
+            row["linear"] = os.path.join(REPO, row["linear"])
+            if row.get("pretrain"):
+                row["pretrain"] = [row["pretrain"][0], os.path.join(REPO, row["pretrain"][1])]
+        table = dict(Table.default_config(), rows=rows,
                      work_dir=cfg["work_dir"], seeds=[cfg["seed"]], device=cfg["device"], progress=cfg["progress"],
                      data=dict(train_feeder_args=dict(part["train"], frames=cfg["frames"]),
                                test_feeder_args=part["val"]),

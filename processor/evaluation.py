@@ -107,11 +107,13 @@ class Classification(Processor):
                 f.write("\n".join(train.subset_names()) + "\n")
             self.log(f"labelled subset: {len(train.indices)} clips, names in {path}")
 
-    def calibrate_random_encoder(self):
-        """Without `weights`, the frozen encoder is a random one with BN statistics of the training clips."""
+    def calibrate_random_encoder(self, clips=None):
+        """Without `weights`, the frozen encoder is a random one with BN statistics of the training clips
+        (`clips`: a loader of them, un-augmented, when the processor already has one)."""
         # In fp32 (no autocast): statistics, not speed, are what this pass is for.
+        loader = clips or self.clip_loader()
         n = calibrate_batchnorm(self.raw_model, (self.to_input(x) for x, _, _ in
-                                                 self.progress(self.clip_loader(), "BN statistics")))
+                                                 self.progress(loader, "BN statistics")))
         if self.world > 1:  # each rank saw its shard: average, so every rank holds one model
             for buf in (b for k, b in self.raw_model.named_buffers() if "running" in k):
                 buf.copy_(all_reduce_sum(buf.double()) / self.world)
@@ -270,7 +272,7 @@ class KNNEvaluation(Classification):
 
     def start(self):
         if not self.cfg["weights"]:
-            self.calibrate_random_encoder()
+            self.calibrate_random_encoder(self.bank_loader)  # the bank is the un-augmented training clips
         bank, bank_labels = self.features(self.raw_model, self.bank_loader)
         feats, labels = self.features(self.raw_model, self.val_loader)
         accs = {f"top1_k{k}": 100 * a for k, a in

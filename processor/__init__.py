@@ -1,23 +1,49 @@
 """Processor registry: `python main.py <name> ...` runs PROCESSORS[name].
 
-The three pretraining methods are one processor with different method presets (SPEC §3); a preset
-sits between the code defaults and the YAML file, so a config can still change any of it.
+The three pretraining methods are one processor configured by the config's `method` key (SPEC §3):
+METHODS holds each method's preset, which sits between the code defaults and the YAML file, so a config
+can still change any of it. The release's subcommands stay as aliases of `pretrain` that name a method.
 """
 SKELEMIX = dict(head="mlp_bn", temperature=0.2)
 
-PROCESSORS = {
-    "pretrain_skeletonclr": ("processor.pretrain.Pretrain",
-                             dict(model_args=dict(head="mlp", temperature=0.07, swap_params=None))),
-    "pretrain_skeletonclr_swap": ("processor.pretrain.Pretrain",
-                                  dict(model_args=dict(SKELEMIX, swap_params=[[2, 3, 7, 11, 1, 1.0]]))),
-    "pretrain_skeletonclr_multi_swapv2": ("processor.pretrain.Pretrain",
-                                          dict(model_args=dict(SKELEMIX, swap_params=[[2, 3, 7, 11, 3, 1.0]]))),
-    "linear_evaluation": ("processor.evaluation.LinearEvaluation", {}),
-    "finetune_evaluation": ("processor.evaluation.FinetuneEvaluation", {}),
-    "knn_evaluation": ("processor.evaluation.KNNEvaluation", {}),
-    "table": ("processor.table.Table", {}),
-    "demo": ("processor.demo.Demo", {}),
+# method name -> preset (a new method is one entry here and its YAML)
+METHODS = {
+    "skeletonclr": dict(model_args=dict(head="mlp", temperature=0.07, swap_params=None)),
+    "skelemixclr": dict(model_args=dict(SKELEMIX, swap_params=[[2, 3, 7, 11, 1, 1.0]])),
+    "skelemixclr_plus": dict(model_args=dict(SKELEMIX, swap_params=[[2, 3, 7, 11, 3, 1.0]])),
 }
+
+# the release's subcommands (SPEC §6) -> the method they pretrain
+ALIASES = {
+    "pretrain_skeletonclr": "skeletonclr",
+    "pretrain_skeletonclr_swap": "skelemixclr",
+    "pretrain_skeletonclr_multi_swapv2": "skelemixclr_plus",
+}
+
+PROCESSORS = {
+    "pretrain": "processor.pretrain.Pretrain",
+    **{alias: "processor.pretrain.Pretrain" for alias in ALIASES},
+    "linear_evaluation": "processor.evaluation.LinearEvaluation",
+    "finetune_evaluation": "processor.evaluation.FinetuneEvaluation",
+    "knn_evaluation": "processor.evaluation.KNNEvaluation",
+    "table": "processor.table.Table",
+    "demo": "processor.demo.Demo",
+}
+
+
+def pretraining_method(name, config, overrides, source):
+    """The method a pretraining run trains: the config's `method`, which an alias subcommand must agree with."""
+    from torchlight.config import ConfigError
+    method = overrides.get("method", config.get("method"))
+    alias = ALIASES.get(name)
+    if method is None and alias is None:
+        raise ConfigError(f"{source} names no method: set method to one of {', '.join(METHODS)}")
+    if method is not None and method not in METHODS:
+        raise ConfigError(f"method {method!r} in {source} is unknown; known: {', '.join(METHODS)}")
+    if alias and method is not None and method != alias:
+        raise ConfigError(f"{name} pretrains {alias} but {source} says method {method}: "
+                          f"run `python main.py pretrain` or fix the config's method")
+    return method or alias
 
 
 def configure(name, config=None, overrides=None, source="config"):
@@ -26,7 +52,11 @@ def configure(name, config=None, overrides=None, source="config"):
     from torchlight.util import import_class
     if name not in PROCESSORS:
         raise ConfigError(f"unknown processor {name!r}; known: {', '.join(PROCESSORS)}")
-    target, preset = PROCESSORS[name]
-    cls = import_class(target)
+    config, overrides = config or {}, overrides or {}
+    cls = import_class(PROCESSORS[name])
+    preset = {}
+    if "method" in cls.default_config():
+        method = pretraining_method(name, config, overrides, source)
+        preset = dict(METHODS[method], method=method)
     defaults = merge(cls.default_config(), preset, {}, source="preset")
-    return cls, merge(defaults, config or {}, overrides or {}, source=source)
+    return cls, merge(defaults, config, overrides, source=source)

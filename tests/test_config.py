@@ -1,8 +1,12 @@
 """Config merging and the command line (torchlight.config, main.py)."""
+import glob
+import os
+import re
+
 import pytest
 
 import main
-from processor import configure
+from processor import ALIASES, configure
 from torchlight.config import ConfigError, load_yaml, merge, parse_overrides
 
 
@@ -69,3 +73,44 @@ def test_method_presets():
     assert plus["base_lr"] == 0.1 and plus["batch_size"] == 128 and plus["num_epoch"] == 300
     _, lin = configure("linear_evaluation")
     assert (lin["base_lr"], lin["step"], lin["num_epoch"], lin["weight_decay"]) == (3.0, [80], 150, 0.0)
+
+
+def test_config_names_its_method_and_aliases_check_it(tmp_path):
+    path = tmp_path / "plus.yaml"
+    path.write_text("method: skelemixclr_plus\nwork_dir: w\n")
+    _, cfg = configure("pretrain", load_yaml(path), source=str(path))
+    assert cfg["method"] == "skelemixclr_plus" and cfg["model_args"]["swap_params"] == [[2, 3, 7, 11, 3, 1.0]]
+    _, same = configure("pretrain_skeletonclr_multi_swapv2", load_yaml(path), source=str(path))
+    assert same == cfg
+    _, clr = configure("pretrain_skeletonclr")  # an alias without a config's method trains its own
+    assert clr["method"] == "skeletonclr" and clr["model_args"]["swap_params"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain_skeletonclr", "--config", "{path}"],
+     "pretrain_skeletonclr pretrains skeletonclr but {path} says method skelemixclr_plus: run `python main.py "
+     "pretrain` or fix the config's method"),
+    (["pretrain_skeletonclr_multi_swapv2", "--config", "{path}", "--method", "skelemixclr"],
+     "pretrain_skeletonclr_multi_swapv2 pretrains skelemixclr_plus but {path} says method skelemixclr"),
+    (["pretrain", "--config", "{path}", "--method", "mocov3"], "method 'mocov3' in {path} is unknown; known: "
+                                                              "skeletonclr, skelemixclr, skelemixclr_plus"),
+    (["pretrain"], "config names no method: set method to one of skeletonclr, skelemixclr, skelemixclr_plus"),
+])
+def test_method_mismatch_is_a_one_line_error(tmp_path, argv, message):
+    path = tmp_path / "plus.yaml"
+    path.write_text("method: skelemixclr_plus\nwork_dir: w\n")
+    with pytest.raises(SystemExit) as e:
+        main.main([a.format(path=path) for a in argv])
+    assert message.format(path=path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_every_pretraining_config_names_the_method_of_its_command():
+    """The release's file names keep the release's meaning: `_ntu` is NTU60 xview (a link)."""
+    for path in glob.glob("config/**/*.yaml", recursive=True):
+        text = open(path).read()
+        command = re.search(r"main\.py (pretrain\w*) ", text)
+        if command and command.group(1) in ALIASES:
+            assert load_yaml(path)["method"] == ALIASES[command.group(1)], path
+    release = "config/CrosSCLR/skelemixclr_multi_swap_ntu.yaml"
+    assert os.path.realpath(release) == os.path.realpath("config/CrosSCLR/skelemixclr_multi_swap_ntu60_xview.yaml")
+    assert "xview" in load_yaml(release)["train_feeder_args"]["data_path"]

@@ -1,6 +1,7 @@
 """MoCo v2 around an ST-GCN: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ are configurations of it (SPEC §3)."""
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -45,23 +46,55 @@ def training_health(q, k, queue):
             "health/q_std": q.std(0, correction=0).mean()}
 
 
-def check_swap_params(swap_params):
-    """`swap_params` as a list of rows [spa_l, spa_u, tem_l, tem_u, repeat, weight] of valid numbers, or an error."""
+@dataclass(frozen=True)
+class MixSetting:
+    """One query view's mixes (SPEC §3.3): SkeleMix ranges of parts and of feature frames, how many mixed
+    views (`repeat`) and the weight of that view's losses."""
+    spatial: tuple[int, int]
+    temporal: tuple[int, int]
+    repeat: int
+    weight: float
+
+    def valid(self):
+        """Ranges of integers >= 1 with lower <= upper, repeat >= 1, a finite weight."""
+        def count(v):
+            return isinstance(v, int) and v >= 1
+        ranges_ok = all(len(r) == 2 and count(r[0]) and count(r[1]) and r[0] <= r[1]
+                        for r in (self.spatial, self.temporal))
+        return ranges_ok and count(self.repeat) and isinstance(self.weight, (int, float)) and math.isfinite(self.weight)
+
+
+def mix_setting(row):
+    """A MixSetting from a release row [spa_l, spa_u, tem_l, tem_u, repeat, weight], a dict of its fields or
+    itself; None where `row` is none of these."""
+    if isinstance(row, (list, tuple)) and len(row) == 6:
+        row = dict(spatial=row[:2], temporal=row[2:4], repeat=row[4], weight=row[5])
+    if isinstance(row, MixSetting):
+        return row
+    if isinstance(row, dict) and set(row) == {"spatial", "temporal", "repeat", "weight"} \
+            and all(isinstance(row[k], (list, tuple)) for k in ("spatial", "temporal")):
+        return MixSetting(tuple(row["spatial"]), tuple(row["temporal"]), row["repeat"], row["weight"])
+    return None
+
+
+def mix_settings(swap_params):
+    """`model_args.swap_params` as a list of valid MixSettings, one per query view (SPEC §3.3), or an error;
+    None or [] is no mix (SkeletonCLR). The one place the release's 6-element rows are read."""
     rows = swap_params or []
-    for row in rows if isinstance(rows, list) else [rows]:
-        ok = isinstance(row, (list, tuple)) and len(row) == 6
-        ok = ok and all(isinstance(v, int) and v >= 1 for v in row[:5]) and row[0] <= row[1] and row[2] <= row[3]
-        if not (ok and isinstance(row[5], (int, float)) and math.isfinite(row[5])):
-            raise ValueError(f"model_args.swap_params {swap_params!r}: each row must be [spa_l, spa_u, tem_l, tem_u, "
-                             "repeat, weight], integers >= 1 with spa_l <= spa_u, tem_l <= tem_u, a finite weight")
-    return [list(row) for row in rows]
+    mixes = [mix_setting(row) for row in (rows if isinstance(rows, list) else [rows])]
+    if not all(m is not None and m.valid() for m in mixes):
+        raise ValueError(f"model_args.swap_params {swap_params!r}: each row must be [spa_l, spa_u, tem_l, tem_u, "
+                         "repeat, weight] or {spatial: [l, u], temporal: [l, u], repeat, weight}, integers >= 1 "
+                         "with l <= u, a finite weight")
+    return mixes
 
 
 class MoCo(nn.Module):
     """Query encoder, EMA key encoder and key queue; SkeleMix mixes when `swap_params` is given (SPEC §3).
 
-    `swap_params` rows are [spa_l, spa_u, tem_l, tem_u, repeat, weight], one per query view:
-    None is SkeletonCLR, [[2, 3, 7, 11, 1, 1.0]] SkeleMixCLR, [[2, 3, 7, 11, 3, 1.0]] SkeleMixCLR+.
+    `swap_params` holds one MixSetting per query view (release rows [spa_l, spa_u, tem_l, tem_u, repeat,
+    weight] are read by `mix_settings`): None is SkeletonCLR, [[2, 3, 7, 11, 1, 1.0]] SkeleMixCLR,
+    [[2, 3, 7, 11, 3, 1.0]] SkeleMixCLR+.
     Every other keyword goes to the encoder (`net.st_gcn.Model` arguments).
     """
 
@@ -70,7 +103,7 @@ class MoCo(nn.Module):
                  shuffle_bn=False, **encoder_args):
         super().__init__()
         self.queue_size, self.momentum, self.temperature = queue_size, momentum, temperature
-        self.swap_params = check_swap_params(swap_params)
+        self.mixes = mix_settings(swap_params)
         self.shuffle_bn = shuffle_bn
 
         encoder_args = dict(encoder_args, num_class=feature_dim)
@@ -97,16 +130,19 @@ class MoCo(nn.Module):
     @property
     def num_queries(self):
         """How many query views a sample needs (the feeder supplies these plus one key view)."""
-        return max(1, len(self.swap_params))
+        return max(1, len(self.mixes))
+
+    def view_weights(self):
+        """The loss weight of each query view: its mix's weight, 1 for SkeletonCLR's one unmixed view."""
+        return [m.weight for m in self.mixes] or [1.0]
 
     def chance_losses(self):
         """Each loss when every logit is equal (collapsed or untrained outputs): ln(K+1) per InfoNCE, ln(K+2)
         with the mix's extra negative, times the configured weights and repeats (issue 10 item 2)."""
-        rows = self.swap_params or [[0, 0, 0, 0, 0, 1.0]]
-        ins = sum(row[5] for row in rows) * math.log(self.queue_size + 1)
-        if not self.swap_params:
+        ins = sum(self.view_weights()) * math.log(self.queue_size + 1)
+        if not self.mixes:
             return {"loss": ins, "loss_ins": ins}
-        mix = sum(row[5] * int(row[4]) for row in rows) * math.log(self.queue_size + 2)
+        mix = sum(m.weight * m.repeat for m in self.mixes) * math.log(self.queue_size + 2)
         return {"loss": ins + mix, "loss_ins": ins, "loss_mix": mix}
 
     @torch.no_grad()
@@ -152,14 +188,14 @@ class MoCo(nn.Module):
         queue = self.queue.to(compute_dtype(self.queue), copy=True)
 
         loss_ins = loss_mix = 0.0
-        rows = self.swap_params or [[0, 0, 0, 0, 0, 1.0]]
-        for i, (im_q, (spa_l, spa_u, tem_l, tem_u, repeat, weight)) in enumerate(zip(queries, rows)):
+        for i, (im_q, weight) in enumerate(zip(queries, self.view_weights())):
             q = F.normalize(self.encoder_q(im_q), dim=1)
             if i == 0:
                 health = training_health(q.detach(), k, queue)
             loss_ins = loss_ins + weight * info_nce(q, k, queue, self.temperature)
-            for _ in range(int(repeat)):
-                mixed, mask, partner = self.skelemix(im_q, spa_l, spa_u, tem_l, tem_u, generator=generator)
+            mix = self.mixes[i] if self.mixes else None
+            for _ in range(mix.repeat if mix else 0):
+                mixed, mask, partner = self.skelemix(im_q, *mix.spatial, *mix.temporal, generator=generator)
                 p, c = (F.normalize(f, dim=1) for f in self.encoder_q(mixed, mask=mask))
                 loss_p = info_nce(p, k[partner], queue, self.temperature, extra_negative=c.detach())
                 loss_c = info_nce(c, k, queue, self.temperature, extra_negative=p.detach())
@@ -168,6 +204,6 @@ class MoCo(nn.Module):
         self._dequeue_and_enqueue(k)
         loss = loss_ins + loss_mix
         out = {"loss": loss, "loss_ins": loss_ins}
-        if self.swap_params:
+        if self.mixes:
             out["loss_mix"] = loss_mix
         return {**out, **health}

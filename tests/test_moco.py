@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from net.moco import MoCo
+from net.moco import MixSetting, MoCo, mix_settings
 
 TINY = dict(hidden_channels=4, hidden_dim=16, dropout=0.0, feature_dim=8, queue_size=12)
 
@@ -126,3 +126,23 @@ def test_stop_gradient_on_the_extra_negative():
 def test_wrong_number_of_views():
     with pytest.raises(ValueError, match="expected 1 query views and a key view, got 3 views"):
         make()([batch(), batch(), batch()])
+
+
+def test_release_rows_dicts_and_settings_read_as_the_same_mixes():
+    plus = MixSetting(spatial=(2, 3), temporal=(7, 11), repeat=3, weight=1.0)
+    assert mix_settings([[2, 3, 7, 11, 3, 1.0]]) == [plus]  # the release's row, unchanged
+    assert mix_settings([dict(spatial=[2, 3], temporal=[7, 11], repeat=3, weight=1.0)]) == [plus]
+    assert mix_settings([plus, (1, 2, 3, 4, 1, 0.5)]) == [plus, MixSetting((1, 2), (3, 4), 1, 0.5)]
+    assert mix_settings(None) == [] and mix_settings([]) == []
+    model = make(head="mlp_bn", swap_params=[[2, 3, 1, 2, 2, 0.5], dict(spatial=[1, 1], temporal=[1, 2],
+                                                                          repeat=1, weight=2.0)])
+    assert model.mixes == [MixSetting((2, 3), (1, 2), 2, 0.5), MixSetting((1, 1), (1, 2), 1, 2.0)]
+    assert model.num_queries == 2 and make().mixes == [] and make().num_queries == 1
+
+
+@pytest.mark.parametrize("bad", [[[3, 2, 7, 11, 1, 1.0]], [dict(spatial=[2, 3], temporal=[7, 11], repeat=1)],
+                                 [dict(spatial=[2, 3], temporal=[0, 11], repeat=1, weight=1.0)],
+                                 [MixSetting((2, 3), (7, 11), 0, 1.0)], [[2, 3, 7, 11, 1]]])
+def test_bad_mix_settings_name_the_key_and_value(bad):
+    with pytest.raises(ValueError, match=r"model_args.swap_params .*: each row must be"):
+        mix_settings(bad)

@@ -354,7 +354,10 @@ class Processor:
                 group["lr"] = lr
             self.seed_loaders(epoch)
             self.epoch, self.step = epoch, 0
+            self.bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # first non-finite loss
+            self.bad_loss = torch.zeros((), device=self.device)
             stats = self.train_epoch(epoch)
+            self.check_loss()
             stats["lr"] = lr
             if cfg["eval_interval"] > 0 and ((epoch + 1) % cfg["eval_interval"] == 0
                                              or epoch + 1 == cfg["num_epoch"]):
@@ -380,12 +383,15 @@ class Processor:
     def optimize(self, loss):
         """Backward, gradient-norm clip (after backward, SPEC §4b) when `grad_clip` is set, SGD step.
 
-        A non-finite loss stops the run before the step, so the last checkpoint stays the last good state.
+        A non-finite loss is noted on the device (reading it every step would wait for the GPU); the
+        epoch then ends in `check_loss`, before evaluation and before any checkpoint is written, so the
+        last checkpoint stays the last good state.
         """
         self.step += 1
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteError(f"loss {float(loss.detach())} at epoch {self.epoch + 1}, step {self.step}: "
-                                 f"training stopped; last checkpoint {self.last_checkpoint}")
+        loss_value = loss.detach().float()
+        first = ~torch.isfinite(loss_value) & (self.bad_step == 0)
+        self.bad_step = torch.where(first, self.step, self.bad_step)
+        self.bad_loss = torch.where(first, loss_value, self.bad_loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg["grad_clip"]:
@@ -393,6 +399,13 @@ class Processor:
             torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg["grad_clip"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def check_loss(self):
+        """Stop at the first non-finite loss of the epoch, naming it, its epoch and step (one read per epoch)."""
+        step = int(self.bad_step)
+        if step:
+            raise NonFiniteError(f"loss {float(self.bad_loss)} at epoch {self.epoch + 1}, step {step}: "
+                                 f"training stopped; last checkpoint {self.last_checkpoint}")
 
     def train_epoch(self, epoch):
         self.set_train_mode()

@@ -6,12 +6,13 @@ import shutil
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from processor.processor import NonFiniteError
+from processor.processor import NonFiniteError, Processor
 from torchlight.config import ConfigError
 from torchlight.io import WorkDirError
 
@@ -108,6 +109,21 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoi
                  train_feeder_args=with_nan(small, tmp_path / "nan"))
     assert (tmp_path / "run" / "epoch1_model.pt").read_bytes() == before
     assert not (tmp_path / "run" / "epoch2_model.pt").exists()
+
+
+def test_non_finite_loss_is_read_once_per_epoch_and_names_the_first_bad_step():
+    w = torch.nn.Parameter(torch.ones(1))
+    run = SimpleNamespace(step=0, epoch=4, last_checkpoint="c.pt", cfg=dict(grad_clip=None),
+                          optimizer=torch.optim.SGD([w], lr=0.1), scaler=torch.amp.GradScaler("cpu", enabled=False),
+                          bad_step=torch.zeros((), dtype=torch.long), bad_loss=torch.zeros(()))
+    Processor.optimize(run, (w * 2.0).sum())
+    Processor.check_loss(run)  # finite so far: nothing raised
+    assert float(w) == pytest.approx(0.8)  # 1 - 0.1 * 2
+    for value in (float("inf"), float("nan")):
+        Processor.optimize(run, (w * value).sum())
+    assert run.step == 3
+    with pytest.raises(NonFiniteError, match="loss inf at epoch 5, step 2: training stopped; last checkpoint c.pt"):
+        Processor.check_loss(run)
 
 
 def test_non_finite_scores_write_no_result(small, tiny, tmp_path):

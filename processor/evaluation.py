@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from processor.metrics import confusion_matrix, knn_accuracies, per_class_accuracy, topk_accuracy
+from net.moco import MoCo
+from processor.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from processor.processor import Processor
 from torchlight.checkpoint import check_state_dict, read_checkpoint
 from torchlight.config import ConfigError
@@ -17,6 +18,8 @@ from torchlight.io import atomic_path
 
 # The classifier is trained anew; everything else of the encoder must come from the checkpoint.
 CLASSIFIER_KEYS = {"fc.weight", "fc.bias"}
+# What an evaluation drops from a pretraining checkpoint: projection head, key encoder and queue (SPEC §4).
+IGNORE_WEIGHTS = ["encoder_q.fc", "encoder_k", "queue"]
 
 
 def load_encoder(model, path, ignore_weights=()):
@@ -67,26 +70,56 @@ def calibrate_batchnorm(model, inputs):
     return len(norms)
 
 
-class Classification(Processor):
-    """Supervised training of an encoder + classifier with top-1/top-5 evaluation and a result file."""
+class Evaluation(Processor):
+    """What every evaluation shares: a pretrained (or BN-calibrated random) encoder and a result file."""
 
-    extra_defaults = dict(ignore_weights=["encoder_q.fc", "encoder_k", "queue"], result_file="result.json",
-                          augment=False)  # train on SPEC §1.5's crop + shear (SPEC §4 trains without)
-    checkpoint_name = "eval_epoch{}.pt"  # never a pretraining checkpoint's name: it may sit beside one
+    extra_defaults = dict(ignore_weights=IGNORE_WEIGHTS, result_file="result.json")
 
     def build_model(self):
         model = super().build_model()
         if self.cfg["weights"]:
-            loaded, ignored, missing = load_encoder(model, self.cfg["weights"], self.cfg["ignore_weights"])
-            report = os.path.join(self.cfg["work_dir"], "weights.json")
-            self.log(f"loaded {len(loaded)} tensors from {self.cfg['weights']}; ignored {len(ignored)} "
-                     f"({', '.join(sorted({k.split('.')[0] for k in ignored})) or 'none'}); "
-                     f"trained from scratch: {', '.join(missing) or 'none'}; every key in {report}")
-            if self.main:
-                with atomic_path(report) as tmp, open(tmp, "w") as f:
-                    json.dump(dict(weights=self.cfg["weights"], loaded=loaded, ignored=ignored, missing=missing),
-                              f, indent=1)
+            self.load_weights(model, self.cfg["ignore_weights"])
         return model
+
+    def load_weights(self, model, ignore_weights):
+        """Load `weights` into `model`, logging and writing weights.json: which keys came from where."""
+        loaded, ignored, missing = load_encoder(model, self.cfg["weights"], ignore_weights)
+        report = os.path.join(self.cfg["work_dir"], "weights.json")
+        self.log(f"loaded {len(loaded)} tensors from {self.cfg['weights']}; ignored {len(ignored)} "
+                 f"({', '.join(sorted({k.split('.')[0] for k in ignored})) or 'none'}); "
+                 f"trained from scratch: {', '.join(missing) or 'none'}; every key in {report}")
+        self.write_json("weights.json", dict(weights=self.cfg["weights"], loaded=loaded, ignored=ignored,
+                                             missing=missing))
+
+    def write_json(self, name, result):
+        """`result` as work_dir/`name`, atomically, by rank 0 only."""
+        if self.main:
+            with atomic_path(os.path.join(self.cfg["work_dir"], name)) as tmp, open(tmp, "w") as f:
+                json.dump(result, f, indent=1)
+
+    def calibrate_random_encoder(self, model):
+        """Without `weights`, the frozen encoder is a random one with BN statistics of the training clips."""
+        # In fp32 (no autocast): statistics, not speed, are what this pass is for.
+        n = calibrate_batchnorm(model, (self.to_input(x) for x, _, _ in
+                                        self.progress(self.clip_loader(), "BN statistics")))
+        if self.world > 1:  # each rank saw its shard: average, so every rank holds one model
+            for buf in (b for k, b in model.named_buffers() if "running" in k):
+                buf.copy_(all_reduce_sum(buf.double()) / self.world)
+        self.log(f"no weights: random encoder, running statistics of its {n} BatchNorm layers measured on "
+                 "the training clips (random-init baseline)")
+
+
+class Classification(Evaluation):
+    """Supervised training of an encoder + classifier with top-1/top-5 evaluation and a result file."""
+
+    extra_defaults = dict(Evaluation.extra_defaults,
+                          augment=False)  # train on SPEC §1.5's crop + shear (SPEC §4 trains without)
+    checkpoint_name = "eval_epoch{}.pt"  # never a pretraining checkpoint's name: it may sit beside one
+
+    def __init__(self, cfg):
+        self.history, self.best = [], None  # one result per evaluation, and the best top-1 of them
+        self.last_scores = self.last_labels = None  # of the last evaluation: scores.pkl, confusion
+        super().__init__(cfg)
 
     def build_data(self):
         cfg = self.cfg
@@ -98,27 +131,15 @@ class Classification(Processor):
         for dataset in (train, val):  # before training: a bad label would only fail at its step or at the end
             dataset.check_labels(self.raw_model.fc.out_features)
         self.train_loader = self.loader(train, train=True)
+        if not cfg["augment"]:  # the training clips in order are this same dataset: not built twice
+            self.train_clips = self.loader(train, train=False)
         self.val_loader = self.loader(val, train=False)
         self.names = self.val_loader.dataset.names
-        self.history, self.best = [], None
         if cfg["train_feeder_args"].get("label_fraction") is not None and self.main:
             path = os.path.join(cfg["work_dir"], "labelled_subset.txt")
             with atomic_path(path) as tmp, open(tmp, "w") as f:
                 f.write("\n".join(train.subset_names()) + "\n")
             self.log(f"labelled subset: {len(train.indices)} clips, names in {path}")
-
-    def calibrate_random_encoder(self, clips=None):
-        """Without `weights`, the frozen encoder is a random one with BN statistics of the training clips
-        (`clips`: a loader of them, un-augmented, when the processor already has one)."""
-        # In fp32 (no autocast): statistics, not speed, are what this pass is for.
-        loader = clips or self.clip_loader()
-        n = calibrate_batchnorm(self.raw_model, (self.to_input(x) for x, _, _ in
-                                                 self.progress(loader, "BN statistics")))
-        if self.world > 1:  # each rank saw its shard: average, so every rank holds one model
-            for buf in (b for k, b in self.raw_model.named_buffers() if "running" in k):
-                buf.copy_(all_reduce_sum(buf.double()) / self.world)
-        self.log(f"no weights: random encoder, running statistics of its {n} BatchNorm layers measured on "
-                 "the training clips (random-init baseline)")
 
     def prepare(self, batch):
         x, y, _ = batch
@@ -157,14 +178,13 @@ class Classification(Processor):
                       per_class_top1=[None if math.isnan(a) else a for a in per_class_accuracy(confusion)],
                       confusion=confusion.tolist(),
                       scores_file="scores.pkl", weights=self.cfg["weights"], stream=self.cfg["stream"])
-        path = os.path.join(self.cfg["work_dir"], self.cfg["result_file"])
-        with atomic_path(path) as tmp, open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
+        self.write_json(self.cfg["result_file"], result)
         # Original release format: {clip name: scores}, fused across streams by tools/ensemble.py.
         with atomic_path(os.path.join(self.cfg["work_dir"], "scores.pkl")) as tmp, open(tmp, "wb") as f:
             pickle.dump(dict(zip(self.names, scores.numpy())), f)
         self.log(f"final top1 {result['final']['top1']:.2f} top5 {result['final']['top5']:.2f}; "
-                 f"best-on-val top1 {self.best['top1']:.2f} (epoch {self.best['epoch']}); written {path}")
+                 f"best-on-val top1 {self.best['top1']:.2f} (epoch {self.best['epoch']}); written "
+                 f"{os.path.join(self.cfg['work_dir'], self.cfg['result_file'])}")
 
 
 class FinetuneEvaluation(Classification):
@@ -179,14 +199,19 @@ class LinearEvaluation(Classification):
     """Frozen encoder in eval mode, a new linear classifier (SPEC §4).
 
     With un-augmented training clips the encoder's output per clip never changes, so by default
-    (`cache_features`) it is computed once and the classifier trains on the cached features with
-    the same optimiser, schedule and batch order as the full path. With `augment` every epoch sees
-    new clips, and the encoder runs every step (the full path).
+    (`cache_features`) it is computed once and the classifier trains on the cached features in the
+    shared loop, with the same optimiser, schedule and batch order as the full path. With `augment`
+    every epoch sees new clips, and the encoder runs every step (the full path).
     """
 
     extra_defaults = dict(Classification.extra_defaults, base_lr=3.0, weight_decay=0.0, step=[80],
                           num_epoch=150, cache_features=True)
     work_dir_name = "linear"
+
+    def __init__(self, cfg):
+        self.cached = None  # (features, labels) of the training clips, on the cached path
+        self.frozen = {}    # the encoder's state before training: finish() checks that none of it moved
+        super().__init__(cfg)
 
     def build_model(self):
         model = super().build_model()
@@ -199,8 +224,8 @@ class LinearEvaluation(Classification):
 
     def start(self):
         if not self.cfg["weights"] and not self.start_epoch:
-            self.calibrate_random_encoder()
-        # finish() checks that none of these moved (a resumed run's come from its checkpoint)
+            self.calibrate_random_encoder(self.raw_model)
+        # a resumed run's come from its checkpoint
         self.frozen = {k: v.clone() for k, v in self.raw_model.state_dict().items() if k not in CLASSIFIER_KEYS}
         super().start()
 
@@ -208,34 +233,31 @@ class LinearEvaluation(Classification):
     def uses_cache(self):
         return self.cfg["cache_features"] and not self.cfg["augment"]
 
-    def train_epoch(self, epoch):
-        if not self.uses_cache:
-            return super().train_epoch(epoch)
-        if not hasattr(self, "cached"):
-            self.cached = self.features(self.raw_model, self.train_loader_in_order(), return_features=True)
-        feats, labels = self.cached
-        sampler = self.train_loader.sampler
-        sampler.set_epoch(epoch)
-        # Every rank holds all features and runs the global batch, so no gradient sync is needed.
-        order = torch.as_tensor(self.global_order(epoch), device=self.device)
-        batch, total, count = self.cfg["batch_size"], 0.0, 0
-        for i in range(0, len(order) - batch + 1, batch):
-            idx = order[i:i + batch]
-            with self.autocast():
-                loss = F.cross_entropy(self.raw_model.fc(feats[idx]).float(), labels[idx])
-            self.optimize(loss)
-            total, count = total + loss.detach() * len(idx), count + len(idx)  # read once, after the epoch
-        if count == 0:
-            raise ConfigError(f"the training set has fewer clips than one batch ({batch})")
-        return {"train/loss": float(total) / count}
-
     def build_data(self):
         super().build_data()
         if self.cfg["cache_features"] and not self.uses_cache:
             self.log("augment is on: the encoder runs on every batch (no feature cache)")
 
-    def train_loader_in_order(self):
-        return self.loader(self.train_loader.dataset, train=False)
+    def train_batches(self, epoch):
+        """Cached path: (features, labels, indices) of the global batches the full path would visit."""
+        if not self.uses_cache:
+            return super().train_batches(epoch)
+        if self.cached is None:
+            self.cached = self.features(self.raw_model, self.clip_loader(), return_features=True)
+        feats, labels = self.cached
+        # Every rank holds all features and runs the global batch, so no gradient sync is needed.
+        order = torch.as_tensor(self.global_order(epoch), device=self.device)
+        batch = self.cfg["batch_size"]
+        return [(feats[i], labels[i], i) for i in order[:len(order) // batch * batch].split(batch)]
+
+    def prepare(self, batch):
+        return batch[:2] if self.uses_cache else super().prepare(batch)
+
+    def train_step(self, inputs):
+        if not self.uses_cache:
+            return super().train_step(inputs)
+        x, y = inputs
+        return {"loss": F.cross_entropy(self.raw_model.fc(x).float(), y)}
 
     def global_order(self, epoch):
         """The indices the full path visits in `epoch`, all ranks' batches interleaved as one global batch."""
@@ -257,30 +279,47 @@ class LinearEvaluation(Classification):
         super().finish()
 
 
-class KNNEvaluation(Classification):
-    """Standalone kNN evaluation of a pretrained encoder, the same code as the pretraining monitor (SPEC §4)."""
+class KNNEvaluation(Evaluation):
+    """Standalone kNN evaluation of a pretrained encoder, the protocol of the pretraining monitor (SPEC §4).
 
-    extra_defaults = dict(ignore_weights=["encoder_q.fc", "encoder_k", "queue"], knn_k=[10, 20, 40],
-                          num_epoch=0, result_file="knn.json")
+    `knn_features`: `pooled` (default), the 256-d pooled backbone features linear evaluation sees; `head`,
+    the projection head's output as in the pretraining monitor (the release's), which needs the head: the
+    pretraining config a checkpoint of ours carries, else `model_args` naming it (`head`, `feature_dim`).
+    """
+
+    extra_defaults = dict(Evaluation.extra_defaults, knn_k=[10, 20, 40], num_epoch=0, result_file="knn.json",
+                          knn_features="pooled")
     work_dir_name = "knn"
 
+    def build_model(self):
+        features = self.cfg["knn_features"]
+        if features not in ("pooled", "head"):
+            raise ConfigError(f"knn_features must be pooled or head, not {features!r}")
+        if features == "pooled":
+            return super().build_model()
+        # The query encoder with its projection head, built as pretraining built it.
+        args = dict(self.cfg["model_args"])
+        if self.cfg["weights"]:
+            state = read_checkpoint(self.cfg["weights"], "weights file")
+            args = {**(state.get("config") or {}).get("model_args", {}), **args}
+        args.pop("num_class", None)  # the head's output size is feature_dim
+        encoder = MoCo(**args).encoder_q
+        if self.cfg["weights"]:
+            self.load_weights(encoder, ignore_weights=["encoder_k", "queue"])
+        return encoder
+
+    def build_optimizer(self):
+        return None  # nothing trains
+
     def build_data(self):
-        cfg = self.cfg
-        self.bank_loader = self.loader(self.dataset(dict(cfg["train_feeder_args"], views=0), "train_feeder_args"),
-                                       train=False)
-        self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
+        self.val_loader = self.loader(self.dataset(self.cfg["test_feeder_args"], "test_feeder_args"), train=False)
 
     def start(self):
         if not self.cfg["weights"]:
-            self.calibrate_random_encoder(self.bank_loader)  # the bank is the un-augmented training clips
-        bank, bank_labels = self.features(self.raw_model, self.bank_loader)
-        feats, labels = self.features(self.raw_model, self.val_loader)
-        accs = {f"top1_k{k}": 100 * a for k, a in
-                knn_accuracies(feats, labels, bank, bank_labels, self.cfg["knn_k"]).items()}
+            self.calibrate_random_encoder(self.raw_model)
+        accs = self.knn(self.raw_model, return_features=self.cfg["knn_features"] == "pooled")
         self.log("kNN " + " ".join(f"{k} {v:.2f}" for k, v in accs.items()))
-        if self.main:
-            with atomic_path(os.path.join(self.cfg["work_dir"], self.cfg["result_file"])) as tmp, \
-                    open(tmp, "w") as f:
-                json.dump(dict(accs, weights=self.cfg["weights"], stream=self.cfg["stream"]), f, indent=1)
-        Processor.finish(self)
+        self.write_json(self.cfg["result_file"], dict(accs, weights=self.cfg["weights"], stream=self.cfg["stream"],
+                                                      knn_features=self.cfg["knn_features"]))
+        self.finish()
         return accs

@@ -1,5 +1,4 @@
 """Self-supervised pretraining: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ share this processor (SPEC §3)."""
-from processor.metrics import knn_accuracies
 from processor.processor import Processor
 from torchlight.config import ConfigError
 
@@ -29,9 +28,13 @@ class Pretrain(Processor):
         args = self.augmented_train_args(self.raw_model.num_queries + 1)
         self.train_loader = self.loader(self.dataset(args, "train_feeder_args"), train=True)
         if cfg["eval_interval"] > 0 and cfg["test_feeder_args"]:
-            # SPEC §4b: the kNN bank is the train set without augmentation.
-            self.bank_loader = self.clip_loader()
+            # SPEC §4b: the kNN bank is the train set without augmentation (clip_loader).
             self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
+
+    def compile_targets(self):
+        """The two encoders: SkeleMix's region draws and the queue pointer stay eager instead of recompiling
+        for every new draw."""
+        return [self.raw_model.encoder_q, self.raw_model.encoder_k]
 
     def prepare(self, batch):
         views = batch[0]
@@ -57,10 +60,9 @@ class Pretrain(Processor):
         return stats
 
     def evaluate(self, epoch):
-        if not hasattr(self, "val_loader"):
+        """kNN monitor on the query encoder's output after the projection head, as the release's monitor
+        (SPEC §3.4): its logs compare with the release's."""
+        if self.val_loader is None:
             return {}
-        encoder = self.raw_model.encoder_q
-        bank, bank_labels = self.features(encoder, self.bank_loader)
-        feats, labels = self.features(encoder, self.val_loader)
-        accs = knn_accuracies(feats, labels, bank, bank_labels, self.cfg["knn_k"])
-        return {f"knn/top1_k{k}": 100 * a for k, a in accs.items()}
+        accs = self.knn(self.raw_model.encoder_q, return_features=False)
+        return {f"knn/{k}": v for k, v in accs.items()}

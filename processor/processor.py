@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from feeder.augment import augment_batch
 from feeder.streams import to_stream
+from processor.metrics import knn_accuracies
 from torchlight.checkpoint import check_state_dict, read_checkpoint, write_checkpoint
 from torchlight.config import ConfigError
 from torchlight.dist import (
@@ -196,13 +197,14 @@ class Processor:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.model, device_ids=ids)
         if cfg["compile"]:
-            # Compile the encoders in place (state-dict names unchanged); a wrapper's Python-side draws
-            # (SkeleMix regions, queue pointer) stay eager instead of recompiling for every new draw.
-            for module in [m for m in self.raw_model.modules() if hasattr(m, "features_map")] or [self.raw_model]:
-                module.compile()
+            for module in self.compile_targets():
+                module.compile()  # in place: state-dict names unchanged
         self.optimizer = self.build_optimizer()
         # One CPU generator drives SkeleMix and on-device augmentation; checkpoints carry its state.
         self.generator = torch.Generator().manual_seed(cfg["seed"] + get_rank())
+        # Built by build_data (the training clips in order on first use, by clip_loader).
+        self.train_loader = self.val_loader = self.train_clips = None
+        self.augment_args = {}  # the on-device augmentation's arguments (augmented_train_args)
         self.build_data()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
         if self.device.type == "cpu" and cfg["amp"] in ("bf16", "fp16") and not cpu_amp_is_fast(cfg["amp"]):
@@ -211,6 +213,7 @@ class Processor:
                         else "it has no native bf16 kernels"))
         self.start_epoch = 0
         self.epoch, self.step, self.last_checkpoint = 0, 0, None  # where a non-finite loss is reported
+        self.stats = []  # one dict of logged scalars per epoch run here
         if cfg["resume"]:
             self.resume(cfg["resume"])
         if self.main:  # last: it marks the work_dir as this run's (torchlight.io.claim_work_dir)
@@ -229,8 +232,12 @@ class Processor:
         return instantiate(self.cfg["model"], self.cfg["model_args"], "model_args")
 
     def build_data(self):
-        """Create `self.train_loader` (and whatever evaluation needs)."""
+        """Create `self.train_loader` (and `self.val_loader` where evaluation needs it)."""
         raise NotImplementedError
+
+    def compile_targets(self):
+        """The modules `compile` compiles: the whole model (a wrapper with Python-side draws says otherwise)."""
+        return [self.raw_model]
 
     def prepare(self, batch):
         """The model inputs of one training batch on the device (`to_input`), run in fp32 outside autocast."""
@@ -292,9 +299,21 @@ class Processor:
         for loader in [v for v in vars(self).values() if isinstance(v, DataLoader)]:
             loader.generator.manual_seed(loader_seed(self.cfg["seed"], get_rank(), epoch))
 
-    def clip_loader(self, what="train_feeder_args"):
-        """Every clip of a feeder config once, un-augmented and in order (kNN bank, BN statistics)."""
-        return self.loader(self.dataset(dict(self.cfg[what], views=0), what), train=False)
+    def clip_loader(self):
+        """Every training clip once, un-augmented and in order (kNN bank, BN statistics, cached features);
+        built on first use, once."""
+        if self.train_clips is None:
+            args = dict(self.cfg["train_feeder_args"], views=0)
+            self.train_clips = self.loader(self.dataset(args, "train_feeder_args"), train=False)
+        return self.train_clips
+
+    def knn(self, encoder, return_features):
+        """kNN top-1 (%) of the val clips against the training clips for every k of `knn_k`: the monitor's
+        and the standalone protocol (SPEC §3.4, §4); pooled features or the encoder's output."""
+        bank, bank_labels = self.features(encoder, self.clip_loader(), return_features)
+        feats, labels = self.features(encoder, self.val_loader, return_features)
+        accs = knn_accuracies(feats, labels, bank, bank_labels, self.cfg["knn_k"])
+        return {f"top1_k{k}": 100 * a for k, a in accs.items()}
 
     @property
     def layout(self):
@@ -347,15 +366,12 @@ class Processor:
     # --- the loop ------------------------------------------------------------------------------
     def start(self):
         cfg = self.cfg
-        self.stats = []  # one dict of logged scalars per epoch run here
         for epoch in range(self.start_epoch, cfg["num_epoch"]):
             lr = step_lr(cfg["base_lr"], cfg["step"], epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.seed_loaders(epoch)
             self.epoch, self.step = epoch, 0
-            self.bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # first non-finite loss
-            self.bad_loss = torch.zeros((), device=self.device)
             stats = self.train_epoch(epoch)
             self.check_loss()
             stats["lr"] = lr
@@ -407,13 +423,18 @@ class Processor:
             raise NonFiniteError(f"loss {float(self.bad_loss)} at epoch {self.epoch + 1}, step {step}: "
                                  f"training stopped; last checkpoint {self.last_checkpoint}")
 
+    def train_batches(self, epoch):
+        """The training batches of `epoch`: the train loader, its order and augmentation seeded by the epoch."""
+        self.train_loader.sampler.set_epoch(epoch)
+        self.train_loader.dataset.set_epoch(epoch)
+        return self.train_loader
+
     def train_epoch(self, epoch):
         self.set_train_mode()
-        loader = self.train_loader
-        loader.sampler.set_epoch(epoch)
-        loader.dataset.set_epoch(epoch)
+        self.bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # first non-finite loss (optimize)
+        self.bad_loss = torch.zeros((), device=self.device)
         sums, count, t0 = None, 0, time.perf_counter()
-        bar = self.progress(loader, f"epoch {epoch + 1}")
+        bar = self.progress(self.train_batches(epoch), f"epoch {epoch + 1}")
         for step, batch in enumerate(bar):
             # Input preparation stays fp32: under autocast the shear's einsum would round the positions
             # to bf16/fp16 before SkeleMix, data BN and the motion/bone differences.
@@ -430,7 +451,7 @@ class Processor:
                 bar.set_postfix(loss=f"{losses['loss'].item():.4f}",
                                 samples_s=f"{count * self.world / (time.perf_counter() - t0):.1f}")
         if count == 0:
-            raise ConfigError(f"the training set has fewer clips than one batch ({loader.batch_size})")
+            raise ConfigError(f"the training set has fewer clips than one batch (batch_size {self.cfg['batch_size']})")
         # Logged means are over the whole global batch, not rank 0's share.
         totals = all_reduce_sum(torch.cat([torch.tensor([count], dtype=torch.float64, device=self.device), sums]))
         count, *sums = totals.tolist()

@@ -75,7 +75,7 @@ def test_cached_features_match_full_path(demo_arrays, tiny, tmp_path):
                         eval_interval=4, cache_features=cache, grad_clip=1.0, model_args=dict(num_class=12))
         proc = cls(cfg)
         proc.start()
-        assert hasattr(proc, "cached") == cache  # the path taken
+        assert (proc.cached is not None) == cache  # the path taken
         accs.append(proc.history[-1]["top1"])
         classifiers.append(proc.raw_model.fc.weight.detach().clone())
         n_val = len(proc.val_loader.dataset)
@@ -107,7 +107,7 @@ def test_augmented_linear_evaluation_runs_the_encoder_every_step(demo_arrays, ti
 
     proc.prepare = recording_prepare
     proc.start()
-    assert not hasattr(proc, "cached")  # cache_features (the default) falls back by itself
+    assert proc.cached is None  # cache_features (the default) falls back by itself
     dataset = proc.train_loader.dataset
     assert dataset.views == 1 and dataset.augment is not device_augment
     per_epoch = len(records) // 2
@@ -218,3 +218,35 @@ def test_ensemble_refuses_foreign_mismatched_and_non_finite_scores(tmp_path):
         with pytest.raises(SystemExit) as info:
             ensemble.main(argv + (label if "--label" not in argv else []))
         assert str(info.value).startswith("error: ") and message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_knn_features_head_or_pooled_of_the_checkpoints_query_encoder(demo_arrays, tiny, tmp_path):
+    torch.manual_seed(0)
+    args = dict(ENC, feature_dim=8, queue_size=8, head="mlp_bn")
+    moco = MoCo(**args).eval()
+    torch.save({"model": moco.state_dict(), "config": {"model_args": args}}, tmp_path / "ckpt.pt")
+    for features, width in (("head", 8), ("pooled", 16)):
+        cls, cfg = tiny("knn_evaluation", demo_arrays, tmp_path / features, knn_k=[1], knn_features=features,
+                        weights=str(tmp_path / "ckpt.pt"), model_args=dict(num_class=12))
+        proc = cls(cfg)
+        assert proc.optimizer is None  # nothing trains
+        x = next(iter(proc.val_loader))[0].float()
+        with torch.no_grad():
+            out = proc.raw_model.eval()(x, return_features=features == "pooled")
+            expected = moco.encoder_q(x, return_features=features == "pooled")
+        assert out.shape == (len(x), width)
+        torch.testing.assert_close(out, expected)
+        accs = proc.start()
+        written = json.loads((tmp_path / features / "knn.json").read_text())
+        assert written["knn_features"] == features and written["top1_k1"] == accs["top1_k1"]
+
+
+def test_knn_monitor_reads_the_projection_heads_output(demo_arrays, tiny, tmp_path):
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=1, eval_interval=1, knn_k=[1],
+                    model_args=dict(queue_size=32))
+    proc = cls(cfg)
+    calls, features = [], proc.features
+    proc.features = lambda encoder, loader, return_features=True: (
+        calls.append((encoder, return_features)) or features(encoder, loader, return_features))
+    assert set(proc.evaluate(0)) == {"knn/top1_k1"}
+    assert calls == [(proc.raw_model.encoder_q, False)] * 2  # the bank and the val clips, after the head

@@ -18,11 +18,11 @@ if __package__ in (None, ""):  # run as `python tools/feature_picture.py`: make 
 from feeder.feeder import Feeder  # noqa: E402
 from feeder.streams import STREAMS, to_stream  # noqa: E402
 from net.st_gcn import Model  # noqa: E402
-from processor.evaluation import load_encoder  # noqa: E402
+from processor.evaluation import IGNORE_WEIGHTS, load_encoder  # noqa: E402
 from torchlight.util import select_device  # noqa: E402
 
 # Everything but the encoder: projection head, key encoder, queue, and any classifier (`fc` is unused).
-IGNORE = ("encoder_q.fc", "encoder_k", "queue", "fc.")
+IGNORE = (*IGNORE_WEIGHTS, "fc.")
 
 
 def has_sklearn():

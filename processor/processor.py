@@ -159,6 +159,7 @@ class Processor:
         return {**DEFAULTS, **cls.extra_defaults}
 
     def __init__(self, cfg):
+        """Check the config, then build in this order: work_dir, model, optimizer, data, resume, config.yaml."""
         check_counts(cfg)
         cfg["work_dir"] = cfg["work_dir"] or self.default_work_dir(cfg)
         self.cfg = cfg
@@ -170,10 +171,40 @@ class Processor:
         if cfg["sync_bn"] and cfg["compile"]:
             raise ConfigError("sync_bn and compile are both true: SyncBatchNorm does not trace under "
                               "torch.compile (a graph break at every BatchNorm); set one of them false")
+        # The run's state, declared here once; the steps below and the loop fill it in.
+        self.train_loader = self.val_loader = None  # build_data
+        self.train_clips = None                     # every training clip in order, on first use (clip_loader)
+        self.augment_args = {}                      # on-device augmentation (augmented_train_args)
+        self.start_epoch, self.epoch, self.step = 0, 0, 0
+        self.last_checkpoint = None                 # named when a non-finite loss stops the run
+        self.stats = []                             # one dict of logged scalars per epoch run here
+        self.reset_loss_check()                     # the epoch's first non-finite loss (optimize)
         set_numerics(cfg["tf32"], cfg["cudnn_benchmark"], cfg["deterministic"])
         seed_everything(cfg["seed"])  # every rank builds the same model; draws differ per rank after it
+        self.open_work_dir()
+        self.raw_model = self.build_model().to(self.device)
+        if get_rank():
+            seed_everything(cfg["seed"] + get_rank())
+        self.model = self.place_model()
+        self.optimizer = self.build_optimizer()
+        # One CPU generator drives SkeleMix and on-device augmentation; checkpoints carry its state.
+        self.generator = torch.Generator().manual_seed(cfg["seed"] + get_rank())
+        self.build_data()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
+        if self.device.type == "cpu" and cfg["amp"] in ("bf16", "fp16") and not cpu_amp_is_fast(cfg["amp"]):
+            self.log(f"warning: amp {cfg['amp']} is slower than fp32 (amp off) on this CPU: "
+                     + ("its fp16 convolution backward is a reference kernel" if cfg["amp"] == "fp16"
+                        else "it has no native bf16 kernels"))
+        if cfg["resume"]:
+            self.resume(cfg["resume"])
+        if self.main:  # last: it marks the work_dir as this run's (torchlight.io.claim_work_dir)
+            with atomic_path(os.path.join(cfg["work_dir"], "config.yaml")) as tmp, open(tmp, "w") as f:
+                yaml.safe_dump(cfg, f, sort_keys=False)
+
+    def open_work_dir(self):
+        """Claim the work_dir (before anything is written: it belongs to one run), open log and TensorBoard."""
+        cfg = self.cfg
         self.main = is_main_process()
-        # Before anything is written: a work_dir belongs to one run (README: work directories).
         self.lock = claim_work_dir(cfg["work_dir"], cfg["resume"], cfg["overwrite"]) if self.main else None
         self.log = Logger(cfg["work_dir"], enabled=self.main)
         self.writer = None
@@ -182,43 +213,24 @@ class Processor:
             self.writer = SummaryWriter(os.path.join(cfg["work_dir"], "tensorboard"))
         self.log(f"{type(self).__name__} on {self.device}, {self.world} process(es), work_dir {cfg['work_dir']}")
 
-        self.model = self.build_model().to(self.device)
-        if get_rank():
-            seed_everything(cfg["seed"] + get_rank())
+    def place_model(self):
+        """`raw_model` as the loop runs it: channels-last, SyncBatchNorm, DDP and compiled as configured."""
+        cfg = self.cfg
         if cfg["channels_last"]:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
         if self.distributed and cfg["sync_bn"]:
             if self.device.type != "cuda":
                 raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm is GPU-only); "
                                   "on CPU use model_args.shuffle_bn for MoCo or set sync_bn false")
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.raw_model = self.model
+            self.raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)
+        model = self.raw_model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.model, device_ids=ids)
+            model = DistributedDataParallel(model, device_ids=ids)
         if cfg["compile"]:
             for module in self.compile_targets():
                 module.compile()  # in place: state-dict names unchanged
-        self.optimizer = self.build_optimizer()
-        # One CPU generator drives SkeleMix and on-device augmentation; checkpoints carry its state.
-        self.generator = torch.Generator().manual_seed(cfg["seed"] + get_rank())
-        # Built by build_data (the training clips in order on first use, by clip_loader).
-        self.train_loader = self.val_loader = self.train_clips = None
-        self.augment_args = {}  # the on-device augmentation's arguments (augmented_train_args)
-        self.build_data()
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
-        if self.device.type == "cpu" and cfg["amp"] in ("bf16", "fp16") and not cpu_amp_is_fast(cfg["amp"]):
-            self.log(f"warning: amp {cfg['amp']} is slower than fp32 (amp off) on this CPU: "
-                     + ("its fp16 convolution backward is a reference kernel" if cfg["amp"] == "fp16"
-                        else "it has no native bf16 kernels"))
-        self.start_epoch = 0
-        self.epoch, self.step, self.last_checkpoint = 0, 0, None  # where a non-finite loss is reported
-        self.stats = []  # one dict of logged scalars per epoch run here
-        if cfg["resume"]:
-            self.resume(cfg["resume"])
-        if self.main:  # last: it marks the work_dir as this run's (torchlight.io.claim_work_dir)
-            with atomic_path(os.path.join(cfg["work_dir"], "config.yaml")) as tmp, open(tmp, "w") as f:
-                yaml.safe_dump(cfg, f, sort_keys=False)
+        return model
 
     @classmethod
     def default_work_dir(cls, cfg):
@@ -416,6 +428,11 @@ class Processor:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
+    def reset_loss_check(self):
+        """No non-finite loss seen yet: step 0 (steps count from 1) and its loss, on the device."""
+        self.bad_step = torch.zeros((), dtype=torch.long, device=self.device)
+        self.bad_loss = torch.zeros((), device=self.device)
+
     def check_loss(self):
         """Stop at the first non-finite loss of the epoch, naming it, its epoch and step (one read per epoch)."""
         step = int(self.bad_step)
@@ -431,8 +448,7 @@ class Processor:
 
     def train_epoch(self, epoch):
         self.set_train_mode()
-        self.bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # first non-finite loss (optimize)
-        self.bad_loss = torch.zeros((), device=self.device)
+        self.reset_loss_check()
         sums, count, t0 = None, 0, time.perf_counter()
         bar = self.progress(self.train_batches(epoch), f"epoch {epoch + 1}")
         for step, batch in enumerate(bar):

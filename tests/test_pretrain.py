@@ -127,3 +127,14 @@ def test_fp16_resumes_a_checkpoint_written_with_amp_off(demo_arrays, tiny, tmp_p
                     model_args=dict(queue_size=64), resume=checkpoint)
     proc = cls(cfg)
     assert proc.start_epoch == 1 and proc.scaler.is_enabled() and proc.scaler.get_scale() == 2.0 ** 16
+
+
+def test_compile_targets_are_named_by_the_processor(demo_arrays, tiny, tmp_path):
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path / "pre", num_epoch=1)
+    proc = cls(cfg)
+    assert proc.compile_targets() == [proc.raw_model.encoder_q, proc.raw_model.encoder_k]
+    cls, cfg = tiny("linear_evaluation", demo_arrays, tmp_path / "lin", num_epoch=1, model_args=dict(num_class=12))
+    linear = cls(cfg)
+    assert linear.compile_targets() == [linear.raw_model]
+    assert (linear.train_clips.dataset is linear.train_loader.dataset  # the training clips built once
+            and linear.cached is None and linear.stats == [] and linear.history == [])

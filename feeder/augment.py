@@ -2,9 +2,9 @@
 
 Every transform takes numpy (C, T, V, M) or torch (N, C, T, V, M) on any device: time is
 axis -3 in both, so one definition serves the feeder (numpy, one clip) and on-device
-augmentation (torch, a batch). Random draws are arguments; the `draw_*` helpers make them from
-a `np.random.Generator` (one clip) or a `torch.Generator` (a batch, on the CPU), so the two
-paths give the same result for the same draws.
+augmentation (torch, a batch). Random draws are arguments; the `draw_*` helpers make them, with one
+formula each, from a `np.random.Generator` (one clip) or a `torch.Generator` (a batch, on the CPU), so
+the two paths give the same result for the same draws.
 """
 import numpy as np
 import torch
@@ -65,9 +65,17 @@ def mirror_pad_crop(x, offset, padding_ratio=6):
     return _take_frames(x, mirror_index(x.shape[-3], offset, padding_ratio))
 
 
+def uniform(rng, shape):
+    """U[0, 1) float64 draws (numpy) of `shape` from a numpy Generator, a CPU torch.Generator or None (torch's)."""
+    if isinstance(rng, np.random.Generator):
+        return rng.random(shape)
+    return torch.rand(shape, generator=rng, dtype=torch.float64).numpy()
+
+
 def draw_offset(rng, length, padding_ratio=6, size=None):
-    """Uniform crop offset(s) in [0, 2 * (length // padding_ratio)] from a numpy Generator."""
-    return rng.integers(0, 2 * (length // padding_ratio) + 1, size=size)
+    """Uniform crop offset(s) in [0, 2 * (length // padding_ratio)] (SPEC §1.5 step 2); `rng` as `uniform`."""
+    count = 2 * (length // padding_ratio) + 1
+    return np.floor(uniform(rng, () if size is None else (size,)) * count).astype(np.int64)
 
 
 def shear_matrix(draws):
@@ -78,9 +86,10 @@ def shear_matrix(draws):
 
 
 def draw_shear(rng, amplitude=0.5, size=None):
-    """Shear matrix (3, 3), or (size, 3, 3), from six U[-amplitude, amplitude] draws of a numpy Generator."""
+    """Shear matrix (3, 3), or (size, 3, 3), from six U[-amplitude, amplitude] draws (SPEC §1.5 step 3);
+    `rng` as `uniform`."""
     shape = (6,) if size is None else (size, 6)
-    return shear_matrix(rng.uniform(-amplitude, amplitude, size=shape))
+    return shear_matrix((2 * uniform(rng, shape) - 1) * amplitude)
 
 
 def shear(x, matrix):
@@ -114,10 +123,9 @@ def augment_batch(x, generator=None, shear_amplitude=0.5, padding_ratio=6, frame
         x = temporal_resize(x, frames)
     n, length = x.shape[0], x.shape[-3]
     if offsets is None:
-        offsets = torch.randint(0, 2 * (length // padding_ratio) + 1, (n,), generator=generator)
+        offsets = draw_offset(generator, length, padding_ratio, size=n)
     if matrices is None:
-        draws = torch.rand(n, 6, generator=generator, dtype=torch.float64)
-        matrices = shear_matrix((2 * draws - 1) * shear_amplitude)
+        matrices = draw_shear(generator, shear_amplitude, size=n)
     # The draws are made on the CPU: frame indices and matrices reach the device in two copies the host
     # does not wait for, instead of copies in the middle of the step.
     index = torch.as_tensor(mirror_index(length, np.asarray(offsets), padding_ratio))

@@ -115,6 +115,11 @@ class Feeder(torch.utils.data.Dataset):
             raise ValueError(f"{self.label_path}: label {self.labels[bad[0]]} of clip {bad[0]} "
                              f"({self.names[bad[0]]}) is out of range for model_args.num_class {num_class}")
 
+    @property
+    def augment_args(self):
+        """The augmentation's settings (SPEC §1.5), for `augment_sample` here or `augment_batch` on the device."""
+        return dict(shear_amplitude=self.shear_amplitude, padding_ratio=self.padding_ratio)
+
     def __len__(self):
         return len(self.indices)
 
@@ -140,6 +145,5 @@ class Feeder(torch.utils.data.Dataset):
             return [temporal_resize(x, self.frames)], label, index
         # Seeded by (seed, epoch, index): reproducible, and independent of worker count and order.
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        views = [augment_sample(x, rng, self.frames, self.shear_amplitude, self.padding_ratio)
-                 for _ in range(self.views)]
+        views = [augment_sample(x, rng, self.frames, **self.augment_args) for _ in range(self.views)]
         return views, label, index

@@ -174,7 +174,6 @@ class Processor:
         # The run's state, declared here once; the steps below and the loop fill it in.
         self.train_loader = self.val_loader = None  # build_data
         self.train_clips = None                     # every training clip in order, on first use (clip_loader)
-        self.augment_args = {}                      # on-device augmentation (augmented_train_args)
         self.start_epoch, self.epoch, self.step = 0, 0, 0
         self.last_checkpoint = None                 # named when a non-finite loss stops the run
         self.stats = []                             # one dict of logged scalars per epoch run here
@@ -281,9 +280,7 @@ class Processor:
         """train_feeder_args for `views` augmented views per clip (SPEC §1.5): augmented by the loader's
         workers, or with `device_augment` on the device in `to_input`."""
         cfg = self.cfg
-        args = dict(cfg["train_feeder_args"], views=views, augment=not cfg["device_augment"], seed=cfg["seed"])
-        self.augment_args = {k: args[k] for k in ("shear_amplitude", "padding_ratio") if k in args}
-        return args
+        return dict(cfg["train_feeder_args"], views=views, augment=not cfg["device_augment"], seed=cfg["seed"])
 
     def dataset(self, args, what):
         """The feeder for `args`; the skeleton layout defaults to the model's."""
@@ -335,7 +332,7 @@ class Processor:
         """A batch on the device, optionally augmented there (SPEC §1.5), as the configured stream (§1.4)."""
         x = x.to(self.device, non_blocking=True).float()
         if augment:
-            x = augment_batch(x, self.generator, **self.augment_args)
+            x = augment_batch(x, self.generator, **self.train_loader.dataset.augment_args)  # the feeder's settings
         # No memory-format conversion here: channels-last is 4-D only, and the ST-GCN lays its own
         # activations out channels-last from the (N, C, T, V, M) input.
         return to_stream(x, self.cfg["stream"], self.layout)

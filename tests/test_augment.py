@@ -111,6 +111,18 @@ def test_batched_draws_per_sample_and_reproducible():
     assert augment_batch(x, torch.Generator().manual_seed(0), frames=32).shape == (4, 3, 32, 25, 2)
 
 
+def test_batched_draws_are_the_draw_functions_on_a_torch_generator():
+    x = np.stack([clip(64, seed) for seed in range(6)])
+    out = augment_batch(torch.from_numpy(x), torch.Generator().manual_seed(7), shear_amplitude=0.3)
+    g = torch.Generator().manual_seed(7)  # the same stream, drawn by the functions the feeder uses
+    offsets, matrices = draw_offset(g, 64, size=6), draw_shear(g, 0.3, size=6)
+    assert offsets.shape == (6,) and 0 <= offsets.min() and offsets.max() <= 2 * (64 // 6)
+    assert matrices.shape == (6, 3, 3) and np.abs(matrices - np.eye(3)).max() <= 0.3
+    for i in range(6):
+        expected = shear(mirror_pad_crop(x[i], int(offsets[i])), matrices[i])
+        np.testing.assert_allclose(out[i].numpy(), expected, atol=1e-6)
+
+
 def test_augment_sample_is_resize_crop_shear():
     x = clip(100)
     out = augment_sample(x, np.random.default_rng(5), 64)

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import torch
 
-from net.utils.layouts import get_layout
+from net.utils.layouts import DEFAULT_LAYOUT, get_layout
 from torchlight.io import first_non_finite, load_npy
 
 from .augment import augment_sample, center_crop, temporal_resize
@@ -69,7 +69,7 @@ class Feeder(torch.utils.data.Dataset):
     """
 
     def __init__(self, data_path, label_path, views=0, frames=64, window_size=None, shear_amplitude=0.5,
-                 padding_ratio=6, mmap=True, label_fraction=None, label_seed=0, layout="ntu-rgb+d",
+                 padding_ratio=6, mmap=True, label_fraction=None, label_seed=0, layout=DEFAULT_LAYOUT,
                  augment=True, seed=0, check_finite=False):
         for key, value, low in (("views", views, 0), ("frames", frames, 1),
                                 ("padding_ratio", padding_ratio, 1)):

@@ -23,7 +23,7 @@ from tqdm import tqdm  # noqa: E402
 from feeder.augment import temporal_resize  # noqa: E402
 from feeder.feeder import read_labels  # noqa: E402
 from feeder.streams import motion as motion_stream  # noqa: E402
-from net.utils.layouts import get_layout  # noqa: E402
+from net.utils.layouts import DEFAULT_LAYOUT, get_layout  # noqa: E402
 from torchlight.io import (  # noqa: E402
     atomic_path,
     load_npy,
@@ -50,7 +50,7 @@ def align_view(x, shoulders):
     return out
 
 
-def preprocess_clip(x, frames=64, layout="ntu-rgb+d"):
+def preprocess_clip(x, frames=64, layout=DEFAULT_LAYOUT):
     """(position, motion) float32 (C, frames, V, M) of one raw clip (C, T, V, M), steps 1-5 of SPEC §1.3."""
     layout = get_layout(layout)
     x = np.asarray(x, dtype=np.float64)
@@ -136,7 +136,7 @@ def main(argv=None):
     parser.add_argument("--dataset_path", required=True, help="out_folder of tools/ntu_gendata.py")
     parser.add_argument("--out_folder", required=True)
     parser.add_argument("--frames", type=int, default=64, help="frames per clip after resizing")
-    parser.add_argument("--layout", default="ntu-rgb+d", help="skeleton layout of the arrays")
+    parser.add_argument("--layout", default=DEFAULT_LAYOUT, help="skeleton layout of the arrays")
     args = parser.parse_args(argv)
     try:
         if args.frames < 1:

@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import torch
 
-from net.utils.layouts import get_layout
+from net.utils.layouts import DEFAULT_LAYOUT, get_layout
 
 STREAMS = ("joint", "motion", "bone")
 
@@ -33,7 +33,7 @@ def _bone_index(layout, device=None):
     return tuple(torch.tensor(ids, device=device) for ids in (child, parent))
 
 
-def bone(x, layout="ntu-rgb+d"):
+def bone(x, layout=DEFAULT_LAYOUT):
     """b[child] = x[child] - x[parent] over the layout's bone pairs; the centre's bone is zero (SPEC §1.4)."""
     child, parent = _bone_index(layout, x.device if torch.is_tensor(x) else None)
     b = _zeros_like(x)
@@ -41,7 +41,7 @@ def bone(x, layout="ntu-rgb+d"):
     return b
 
 
-def to_stream(x, stream, layout="ntu-rgb+d"):
+def to_stream(x, stream, layout=DEFAULT_LAYOUT):
     """The `stream` ('joint', 'motion' or 'bone') of joint positions x (SPEC §1.4)."""
     if stream == "joint":
         return x

@@ -1,7 +1,7 @@
 """SkeleMix: paste a spatio-temporal region of a partner sample into each sample (SPEC §3.2)."""
 import torch
 
-from net.utils.layouts import get_layout
+from net.utils.layouts import DEFAULT_LAYOUT, get_layout
 
 MODES = ("swap", "zeros", "gaussian")
 REGIONS = ("parts", "random")
@@ -19,7 +19,7 @@ class SkeleMix:
     the mix on any device; the region is drawn once per call and shared by the batch, as in the release.
     """
 
-    def __init__(self, layout="ntu-rgb+d", temporal_stride=4, mode="swap", region="parts"):
+    def __init__(self, layout=DEFAULT_LAYOUT, temporal_stride=4, mode="swap", region="parts"):
         if mode.lower() not in MODES:
             raise ValueError(f"unknown SkeleMix mode {mode!r}; use one of {MODES}")
         if region not in REGIONS:

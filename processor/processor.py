@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from feeder.augment import augment_batch
 from feeder.streams import to_stream
+from net.utils.layouts import model_layout
 from processor.metrics import knn_accuracies
 from torchlight.checkpoint import check_state_dict, read_checkpoint, write_checkpoint
 from torchlight.config import ConfigError
@@ -326,7 +327,7 @@ class Processor:
 
     @property
     def layout(self):
-        return (self.cfg["model_args"].get("graph_args") or {}).get("layout", "ntu-rgb+d")
+        return model_layout(self.cfg["model_args"])
 
     def to_input(self, x, augment=False):
         """A batch on the device, optionally augmented there (SPEC §1.5), as the configured stream (§1.4)."""

@@ -10,7 +10,7 @@ from feeder.streams import bone
 from net.skelemix import SkeleMix
 from net.st_gcn import Model
 from net.utils.graph import Graph
-from net.utils.layouts import JOINT_MAPS, LAYOUTS, Layout, get_layout, joint_map
+from net.utils.layouts import DEFAULT_LAYOUT, JOINT_MAPS, LAYOUTS, Layout, get_layout, joint_map, model_layout
 
 # SPEC §2 / §1.4 / §3.2 / §1.3, 1-based, copied from the text.
 SPEC_INWARD = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
@@ -232,3 +232,9 @@ def test_feeder_checks_the_joint_count_of_its_layout(tmp_path):
     assert clip.shape == (3, 8, 20, 2)
     with pytest.raises(ValueError, match="expected shape \\(N, 3, T, 25, M\\)"):
         Feeder(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
+
+
+def test_model_layout_reads_graph_args_or_the_default():
+    assert DEFAULT_LAYOUT == "ntu-rgb+d" and get_layout(DEFAULT_LAYOUT).num_joints == 25
+    assert model_layout({}) == model_layout(None) == model_layout({"graph_args": None}) == "ntu-rgb+d"
+    assert model_layout({"graph_args": {"layout": "kinect-v1", "strategy": "spatial"}}) == "kinect-v1"

@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as `python tools/feature_picture.py`: make 
 from feeder.feeder import Feeder  # noqa: E402
 from feeder.streams import STREAMS, to_stream  # noqa: E402
 from net.st_gcn import Model  # noqa: E402
+from net.utils.layouts import model_layout  # noqa: E402
 from processor.evaluation import IGNORE_WEIGHTS, load_encoder  # noqa: E402
 from torchlight.util import select_device  # noqa: E402
 
@@ -129,7 +130,7 @@ def main(argv=None):
         if args.max_clips < 1:
             raise ValueError(f"--max_clips must be >= 1, got {args.max_clips}")
         method = resolve_method(args.method)
-        layout = (model_args.get("graph_args") or {}).get("layout", "ntu-rgb+d")
+        layout = model_layout(model_args)
         dataset = Feeder(args.data_path, args.label_path, layout=layout)
         torch.manual_seed(args.seed)
         try:

@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as `python tools/skelemix_picture.py`: make
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from feeder.feeder import Feeder  # noqa: E402
 from net.skelemix import SkeleMix  # noqa: E402
-from net.utils.layouts import get_layout  # noqa: E402
+from net.utils.layouts import DEFAULT_LAYOUT, get_layout  # noqa: E402
 
 PLAIN, PASTED = "#4a4a4a", "#d62728"
 
@@ -104,7 +104,7 @@ def parse_args(argv=None):
     parser.add_argument("--spa", type=int, nargs=2, default=[2, 3], metavar=("L", "U"), help="parts mixed")
     parser.add_argument("--tem", type=int, nargs=2, default=[7, 11], metavar=("L", "U"), help="time steps mixed")
     parser.add_argument("--mode", default="swap", help="swap, zeros or gaussian")
-    parser.add_argument("--layout", default="ntu-rgb+d")
+    parser.add_argument("--layout", default=DEFAULT_LAYOUT)
     parser.add_argument("--temporal_stride", type=int, default=4)
     parser.add_argument("--frames", type=int, default=6, help="frames drawn per row")
     parser.add_argument("--seed", type=int, default=0)

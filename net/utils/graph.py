@@ -1,7 +1,7 @@
 """The 3-subset skeleton graph of the SkeleMixCLR release, `net/utils/ntu_rgb_d.py` (SPEC §2)."""
 import numpy as np
 
-from net.utils.layouts import get_layout
+from net.utils.layouts import DEFAULT_LAYOUT, get_layout
 
 
 def edge2mat(edges, num_nodes):
@@ -22,7 +22,7 @@ def normalize_digraph(A):
 class Graph:
     """Identity, normalised inward and normalised outward adjacency of a layout, stacked in `A` (SPEC §2)."""
 
-    def __init__(self, layout="ntu-rgb+d", strategy="spatial"):
+    def __init__(self, layout=DEFAULT_LAYOUT, strategy="spatial"):
         if strategy != "spatial":
             raise ValueError(f"unknown graph strategy {strategy!r}; only 'spatial' (3 subsets) is defined")
         self.layout = get_layout(layout)

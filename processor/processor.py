@@ -58,6 +58,7 @@ DEFAULTS = dict(
     nesterov=False,
     weight_decay=1e-4,
     step=[],                        # epochs after which lr is multiplied by 0.1
+    warm_up_epoch=0,                # lr rises linearly over these first epochs (the release's fine-tuning: 10)
     num_epoch=300,
     grad_clip=None,                 # max gradient norm, clipped after backward
     # speed
@@ -91,8 +92,11 @@ def cpu_amp_is_fast(amp):
     return amp == "bf16" and torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def step_lr(base_lr, steps, epoch):
-    """Step schedule: base_lr times 0.1 for every milestone already passed (SPEC §3.4, §4)."""
+def step_lr(base_lr, steps, epoch, warm_up_epoch=0):
+    """Step schedule: base_lr times 0.1 for every milestone already passed (SPEC §3.4, §4), after an
+    optional linear warm-up of base_lr * (epoch + 1) / warm_up_epoch, as the release's fine-tuning."""
+    if epoch < warm_up_epoch:
+        return base_lr * (epoch + 1) / warm_up_epoch
     return base_lr * 0.1 ** sum(epoch >= s for s in steps)
 
 
@@ -127,7 +131,7 @@ class ShardSampler(Sampler):
 def check_counts(cfg):
     """Counts of the config are integers in range, checked before anything is built."""
     for key, low in (("batch_size", 1), ("test_batch_size", 1), ("num_workers", 0), ("num_epoch", 0),
-                     ("save_interval", 1), ("eval_interval", 0)):
+                     ("save_interval", 1), ("eval_interval", 0), ("warm_up_epoch", 0)):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < low:
             raise ConfigError(f"{key} must be an integer >= {low}, got {cfg[key]!r}")
 
@@ -377,7 +381,7 @@ class Processor:
     def start(self):
         cfg = self.cfg
         for epoch in range(self.start_epoch, cfg["num_epoch"]):
-            lr = step_lr(cfg["base_lr"], cfg["step"], epoch)
+            lr = step_lr(cfg["base_lr"], cfg["step"], epoch, cfg["warm_up_epoch"])
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.seed_loaders(epoch)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from processor.processor import NonFiniteError, Processor
-from torchlight.config import ConfigError
+from processor import configure
+from processor.processor import NonFiniteError, Processor, step_lr
+from torchlight.config import ConfigError, load_yaml
 from torchlight.io import WorkDirError
 
 PRETRAIN = "pretrain_skeletonclr_swap"
@@ -210,3 +211,23 @@ def test_linear_evaluation_without_epochs_is_an_error(small, tiny, tmp_path):
     cls, cfg = tiny("linear_evaluation", small, tmp_path, num_epoch=0, model_args=dict(num_class=12))
     with pytest.raises(ConfigError, match="num_epoch must be >= 1 for LinearEvaluation, got 0"):
         cls(cfg)
+
+
+def test_step_schedule_with_the_releases_linear_warm_up():
+    assert [step_lr(0.1, [50, 70], e) for e in (0, 49, 50, 70)] == [0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1 ** 2]
+    warm = [step_lr(0.1, [50], e, warm_up_epoch=10) for e in (0, 4, 9, 10, 50)]
+    assert warm == pytest.approx([0.01, 0.05, 0.1, 0.1, 0.01])
+
+
+def test_release_style_finetune_and_semi_configs_differ_from_ours_only_as_the_release():
+    def finetune(name):
+        return configure("finetune_evaluation", load_yaml(f"config/{name}.yaml"))[1]
+    ours = finetune("finetune/finetune_skelemixclr_multi_swap_ntu60_xsub")
+    release = finetune("finetune/finetune_skelemixclr_multi_swap_ntu60_xsub_release")
+    assert (ours["nesterov"], ours["warm_up_epoch"]) == (False, 0)
+    assert (release["nesterov"], release["warm_up_epoch"]) == (True, 10)
+    assert {k for k in ours if ours[k] != release[k]} == {"nesterov", "warm_up_epoch", "work_dir"}
+    ours = finetune("semi/semi1_skelemixclr_multi_swap_ntu60_xsub")
+    release = finetune("semi/semi1_skelemixclr_multi_swap_ntu60_xsub_release")
+    assert ours["weight_decay"] == 1e-4 and release["weight_decay"] == 0.0
+    assert {k for k in ours if ours[k] != release[k]} == {"weight_decay", "work_dir"}

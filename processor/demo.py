@@ -8,6 +8,7 @@ top-1 table with each pretraining's final loss over chance (also in `<work_dir>/
 import json
 import os
 
+from feeder.demo_arrays import demo_arrays
 from processor.table import Table
 from torchlight.config import load_yaml
 from torchlight.io import Logger, atomic_path
@@ -20,7 +21,7 @@ DEFAULTS = dict(
     data_dir="./data/demo",  # raw files, gendata output and arrays per nuisance level; reused when present
     num_files=1000,
     frames=32,
-    nuisance=0.5,            # tools/demo_data.py: shrunken actions, random limb offsets, random shear
+    nuisance=0.5,            # feeder/demo_data.py: shrunken actions, random limb offsets, random shear
     seed=1,
     device="auto",
     progress=True,
@@ -39,20 +40,11 @@ class Demo:
         self.log = Logger(cfg["work_dir"])
 
     def prepare_data(self):
-        """Demo files → gendata → preprocess, each step skipped when its output exists."""
-        from feeder import preprocess_ntu
-        from tools import demo_data, ntu_gendata
+        """The synthetic clips as arrays (feeder/demo_arrays.py), each step skipped when its output exists."""
         cfg = self.cfg
         root = os.path.join(cfg["data_dir"], f"nuisance{cfg['nuisance']}")
-        raw, gen, arrays = (os.path.join(root, d) for d in ("raw", "gendata", f"frame{cfg['frames']}"))
-        if not os.path.isdir(raw) or not os.listdir(raw):
-            self.log(f"generating {cfg['num_files']} synthetic clips in {raw}")
-            demo_data.generate(raw, num_files=cfg["num_files"], seed=cfg["seed"], nuisance=cfg["nuisance"])
-        if not os.path.exists(os.path.join(gen, "xsub", "val_label.pkl")):
-            ntu_gendata.main(["--data_path", raw, "--out_folder", gen, "--benchmark", "xsub"])
-        if not os.path.exists(os.path.join(arrays, "xsub", "val_label.npy")):
-            preprocess_ntu.main(["--dataset_path", gen, "--out_folder", arrays, "--frames", str(cfg["frames"])])
-        return os.path.join(arrays, "xsub")
+        self.log(f"synthetic data: {cfg['num_files']} clips in {root}")
+        return demo_arrays(root, cfg["num_files"], cfg["frames"], cfg["seed"], cfg["nuisance"])
 
     def start(self):
         cfg = self.cfg

@@ -1,5 +1,4 @@
 """Shared fixtures: a small demo dataset built through the real gendata → preprocess path."""
-import os
 
 import pytest
 
@@ -9,14 +8,8 @@ FRAMES = 16
 @pytest.fixture(scope="session")
 def demo_arrays(tmp_path_factory):
     """Folder with {train,val}_{position,motion}.npy and label files of 120 synthetic clips, 16 frames."""
-    from feeder import preprocess_ntu
-    from tools import demo_data, ntu_gendata
-    root = tmp_path_factory.mktemp("demo")
-    demo_data.generate(str(root / "raw"), num_files=120, seed=0)
-    ntu_gendata.main(["--data_path", str(root / "raw"), "--out_folder", str(root / "gen"), "--benchmark", "xsub"])
-    preprocess_ntu.main(["--dataset_path", str(root / "gen"), "--out_folder", str(root / "arrays"),
-                         "--frames", str(FRAMES)])
-    return os.path.join(root, "arrays", "xsub")
+    from feeder.demo_arrays import demo_arrays
+    return demo_arrays(str(tmp_path_factory.mktemp("demo")), num_files=120, frames=FRAMES, seed=0)
 
 
 def tiny_run(data, work_dir, **overrides):

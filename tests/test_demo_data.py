@@ -1,11 +1,11 @@
-"""tools/demo_data.py: synthetic NTU-format clips (file format of SPEC §1.1)."""
+"""feeder/demo_data.py: synthetic NTU-format clips (file format of SPEC §1.1)."""
 import os
 
 import numpy as np
 import pytest
 
-from tools.demo_data import CLASSES, FRAMES, TWO_PERSON, clip_names, generate, main
-from tools.ntu_gendata import is_training, parse_name, read_skeleton
+from feeder.demo_data import CLASSES, FRAMES, TWO_PERSON, clip_names, generate, main
+from feeder.ntu_gendata import is_training, parse_name, read_skeleton
 
 NUM_FILES = 36  # three clips of every class
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

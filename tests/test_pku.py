@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from feeder import preprocess_ntu
+from feeder.demo_data import clip_joints
 from feeder.feeder import Feeder
 from net.moco import MoCo
 from processor import configure
-from tools.demo_data import clip_joints
 from tools.pku_gendata import main, read_split
 from torchlight.config import load_yaml
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from feeder import preprocess_ntu
+from feeder.demo_data import clip_joints
 from feeder.feeder import Feeder
 from processor import configure
-from tools.demo_data import clip_joints
 from tools.ucla_gendata import main
 from torchlight.config import load_yaml
 

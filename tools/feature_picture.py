@@ -7,14 +7,13 @@ Without --weights the encoder is randomly initialised (the baseline picture to c
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
 import yaml
 
-if __package__ in (None, ""):  # run as `python tools/feature_picture.py`: make the repo importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script: the repository root on sys.path
+    import _bootstrap  # noqa: F401
 from feeder.feeder import Feeder  # noqa: E402
 from feeder.streams import STREAMS, to_stream  # noqa: E402
 from net.st_gcn import Model  # noqa: E402

@@ -14,20 +14,17 @@ word starting with "train", or with "val" or "test", so the official "Validataio
 separated by commas or spaces on the header line or the lines after it. No torch here.
 """
 import argparse
-import contextlib
 import os
-import pickle
 import re
-import sys
 from collections import Counter
 
 import numpy as np
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as `python tools/pku_gendata.py`: make the repo importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.ntu_gendata import MAX_FLOAT32  # noqa: E402
-from torchlight.io import atomic_path, read_text_lines, remove_stale_temps  # noqa: E402
+if __package__ in (None, ""):  # run as a script: the repository root on sys.path
+    import _bootstrap  # noqa: F401
+from feeder.database import MAX_FLOAT32, write_database  # noqa: E402
+from torchlight.io import read_text_lines  # noqa: E402
 
 NUM_CLASSES = {1: 51, 2: 41}
 BODIES, JOINTS = 2, 25
@@ -122,39 +119,6 @@ def read_video(path):
     if not ok:
         raise _bad_line(path, lines)
     return rows.reshape(len(rows), BODIES, JOINTS, 3).transpose(3, 0, 2, 1).astype(np.float32)
-
-
-def write_database(out_folder, parts, clips, shape):
-    """Write `<out>/<benchmark>/<part>_data.npy` float32 (N, *shape) and `<part>_label.pkl` (SPEC §1.2).
-
-    `parts` maps (benchmark, part) to {clip name: 0-based label}; `clips` yields (name, array) once for
-    every named clip, in any order. Rows are sorted by name; all outputs keep a temporary name until
-    every one is complete. Returns the number of clips per (benchmark, part).
-    """
-    names = {key: sorted(members) for key, members in parts.items()}
-    rows = {}  # clip name -> [(key, row)]
-    for key, members in names.items():
-        for row, name in enumerate(members):
-            rows.setdefault(name, []).append((key, row))
-    for benchmark in {b for b, _ in parts}:
-        remove_stale_temps(os.path.join(out_folder, benchmark))  # a killed earlier run's half-written arrays
-    with contextlib.ExitStack() as stack:
-        paths = {key: os.path.join(out_folder, *key) for key in parts}
-        arrays = {key: np.lib.format.open_memmap(stack.enter_context(atomic_path(paths[key] + "_data.npy")),
-                                                 mode="w+", dtype=np.float32, shape=(len(names[key]), *shape))
-                  for key in parts}
-        written = set()
-        for name, x in clips:
-            for key, row in rows[name]:
-                arrays[key][row] = x
-            written.add(name)
-        if written != set(rows):
-            raise RuntimeError(f"clips named but never produced: {sorted(set(rows) - written)[:5]}")
-        for key in parts:
-            arrays.pop(key).flush()  # the memmap closes with its last reference
-            with open(stack.enter_context(atomic_path(paths[key] + "_label.pkl")), "wb") as f:
-                pickle.dump((names[key], [parts[key][n] for n in names[key]]), f)
-    return {key: len(members) for key, members in names.items()}
 
 
 def cut(video, first, last, max_frames):

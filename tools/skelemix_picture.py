@@ -5,17 +5,15 @@ python tools/skelemix_picture.py --data_path data/ntu60_frame64/xsub/train_posit
 python tools/skelemix_picture.py --demo --out skelemix.png   # a few synthetic clips, no data needed
 """
 import argparse
-import contextlib
-import io
 import os
-import sys
 import tempfile
 
 import numpy as np
 import torch
 
-if __package__ in (None, ""):  # run as `python tools/skelemix_picture.py`: make the repo importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script: the repository root on sys.path
+    import _bootstrap  # noqa: F401
+from feeder.demo_arrays import demo_arrays  # noqa: E402
 from feeder.feeder import Feeder  # noqa: E402
 from net.skelemix import SkeleMix  # noqa: E402
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout  # noqa: E402
@@ -34,15 +32,7 @@ def highlight(mask, temporal_stride, frames):
 
 def demo_clips(folder, num_files):
     """Write `num_files` synthetic clips through gendata and preprocessing; returns (data, label) paths."""
-    from feeder import preprocess_ntu
-    from tools import demo_data, ntu_gendata
-    demo_data.generate(os.path.join(folder, "raw"), num_files=num_files, seed=0)
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
-        ntu_gendata.main(["--data_path", os.path.join(folder, "raw"), "--out_folder", os.path.join(folder, "gen"),
-                          "--benchmark", "xsub"])
-        preprocess_ntu.main(["--dataset_path", os.path.join(folder, "gen"), "--out_folder",
-                             os.path.join(folder, "arr")])
-    arrays = os.path.join(folder, "arr", "xsub")
+    arrays = demo_arrays(folder, num_files, quiet=True)
     return os.path.join(arrays, "train_position.npy"), os.path.join(arrays, "train_label.pkl")
 
 

@@ -16,16 +16,14 @@ import argparse
 import json
 import os
 import re
-import sys
 
 import numpy as np
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as `python tools/ucla_gendata.py`: make the repo importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script: the repository root on sys.path
+    import _bootstrap  # noqa: F401
+from feeder.database import MAX_FLOAT32, write_database  # noqa: E402
 from net.utils.layouts import joint_map  # noqa: E402
-from tools.ntu_gendata import MAX_FLOAT32  # noqa: E402
-from tools.pku_gendata import write_database  # noqa: E402
 from torchlight.io import read_text_lines  # noqa: E402
 
 ACTIONS = (1, 2, 3, 4, 5, 6, 8, 9, 11, 12)  # action number of label 1..10

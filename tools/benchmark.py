@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import inspect
 import io
 import json
 import os
@@ -35,75 +36,17 @@ from torch.utils.flop_counter import FlopCounterMode
 if __package__ in (None, ""):  # run as `python tools/benchmark.py`: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import net.st_gcn as st_gcn  # noqa: E402
+from net.moco import MoCo  # noqa: E402
+from net.st_gcn_reference import release_design  # noqa: E402
 from processor import configure  # noqa: E402
 from processor.processor import cpu_amp_is_fast  # noqa: E402
 from torchlight.util import set_numerics  # noqa: E402
 
 METHODS = {"skeletonclr": "pretrain_skeletonclr", "skelemixclr": "pretrain_skeletonclr_swap",
            "skelemixclr_plus": "pretrain_skeletonclr_multi_swapv2"}
+MOCO_QUEUE = inspect.signature(MoCo).parameters["queue_size"].default
 FIGURES = ["encoder_fwd_bwd_s", "encoder_gflops", *[f"pretrain_{m}" for m in METHODS], "linear_eval",
            "inference", "data_loading", "peak_memory_mb"]
-
-
-# --- the original release's design (--baseline) ----------------------------------------------------
-def _release_graph_conv(self, x, A):
-    """Release order on (N, C, T, V): 1x1 conv to K·out channels, then one einsum per subset."""
-    x = self.conv(x)
-    n, kc, t, v = x.shape
-    x = x.view(n, self.num_subsets, kc // self.num_subsets, t, v)
-    y = 0
-    for k in range(self.num_subsets):
-        y = y + torch.einsum("nctv,vw->nctw", x[:, k], A[k])
-    return y.contiguous()
-
-
-def _release_block(self, x, A):
-    y = self.tcn(self.gcn(x, A))  # BN, ReLU, 9x1 conv, BN, nn.Dropout on (N, C, T, V)
-    if self.residual is not None:
-        y = y + self.residual(x)
-    return torch.relu(y)
-
-
-def _release_features_map(self, x):
-    n, c, t, v, m = x.shape
-    x = x.permute(0, 4, 3, 1, 2).contiguous().view(n * m, v * c, t)
-    x = self.data_bn(x)
-    x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).contiguous().view(n * m, c, t, v)
-    for block, importance in zip(self.st_gcn_networks, self.edge_importance):
-        x = block(x, self.A * importance)
-    return x.view(n, m, *x.shape[1:])
-
-
-def _release_forward(self, x, mask=None, return_features=False):
-    fmap = self.features_map(x)
-    if mask is None:
-        pooled = fmap.mean((3, 4)).mean(1)  # average pooling over (T, V), then over bodies
-        return pooled if return_features else self.fc(pooled)
-    p, c = _release_masked_pool(fmap, mask.to(fmap.device))
-    return (p, c) if return_features else (self.fc(p), self.fc(c))
-
-
-def _release_masked_pool(fmap, mask):
-    n, m, _, t, v = fmap.shape
-    inside = mask.to(fmap.dtype).expand(n, t, v)
-    p = torch.einsum("nmctv,ntv->nc", fmap, inside) / (m * inside.sum((1, 2))).clamp_min(1)[:, None]
-    c = torch.einsum("nmctv,ntv->nc", fmap, 1 - inside) / (m * (1 - inside).sum((1, 2))).clamp_min(1)[:, None]
-    return p, c
-
-
-@contextlib.contextmanager
-def release_design():
-    """Swap the ST-GCN's computation for the original release's (same modules, parameters and maths)."""
-    patches = [(st_gcn.GraphConv, "forward", _release_graph_conv), (st_gcn.Block, "forward", _release_block),
-               (st_gcn.Model, "features_map", _release_features_map), (st_gcn.Model, "forward", _release_forward)]
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    try:
-        for owner, name, value in patches:
-            setattr(owner, name, value)
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
 
 
 # --- measuring --------------------------------------------------------------------------------------
@@ -279,6 +222,8 @@ def measure_option(name, option, args, data, device, reference=None):
     row, best = dict.fromkeys(FIGURES), {}
     row["config"] = {k: v for k, v in option.items() if k != "baseline"}
     design = release_design() if option.get("baseline") else contextlib.nullcontext()
+    # The release ran one encoder call per query view and per mix.
+    moco_args = dict(args.moco_args, fused_queries=False) if option.get("baseline") else args.moco_args
     option = {k: v for k, v in option.items() if k != "baseline"}
     same = ["encoder_fwd_bwd_s", "encoder_flops", "encoder_gflops", "linear_eval", "inference"]
     reuse = reference is not None and set(option) == {"device_augment"}
@@ -303,7 +248,7 @@ def measure_option(name, option, args, data, device, reference=None):
         else:
             for method, processor in METHODS.items():
                 if method in args.methods:
-                    proc = build(processor, args, option, data, model_args=args.moco_args)
+                    proc = build(processor, args, option, data, model_args=moco_args)
                     record(f"pretrain_{method}", args.batch, train_steps(proc, args))
                     if method == "skelemixclr_plus":
                         row["data_loading"] = loading(proc)
@@ -385,8 +330,9 @@ def parse_args(argv):
     args.iters = args.iters or (1 if quick else 3)
     args.methods = args.methods.split(",")
     args.model_args = dict(hidden_channels=4, hidden_dim=16) if quick else {}
-    # The MoCo queue must hold a whole number of batches (SPEC §3); the code default is 32768.
-    args.moco_args = dict(args.model_args, queue_size=args.batch * 16 if quick else 32768 // args.batch * args.batch)
+    # The MoCo queue must hold a whole number of batches (SPEC §3): MoCo's default, rounded down to one.
+    queue = args.batch * 16 if quick else MOCO_QUEUE // args.batch * args.batch
+    args.moco_args = dict(args.model_args, queue_size=queue)
     return args
 
 

@@ -44,7 +44,7 @@ def grouped_batch_norm(bn, x, groups):
     if not bn.track_running_stats:
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
     # Momentum 1 turns these scratch buffers into each group's batch mean and unbiased variance.
-    mean, var = torch.zeros_like(bn.running_mean.repeat(groups)), torch.ones_like(bn.running_var.repeat(groups))
+    mean, var = bn.running_mean.new_zeros(x.shape[1]), bn.running_var.new_ones(x.shape[1])
     y = F.batch_norm(x, mean, var, weight, bias, True, 1.0, bn.eps)
     with torch.no_grad():
         for group_mean, group_var in zip(mean.view(groups, -1), var.view(groups, -1)):
@@ -56,15 +56,15 @@ def grouped_batch_norm(bn, x, groups):
 
 
 def _image(x):
-    """Dense (V, B, T, G, C) as the channels-last (V·B, G·C, T, 1) image that BatchNorm takes (a view)."""
+    """Dense (V, B, T, G, C) as the channels-last (V, G·C, B, T) image that conv and BatchNorm take (a view)."""
     v, b, t, g, c = x.shape
-    return x.view(v * b, t, 1, g * c).permute(0, 3, 1, 2)
+    return x.view(v, b, t, g * c).permute(0, 3, 1, 2)
 
 
-def _dense(y, v, groups):
-    """Inverse of `_image`: a channels-last (V·B, G·C, T, 1) image back to dense (V, B, T, G, C) (a view)."""
-    n, gc, t, _ = y.shape
-    return y.permute(0, 2, 3, 1).view(v, n // v, t, groups, gc // groups)
+def _dense(y, groups):
+    """Inverse of `_image`: a channels-last (V, G·C, B, T) image back to dense (V, B, T, G, C) (a view)."""
+    v, gc, b, t = y.shape
+    return y.permute(0, 2, 3, 1).view(v, b, t, groups, gc // groups)
 
 
 class GraphConv(nn.Module):
@@ -133,25 +133,24 @@ class Block(nn.Module):
     def temporal_conv(self, y):
         """The 9x1 convolution of dense (V, B, T, G, C), shared by the G groups, as (V, B, T', G, out).
 
-        Trick: the memory is read as a channels-last (V·B, G·C, 1, T) image, so the kernel runs as 1x9 along
+        Trick: the memory is read as a channels-last (V, G·C, B, T) image, so the kernel runs as 1x9 along
         the last axis with no copy, and the G groups are a grouped convolution with the weight repeated.
         """
-        v, b, t, g, c = y.shape
+        g = y.shape[3]
         conv = self.tcn[2]
         weight, bias = conv.weight.transpose(2, 3), conv.bias
         if g > 1:
             weight, bias = weight.repeat(g, 1, 1, 1), bias.repeat(g)
-        image = y.view(v * b, 1, t, g * c).permute(0, 3, 1, 2)
-        out = F.conv2d(image, weight, bias, (1, conv.stride[0]), (0, conv.padding[0]), groups=g)
-        return out.permute(0, 2, 3, 1).reshape(v, b, -1, g, out.shape[1] // g)  # a view: conv keeps the layout
+        out = F.conv2d(_image(y), weight, bias, (1, conv.stride[0]), (0, conv.padding[0]), groups=g)
+        return _dense(out, g)  # a view: the convolution keeps the channels-last layout
 
     def forward(self, x, A):
         """(V, B, T, G, C) -> (V, B, T / stride, G, out)."""
-        v, g = x.shape[0], x.shape[3]
+        g = x.shape[3]
         norm1, relu, _, norm2, drop = self.tcn
         y = relu(grouped_batch_norm(norm1, _image(self.gcn(x, A)), g))
         # BatchNorm's output image, not a view: in-place ops on a view would copy the whole tensor in backward.
-        y = grouped_batch_norm(norm2, _image(self.temporal_conv(_dense(y, v, g))), g)
+        y = grouped_batch_norm(norm2, _image(self.temporal_conv(_dense(y, g))), g)
         # y is not saved for backward by anyone: the rest works on it in place.
         if self.training and getattr(drop, "p", 0) > 0:
             # The byte-mask trick is for eager CPU; a GPU's fused dropout kernel (or inductor's, compiled)
@@ -169,7 +168,7 @@ class Block(nn.Module):
             y.add_(grouped_batch_norm(res_norm, _image(res.view(*kept.shape[:-1], -1)), g))
         elif self.residual is not None:
             y.add_(_image(x))  # identity residual
-        return _dense(y.relu_(), v, g)
+        return _dense(y.relu_(), g)
 
 
 def masked_pool(fmap, mask):

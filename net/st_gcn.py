@@ -4,19 +4,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.utils.graph import Graph
+from net.utils.layouts import DEFAULT_LAYOUT
 from torchlight.util import compute_dtype
 
 TEMPORAL_KERNEL = 9
-
-
-def _as_nchw(x):
-    """Joints-major (V, B, T, C) as the channels-last 4-D tensor (V, C, B, T) that conv/BN layers take (a view)."""
-    return x.permute(0, 3, 1, 2)
-
-
-def _as_vbtc(x):
-    """Inverse of `_as_nchw`: channels-last (V, C, B, T) back to joints-major (V, B, T, C) (a view)."""
-    return x.permute(0, 2, 3, 1)
 
 
 def _keep_mask(y, p):
@@ -35,12 +26,54 @@ def _keep_mask(y, p):
     return keep.as_strided(y.shape, y.stride())  # y is dense (a BatchNorm output): walk it in memory order
 
 
+def grouped_batch_norm(bn, x, groups):
+    """`bn` on x (N, G·C, ...) whose channel axis holds G groups of bn's C channels, each group normalised
+    with its own batch statistics: what G separate calls of bn on the groups compute, in one native call.
+
+    In training the running statistics are updated once per group, in group order, exactly as G
+    sequential train-mode calls would (running = (1 - m)·running + m·batch, unbiased variance). With one
+    group this is bn(x) (a SyncBatchNorm included); several groups need a plain BatchNorm.
+    """
+    if groups == 1:
+        return bn(x)
+    if isinstance(bn, nn.SyncBatchNorm):
+        raise ValueError("grouped BatchNorm statistics need a plain BatchNorm, not SyncBatchNorm")
+    weight, bias = (None if p is None else p.repeat(groups) for p in (bn.weight, bn.bias))
+    if not bn.training and bn.track_running_stats:  # eval: the running statistics apply to every group
+        return F.batch_norm(x, bn.running_mean.repeat(groups), bn.running_var.repeat(groups), weight, bias,
+                            False, 0.0, bn.eps)
+    if not bn.track_running_stats:
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
+    # Momentum 1 turns these scratch buffers into each group's batch mean and unbiased variance.
+    mean, var = bn.running_mean.new_zeros(x.shape[1]), bn.running_var.new_ones(x.shape[1])
+    y = F.batch_norm(x, mean, var, weight, bias, True, 1.0, bn.eps)
+    with torch.no_grad():
+        for group_mean, group_var in zip(mean.view(groups, -1), var.view(groups, -1)):
+            bn.num_batches_tracked.add_(1)
+            m = bn.momentum if bn.momentum is not None else 1 / float(bn.num_batches_tracked)
+            bn.running_mean.copy_(m * group_mean + (1 - m) * bn.running_mean)
+            bn.running_var.copy_(m * group_var + (1 - m) * bn.running_var)
+    return y
+
+
+def _image(x):
+    """Dense (V, B, T, G, C) as the channels-last (V, G·C, B, T) image that conv and BatchNorm take (a view)."""
+    v, b, t, g, c = x.shape
+    return x.view(v, b, t, g * c).permute(0, 3, 1, 2)
+
+
+def _dense(y, groups):
+    """Inverse of `_image`: a channels-last (V, G·C, B, T) image back to dense (V, B, T, G, C) (a view)."""
+    v, gc, b, t = y.shape
+    return y.permute(0, 2, 3, 1).view(v, b, t, groups, gc // groups)
+
+
 class GraphConv(nn.Module):
     """sum_k (W_k x + b_k) A_k: a 1x1 conv to K·out channels contracted with the K subsets (SPEC §2).
 
-    Computed in the equivalent order sum_k W_k (x A_k) + b_k colsum(A_k) on joints-major x (V, B, T, C):
-    x A_k is one (W, V) x (V, B·T·C) matrix product and W_k a product batched over the W joints, so the
-    graph contraction runs on the input channels and no tensor is permuted. Returns (W, B, T, out).
+    Computed in the equivalent order sum_k W_k (x A_k) + b_k colsum(A_k) on joints-major x (V, ..., C):
+    x A_k is one (W, V) x (V, rest·C) matrix product and W_k a product batched over the W joints, so the
+    graph contraction runs on the input channels and no tensor is permuted. Returns (W, ..., out).
     The loop is over the K = 3 subsets, each one large product: stacking them into one product needs
     a permuted copy of K·x and measured ~10% slower for the whole encoder on CPU.
     `conv` keeps the release's weight layout (out channel k·out + c belongs to subset k).
@@ -52,30 +85,31 @@ class GraphConv(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels * num_subsets, kernel_size=1)
 
     def forward(self, x, A):
-        v, b, t, c = x.shape
+        v, c = x.shape[0], x.shape[-1]
         k, w = self.num_subsets, A.shape[-1]
         # Under autocast, cast the weight and graph once here rather than a view of them per subset (and
         # in-place products are not autocast at all).
         dtype = compute_dtype(x)
         weight = self.conv.weight.to(dtype).reshape(k, -1, c).transpose(1, 2)  # (K, C, out)
         A = A.to(dtype)
-        rows = x.reshape(v, b * t * c)
+        rows = x.reshape(v, -1)
         bias = (A.sum(1).t() @ self.conv.bias.to(dtype).reshape(k, -1))[:, None]  # sum_k b_k colsum(A_k): (W, 1, out)
         y = None
         for i in range(k):
-            xa = (A[i].t() @ rows).view(w, b * t, c)
+            xa = (A[i].t() @ rows).view(w, -1, c)
             if y is None:
                 y = torch.baddbmm(bias, xa, weight[i].expand(w, c, -1))
             else:  # accumulate in place
                 y.baddbmm_(xa, weight[i].expand(w, c, -1))
-        return y.view(w, b, t, -1)
+        return y.view(w, *x.shape[1:-1], -1)
 
 
 class Block(nn.Module):
     """Graph conv, BN-ReLU-temporal conv-BN-Dropout, plus residual, ReLU (SPEC §2).
 
-    Works on joints-major (V, B, T, C) tensors; convolutions and BatchNorm see them as channels-last
-    (V, C, B, T), so the 9x1 temporal kernel is applied as 1x9 along the last axis.
+    Works on dense joints-major (V, B, T, G, C) tensors: G groups of passes stacked next to the channels
+    (see `Model.forward`), so BatchNorm sees G·C channels and gives each group its own statistics
+    in one call. `net/st_gcn_reference.py` holds the release's readable forward of the same modules.
     """
 
     def __init__(self, in_channels, out_channels, num_subsets, stride=1, dropout=0.0, residual=True):
@@ -97,12 +131,28 @@ class Block(nn.Module):
             self.residual = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, (stride, 1)),
                                           nn.BatchNorm2d(out_channels))
 
+    def temporal_conv(self, y):
+        """The 9x1 convolution of dense (V, B, T, G, C), shared by the G groups, as (V, B, T', G, out).
+
+        Trick: the memory is read as a channels-last (V, G·C, B, T) image, so the kernel runs as 1x9 along
+        the last axis with no copy, and the G groups are a grouped convolution with the weight repeated.
+        """
+        g = y.shape[3]
+        conv = self.tcn[2]
+        weight, bias = conv.weight.transpose(2, 3), conv.bias
+        if g > 1:
+            weight, bias = weight.repeat(g, 1, 1, 1), bias.repeat(g)
+        out = F.conv2d(_image(y), weight, bias, (1, conv.stride[0]), (0, conv.padding[0]), groups=g)
+        return _dense(out, g)  # a view: the convolution keeps the channels-last layout
+
     def forward(self, x, A):
-        """(V, B, T, C) -> (V, B, T / stride, out)."""
-        norm1, relu, conv, norm2, drop = self.tcn
-        y = relu(norm1(_as_nchw(self.gcn(x, A))))
-        y = norm2(F.conv2d(y, conv.weight.transpose(2, 3), conv.bias, conv.stride[::-1], conv.padding[::-1]))
-        # y is BatchNorm's own output (not a view, not saved for backward): the rest works on it in place.
+        """(V, B, T, G, C) -> (V, B, T / stride, G, out)."""
+        g = x.shape[3]
+        norm1, relu, _, norm2, drop = self.tcn
+        y = relu(grouped_batch_norm(norm1, _image(self.gcn(x, A)), g))
+        # BatchNorm's output image, not a view: in-place ops on a view would copy the whole tensor in backward.
+        y = grouped_batch_norm(norm2, _image(self.temporal_conv(_dense(y, g))), g)
+        # y is not saved for backward by anyone: the rest works on it in place.
         if self.training and getattr(drop, "p", 0) > 0:
             # The byte-mask trick is for eager CPU; a GPU's fused dropout kernel (or inductor's, compiled)
             # beats its ~10 kernels and the mask in y's dtype. (Not inplace: torch's in-place dropout is unfused.)
@@ -116,10 +166,10 @@ class Block(nn.Module):
             res_conv, res_norm = self.residual
             kept = x[:, :, ::res_conv.stride[0]]
             res = torch.addmm(res_conv.bias, kept.reshape(-1, kept.shape[-1]), res_conv.weight.flatten(1).t())
-            y.add_(res_norm(_as_nchw(res.view(*kept.shape[:-1], -1))))
+            y.add_(grouped_batch_norm(res_norm, _image(res.view(*kept.shape[:-1], -1)), g))
         elif self.residual is not None:
-            y.add_(_as_nchw(x))
-        return _as_vbtc(y.relu_())
+            y.add_(_image(x))  # identity residual
+        return _dense(y.relu_(), g)
 
 
 def masked_pool(fmap, mask):
@@ -143,6 +193,22 @@ def masked_pool(fmap, mask):
     return p, c
 
 
+def grouped_pool(fmaps, masks):
+    """Pooled features of G stacked passes (V, N, M, T', G, C): (N, G, 2, C), for group g the mean inside
+    masks[g] (T', V) and outside it (masked_pool's p and c), or for masks[g] None the global mean and 0.
+
+    One product for all groups: selecting each group instead would cost a zero-filled copy of the whole
+    map per group in backward.
+    """
+    v, _, m, t = fmaps.shape[:4]
+    inside = torch.stack([torch.ones(t, v, dtype=torch.bool, device=fmaps.device) if mask is None
+                          else mask.to(fmaps.device) for mask in masks]).to(fmaps.dtype)  # (G, T', V)
+    weights = torch.stack([inside, 1 - inside], -1)  # (G, T', V, 2)
+    sums = torch.einsum("vnmtgc,gtvs->ngsc", fmaps, weights)
+    counts = (m * weights.sum((1, 2))).clamp_min(1)  # M·(positions in the region): (G, 2)
+    return sums / counts[:, :, None]
+
+
 class Model(nn.Module):
     """ST-GCN: data BN, 10 graph blocks, global average pooling, mean over bodies, `fc` (SPEC §2)."""
 
@@ -151,7 +217,7 @@ class Model(nn.Module):
         super().__init__()
         if kwargs:
             raise TypeError(f"unknown ST-GCN argument(s) {sorted(kwargs)}")
-        self.graph = Graph(**(graph_args or {"layout": "ntu-rgb+d", "strategy": "spatial"}))
+        self.graph = Graph(**(graph_args or {"layout": DEFAULT_LAYOUT, "strategy": "spatial"}))
         self.register_buffer("A", torch.tensor(self.graph.A, dtype=torch.float32))
         num_subsets, num_joints = self.A.shape[:2]
         h = hidden_channels
@@ -190,16 +256,20 @@ class Model(nn.Module):
             for importance in self.edge_importance:
                 nn.init.ones_(importance)
 
-    def features_map(self, x):
-        """(N, C, T, V, M) -> final feature map (N, M, C_out, T / temporal_stride, V) (SPEC §2).
+    def feature_groups(self, x, groups=1):
+        """(G·N, C, T, V, M), G passes stacked group-major -> joints-major map (V, N, M, T', G, C_out).
 
-        The blocks run joints-major: the data-BN output is stored once as (V, N·M, T, C); the map
-        returned is a view of the last block's (V, N·M, T', C_out) output.
+        Each pass gets BatchNorm statistics of its own, as G separate calls in group order would
+        (`grouped_batch_norm`). The blocks run on dense (V, N·M, T, G, C) tensors: the data-BN output
+        is stored once in that layout; the map returned is a view of the last block's output.
         """
-        n, c, t, v, m = x.shape
-        x = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)
-        x = self.data_bn(x)
-        x = x.view(n * m, v, c, t).permute(1, 0, 3, 2).contiguous()
+        gn, c, t, v, m = x.shape
+        n = gn // groups
+        if n * groups != gn:
+            raise ValueError(f"a batch of {gn} clips does not split into {groups} groups")
+        x = x.view(groups, n, c, t, v, m).permute(1, 5, 0, 4, 2, 3).reshape(n * m, groups * v * c, t)
+        x = grouped_batch_norm(self.data_bn, x, groups)
+        x = x.view(n * m, groups, v, c, t).permute(2, 0, 4, 1, 3).contiguous()
         # Every block's weighted graph A * importance_i in one product (10 small ones per pass otherwise).
         if isinstance(self.edge_importance, nn.ParameterList):
             graphs = self.A * torch.stack(list(self.edge_importance))
@@ -207,16 +277,33 @@ class Model(nn.Module):
             graphs = self.A.expand(len(self.st_gcn_networks), *self.A.shape)
         for block, A in zip(self.st_gcn_networks, graphs):
             x = block(x, A)
-        return x.permute(1, 3, 2, 0).reshape(n, m, x.shape[3], x.shape[2], v)
+        return x.view(v, n, m, *x.shape[2:])
+
+    def features_map(self, x):
+        """(N, C, T, V, M) -> final feature map (N, M, C_out, T / temporal_stride, V) (SPEC §2), a view."""
+        return self.feature_groups(x).squeeze(4).permute(1, 2, 4, 3, 0)
 
     def forward(self, x, mask=None, return_features=False):
         """Pooled features through `fc`: (N, num_class); with `mask`, (fc(p), fc(c)) (SPEC §2).
 
         return_features=True skips `fc` and returns the pooled (N, hidden_dim) feature(s).
+        `mask` may also be a list of G entries, each None or a mask: x then stacks G passes along its batch
+        (group-major, G·N clips), computed as G separate calls would compute them (BatchNorm statistics
+        and running-statistics updates per pass, `fc` applied per pass in order), and the list of the G
+        outputs returns. One call of G passes runs each layer once on G times the data.
         """
-        fmap = self.features_map(x)
-        if mask is None:
-            pooled = fmap.permute(4, 0, 1, 3, 2).mean((0, 3)).mean(1)  # over V, T' of (V, N, M, T', C), then M
-            return pooled if return_features else self.fc(pooled)
-        p, c = masked_pool(fmap, mask.to(fmap.device))
-        return (p, c) if return_features else (self.fc(p), self.fc(c))
+        if not isinstance(mask, list):
+            fmap = self.feature_groups(x).squeeze(4)  # (V, N, M, T', C); squeeze, not select: a free backward
+            if mask is None:
+                pooled = fmap.mean((0, 3)).mean(1)  # over V and T', then the M bodies
+                return pooled if return_features else self.fc(pooled)
+            p, c = masked_pool(fmap.permute(1, 2, 4, 3, 0), mask.to(fmap.device))
+            return (p, c) if return_features else (self.fc(p), self.fc(c))
+        outputs = []
+        for group_mask, group in zip(mask, grouped_pool(self.feature_groups(x, len(mask)), mask).unbind(1)):
+            p, c = group.unbind(1)
+            if group_mask is None:
+                outputs.append(p if return_features else self.fc(p))
+            else:
+                outputs.append((p, c) if return_features else (self.fc(p), self.fc(c)))
+        return outputs

@@ -70,7 +70,7 @@ def test_skelemixclr_plus_step_on_a_device_never_waits_for_it(monkeypatch):
 def test_cpu_dropout_keeps_the_byte_mask():
     block = Block(4, 4, 3, dropout=0.5).train()
     with Ops() as ops:
-        block(torch.randn(25, 2, 8, 4), torch.rand(3, 25, 25))
+        block(torch.randn(25, 2, 8, 1, 4), torch.rand(3, 25, 25))
     assert ops.count[torch.ops.aten.embedding] == 1 and torch.ops.aten.native_dropout not in ops.count
 
 

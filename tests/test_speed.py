@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from net.st_gcn import Model, _keep_mask
+from net.st_gcn_reference import release_design
 from processor import configure
 from tools import benchmark
 from torchlight.config import ConfigError
@@ -27,11 +28,11 @@ def grads(model):
 
 
 def test_release_design_equals_ours_in_float64():
-    """The benchmark's --baseline computes the same function and gradients as the optimised encoder."""
+    """The benchmark's --baseline (the reference forward) computes the same function and gradients as ours."""
     model = tiny_encoder().double().train()
     x, mask = clips().double(), torch.rand(4, 25, generator=torch.Generator().manual_seed(2)) > 0.5
     outputs = []
-    for design in (benchmark.release_design, contextlib.nullcontext):
+    for design in (release_design, contextlib.nullcontext):
         model.zero_grad()
         with design():
             out = model(x)
@@ -114,14 +115,29 @@ def test_compiled_encoder_matches_eager():
 
 def test_benchmark_quick_writes_json(tmp_path):
     path = tmp_path / "speed.json"
-    benchmark.main(["--quick", "--json", str(path), "--workers", "0", "--options", "fp32,bf16,combined"])
+    benchmark.main(["--quick", "--json", str(path), "--workers", "0", "--options", "fp32,bf16,fused,combined"])
     result = json.loads(path.read_text())
-    assert {"fp32", "baseline", "combined"} <= set(result["options"])
+    assert {"fp32", "baseline", "fused", "combined"} <= set(result["options"])
     assert result["matmul_gflops"]["fp32"] > 0
     assert result["fp32_fraction_of_matmul"] > 0 and result["speedup_vs_baseline"] > 0
+    assert result["settings"]["width"] == 4 and result["settings"]["batch"] == 4
     for row in result["options"].values():
         for key in benchmark.FIGURES:
             assert row[key] > 0, key
+        for key in ["encoder_gflops", *[f"pretrain_{m}" for m in benchmark.METHODS], "linear_eval", "inference"]:
+            assert row["min"][key] <= row[key] <= row["max"][key], key
+    assert result["options"]["fused"]["config"] == {"fused_queries": True}
+
+
+def test_benchmark_defaults_and_width():
+    """The headline at the paper's batch, 5 timed steps, one SkeleMixCLR+ row per option; --width scales."""
+    args = benchmark.parse_args([])
+    assert (args.batch, args.iters, args.methods, args.options) == (128, 5, ["skelemixclr_plus"], "fp32,bf16")
+    assert args.model_args == dict(hidden_channels=16, hidden_dim=256)
+    assert args.moco_args["queue_size"] == 32768  # MoCo's default (SPEC §3), a whole number of batches
+    small = benchmark.parse_args(["--width", "8", "--batch", "48"])
+    assert small.model_args == dict(hidden_channels=8, hidden_dim=64)
+    assert small.moco_args["queue_size"] == 32736 and small.moco_args["queue_size"] % 48 == 0
 
 
 @pytest.fixture
@@ -160,7 +176,8 @@ def test_benchmark_on_cuda_measures_every_option():
     args = benchmark.parse_args([])
     options, skipped = benchmark.speed_options(torch.device("cuda"), quick=False)
     assert skipped == {}
-    assert {"fp32", "tf32", "bf16", "fp16", "compile", "channels_last", "device_augment", "combined"} == set(options)
+    assert {"fp32", "tf32", "bf16", "fp16", "compile", "channels_last", "device_augment", "fused", "separate",
+            "combined"} == set(options)
     assert options["tf32"] == {"tf32": True} and options["combined"]["compile"]
     assert not any(benchmark.encoder_only(option, args, torch.device("cuda")) for option in options.values())
     # On CPU as before: compile, when asked for, measures the encoder only unless --compile_all.

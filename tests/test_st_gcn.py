@@ -1,10 +1,12 @@
 """ST-GCN encoder against an independent reference forward written from SPEC §2."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from net.st_gcn import Model, masked_pool
+from net.st_gcn_reference import release_design
 
 STRIDES = [1, 1, 1, 1, 2, 1, 1, 2, 1, 1]  # SPEC §2 temporal stride of the 10 blocks
 
@@ -114,55 +116,40 @@ def randomise(model, seed=1):
     return model
 
 
-def bn(x, sd, prefix, training):
-    return F.batch_norm(x, sd[prefix + ".running_mean"].clone(), sd[prefix + ".running_var"].clone(),
-                        sd[prefix + ".weight"], sd[prefix + ".bias"], training=training, eps=1e-5)
-
-
-def reference_forward(sd, x, training):
-    """SPEC §2 step by step with plain ops and a loop over the 3 subsets: (feature map, logits)."""
-    n, c, t, v, m = x.shape
-    x = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)
-    x = bn(x, sd, "data_bn", training)
-    x = x.reshape(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)
-    for i, stride in enumerate(STRIDES):
-        p = f"st_gcn_networks.{i}."
-        A = sd["A"] * sd[f"edge_importance.{i}"]
-        y = F.conv2d(x, sd[p + "gcn.conv.weight"], sd[p + "gcn.conv.bias"])
-        out = y.shape[1] // 3
-        y = sum(torch.matmul(y[:, k * out:(k + 1) * out], A[k]) for k in range(3))
-        y = F.relu(bn(y, sd, p + "tcn.0", training))
-        y = F.conv2d(y, sd[p + "tcn.2.weight"], sd[p + "tcn.2.bias"], stride=(stride, 1), padding=(4, 0))
-        y = bn(y, sd, p + "tcn.3", training)
-        if i == 0:
-            residual = 0
-        elif p + "residual.0.weight" in sd:
-            residual = F.conv2d(x, sd[p + "residual.0.weight"], sd[p + "residual.0.bias"], stride=(stride, 1))
-            residual = bn(residual, sd, p + "residual.1", training)
-        else:
-            residual = x
-        x = F.relu(y + residual)
-    fmap = x.reshape(n, m, *x.shape[1:])
-    pooled = fmap.mean(dim=(3, 4)).mean(dim=1)
-    return fmap, pooled @ sd["fc.weight"].T + sd["fc.bias"]
-
-
 def sample_input(n=3, t=16, seed=2):
     return torch.randn(n, 3, t, 25, 2, generator=torch.Generator().manual_seed(seed))
 
 
+def reference(model, x, mask=None):
+    """The release's forward (net/st_gcn_reference.py) on a copy of the model: feature map and output."""
+    model = copy.deepcopy(model)
+    with release_design():
+        return model.features_map(x), model(x, mask=mask)
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_forward_matches_reference(training):
-    model = randomise(tiny_model()).train(training)
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    x = sample_input()
-    fmap_ref, logits_ref = reference_forward(sd, x, training)
+    model = randomise(tiny_model()).double().train(training)
+    x = sample_input().double()
+    fmap_ref, logits_ref = reference(model, x)
     with torch.no_grad():
         fmap, logits = model.features_map(x), model(x)
     assert fmap.shape == (3, 2, 24, 4, 25) and logits.shape == (3, 5)
     assert logits_ref.abs().max() > 0.1  # the comparison is not between two near-zero tensors
-    torch.testing.assert_close(fmap, fmap_ref, atol=1e-5, rtol=1e-5)  # train-mode entries reach ~5
-    torch.testing.assert_close(logits, logits_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fmap, fmap_ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(logits, logits_ref, atol=1e-10, rtol=0)
+
+
+def test_reference_is_spec_order():
+    """The reference's block is SPEC §2 written out: 1x1 conv, sum over subsets of x_k A_k, tcn, residual."""
+    model = randomise(tiny_model()).double().eval()
+    block, A = model.st_gcn_networks[4], model.A * model.edge_importance[4]
+    x = torch.randn(2, 4, 16, 25, dtype=torch.float64)
+    y = block.gcn.conv(x)
+    y = sum(torch.matmul(y[:, 8 * k:8 * (k + 1)], A[k]) for k in range(3))
+    expected = torch.relu(block.tcn(y) + block.residual(x))
+    with release_design(), torch.no_grad():
+        torch.testing.assert_close(block(x, A), expected, atol=1e-12, rtol=0)
 
 
 def test_return_features_is_pooled_feature_map():
@@ -195,20 +182,19 @@ def test_masked_pool_equals_explicit_means(per_sample):
 
 
 def test_forward_with_mask_returns_fc_of_masked_means():
-    model = randomise(tiny_model()).eval()
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    x = sample_input()
+    model = randomise(tiny_model()).double().eval()
+    x = sample_input().double()
     mask = torch.zeros(4, 25, dtype=torch.bool)
     mask[1:3, [4, 5, 6, 7, 21, 22]] = True
-    fmap_ref, _ = reference_forward(sd, x, training=False)
+    fmap_ref, _ = reference(model, x)
     p_ref, c_ref = explicit_masked_means(fmap_ref, mask)
     with torch.no_grad():
         p, c = model(x, mask=mask, return_features=True)
         fc_p, fc_c = model(x, mask=mask)
-    torch.testing.assert_close(p, p_ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(c, c_ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(fc_p, p_ref @ sd["fc.weight"].T + sd["fc.bias"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(fc_c, c_ref @ sd["fc.weight"].T + sd["fc.bias"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(p, p_ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(c, c_ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(fc_p, p_ref @ model.fc.weight.T + model.fc.bias, atol=1e-10, rtol=0)
+    torch.testing.assert_close(fc_c, c_ref @ model.fc.weight.T + model.fc.bias, atol=1e-10, rtol=0)
 
 
 def test_bad_mask_shape_is_named():
@@ -241,6 +227,7 @@ def test_temporal_stride_and_defaults():
     assert model.fc.in_features == 256 and model.fc.out_features == 60
     widths = [b.gcn.conv.out_channels // 3 for b in model.st_gcn_networks]
     assert widths == [16] * 4 + [32] * 3 + [64] * 2 + [256]
+    assert [b.tcn[2].stride[0] for b in model.st_gcn_networks] == STRIDES
     assert all(b.tcn[4].p == 0.5 for b in model.st_gcn_networks[1:])  # dropout from block 1 on
     assert not isinstance(model.st_gcn_networks[0].tcn[4], nn.Dropout)
     assert "A" in model.state_dict() and model.A.shape == (3, 25, 25)

@@ -1,7 +1,8 @@
 """Speed benchmark: how close pretraining, evaluation and inference run to the machine's limit.
 
-python tools/benchmark.py --json speed.json        # default run: < 5 minutes on 2 CPU cores
-python tools/benchmark.py --batch 128 --methods skelemixclr_plus --options fp32,bf16,combined   # paper's batch, ~8 min
+python tools/benchmark.py --json speed.json        # default: batch 128, fp32 + bf16 + baseline, < 10 min on 2 cores
+python tools/benchmark.py --width 8 --batch 64 --json speed_w8.json   # the small model (hidden 8, 64-d features)
+python tools/benchmark.py --methods skeletonclr,skelemixclr,skelemixclr_plus --options fp32,bf16,fused,combined
 python tools/benchmark.py --quick                  # tiny smoke run (CI)
 
 In one run on the current device it measures the machine's sustained fp32 (and bf16) matrix-multiply
@@ -9,15 +10,17 @@ throughput; the encoder's FLOPs per forward+backward (torch's FLOP counter) and 
 achieves; samples/s of a full pretraining step (loader, augmentation, all encoder passes, loss,
 backward, SGD) of SkeletonCLR, SkeleMixCLR and SkeleMixCLR+, of a linear-evaluation step (frozen
 encoder forward + classifier update) and of inference; samples/s of the pretraining data loader; and
-the peak memory. Every figure is the median of `--iters` timed iterations after `--warmup` untimed
-ones, for plain fp32, for each speed option, and for the original release's design (`--baseline`: a
-conv-then-per-subset-einsum graph convolution on (N, C, T, V) tensors with nn.Dropout, and per-sample
-numpy augmentation in the loader workers), so that the speed-up is measured in one run.
+the peak memory. Every figure is the median of `--iters` timed iterations (5) after `--warmup` untimed
+ones, with their min and max beside it, for plain fp32, for each speed option, and for the original
+release's design (`--baseline`, net/st_gcn_reference.py: a conv-then-per-subset-einsum graph
+convolution on (N, C, T, V) tensors with nn.Dropout, one encoder call per pass, and per-sample numpy
+augmentation in the loader workers), so that the speed-up is measured in one run.
 """
 import argparse
 import contextlib
 import ctypes
 import gc
+import inspect
 import io
 import json
 import os
@@ -35,75 +38,17 @@ from torch.utils.flop_counter import FlopCounterMode
 if __package__ in (None, ""):  # run as `python tools/benchmark.py`: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import net.st_gcn as st_gcn  # noqa: E402
+from net.moco import MoCo  # noqa: E402
+from net.st_gcn_reference import release_design  # noqa: E402
 from processor import configure  # noqa: E402
 from processor.processor import cpu_amp_is_fast  # noqa: E402
 from torchlight.util import set_numerics  # noqa: E402
 
 METHODS = {"skeletonclr": "pretrain_skeletonclr", "skelemixclr": "pretrain_skeletonclr_swap",
            "skelemixclr_plus": "pretrain_skeletonclr_multi_swapv2"}
+MOCO_QUEUE = inspect.signature(MoCo).parameters["queue_size"].default
 FIGURES = ["encoder_fwd_bwd_s", "encoder_gflops", *[f"pretrain_{m}" for m in METHODS], "linear_eval",
            "inference", "data_loading", "peak_memory_mb"]
-
-
-# --- the original release's design (--baseline) ----------------------------------------------------
-def _release_graph_conv(self, x, A):
-    """Release order on (N, C, T, V): 1x1 conv to K·out channels, then one einsum per subset."""
-    x = self.conv(x)
-    n, kc, t, v = x.shape
-    x = x.view(n, self.num_subsets, kc // self.num_subsets, t, v)
-    y = 0
-    for k in range(self.num_subsets):
-        y = y + torch.einsum("nctv,vw->nctw", x[:, k], A[k])
-    return y.contiguous()
-
-
-def _release_block(self, x, A):
-    y = self.tcn(self.gcn(x, A))  # BN, ReLU, 9x1 conv, BN, nn.Dropout on (N, C, T, V)
-    if self.residual is not None:
-        y = y + self.residual(x)
-    return torch.relu(y)
-
-
-def _release_features_map(self, x):
-    n, c, t, v, m = x.shape
-    x = x.permute(0, 4, 3, 1, 2).contiguous().view(n * m, v * c, t)
-    x = self.data_bn(x)
-    x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).contiguous().view(n * m, c, t, v)
-    for block, importance in zip(self.st_gcn_networks, self.edge_importance):
-        x = block(x, self.A * importance)
-    return x.view(n, m, *x.shape[1:])
-
-
-def _release_forward(self, x, mask=None, return_features=False):
-    fmap = self.features_map(x)
-    if mask is None:
-        pooled = fmap.mean((3, 4)).mean(1)  # average pooling over (T, V), then over bodies
-        return pooled if return_features else self.fc(pooled)
-    p, c = _release_masked_pool(fmap, mask.to(fmap.device))
-    return (p, c) if return_features else (self.fc(p), self.fc(c))
-
-
-def _release_masked_pool(fmap, mask):
-    n, m, _, t, v = fmap.shape
-    inside = mask.to(fmap.dtype).expand(n, t, v)
-    p = torch.einsum("nmctv,ntv->nc", fmap, inside) / (m * inside.sum((1, 2))).clamp_min(1)[:, None]
-    c = torch.einsum("nmctv,ntv->nc", fmap, 1 - inside) / (m * (1 - inside).sum((1, 2))).clamp_min(1)[:, None]
-    return p, c
-
-
-@contextlib.contextmanager
-def release_design():
-    """Swap the ST-GCN's computation for the original release's (same modules, parameters and maths)."""
-    patches = [(st_gcn.GraphConv, "forward", _release_graph_conv), (st_gcn.Block, "forward", _release_block),
-               (st_gcn.Model, "features_map", _release_features_map), (st_gcn.Model, "forward", _release_forward)]
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    try:
-        for owner, name, value in patches:
-            setattr(owner, name, value)
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
 
 
 # --- measuring --------------------------------------------------------------------------------------
@@ -272,29 +217,33 @@ def inference(proc, args):
 def measure_option(name, option, args, data, device, reference=None):
     """All figures of one speed option (a dict of processor config keys); None where skipped.
 
-    Each figure is the median over the timed iterations; row["best"] holds the same figures from the
-    fastest iteration (on a shared machine the least disturbed one). device_augment only changes the
-    pretraining input path: its encoder, linear-evaluation and inference figures are `reference`'s (fp32).
+    Each figure is the median over the timed iterations; row["min"] and row["max"] hold the least and
+    the greatest value of each figure over those iterations (on a shared machine the spread says how far
+    to trust the median). device_augment only changes the pretraining input path: its encoder,
+    linear-evaluation and inference figures are `reference`'s (fp32). `fused_queries` is MoCo's key
+    (net/moco.py); the baseline runs the release's one encoder call per pass.
     """
-    row, best = dict.fromkeys(FIGURES), {}
+    row, low, high = dict.fromkeys(FIGURES), {}, {}
     row["config"] = {k: v for k, v in option.items() if k != "baseline"}
     design = release_design() if option.get("baseline") else contextlib.nullcontext()
-    option = {k: v for k, v in option.items() if k != "baseline"}
+    moco_args = dict(args.moco_args, fused_queries=False if option.get("baseline") else option.get("fused_queries"))
     same = ["encoder_fwd_bwd_s", "encoder_flops", "encoder_gflops", "linear_eval", "inference"]
-    reuse = reference is not None and set(option) == {"device_augment"}
+    reuse = reference is not None and bool(option) and set(option) <= {"device_augment", "fused_queries"}
+    option = {k: v for k, v in option.items() if k not in ("baseline", "fused_queries")}
 
     def record(key, amount, times):  # amount per second: samples (batch) or FLOPs
-        row[key], best[key] = amount / statistics.median(times), amount / min(times)
+        row[key], low[key], high[key] = amount / statistics.median(times), amount / max(times), amount / min(times)
 
     release_memory()
     with design, PeakMemory(device) as memory:
         if reuse:
             row.update({k: reference[k] for k in same}, same_as_fp32=same)
-            best.update({k: reference["best"][k] for k in same if k in reference["best"]})
+            low.update({k: reference["min"][k] for k in same if k in reference["min"]})
+            high.update({k: reference["max"][k] for k in same if k in reference["max"]})
         else:
             times, flops, compile_s = encoder_figures(args, option, device)
             row.update(encoder_fwd_bwd_s=statistics.median(times), encoder_flops=flops)
-            best["encoder_fwd_bwd_s"] = min(times)
+            low["encoder_fwd_bwd_s"], high["encoder_fwd_bwd_s"] = min(times), max(times)
             record("encoder_gflops", flops / 1e9, times)
             if compile_s is not None:
                 row["compile_s"] = compile_s
@@ -303,7 +252,7 @@ def measure_option(name, option, args, data, device, reference=None):
         else:
             for method, processor in METHODS.items():
                 if method in args.methods:
-                    proc = build(processor, args, option, data, model_args=args.moco_args)
+                    proc = build(processor, args, option, data, model_args=moco_args)
                     record(f"pretrain_{method}", args.batch, train_steps(proc, args))
                     if method == "skelemixclr_plus":
                         row["data_loading"] = loading(proc)
@@ -313,7 +262,7 @@ def measure_option(name, option, args, data, device, reference=None):
                 record("linear_eval", args.batch, train_steps(proc, args))
                 record("inference", args.batch, inference(proc, args))
                 del proc
-    row["peak_memory_mb"], row["best"] = memory.mb, best
+    row["peak_memory_mb"], row["min"], row["max"] = memory.mb, low, high
     print(f"  {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
     return row
 
@@ -348,6 +297,8 @@ def speed_options(device, quick, wanted=()):
     else:
         options["compile"] = {"compile": True}
     options["device_augment"] = {"device_augment": True}
+    # MoCo's fused_queries (default: fused on CUDA only), each way: one encoder call per step or per pass.
+    options["fused"], options["separate"] = {"fused_queries": True}, {"fused_queries": False}
     combined = {"device_augment": True}  # the options expected to help here, together
     if "bf16" in options:
         combined["amp"] = "bf16"
@@ -364,29 +315,36 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="tiny model and batch: a smoke test")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the original release's design (default: on)")
-    parser.add_argument("--batch", type=int, help="pretraining / linear-evaluation batch (default 16; quick 4)")
+    parser.add_argument("--batch", type=int, help="pretraining / linear-evaluation batch (default 128; quick 4)")
+    parser.add_argument("--width", type=int, default=16, help="the encoder's hidden channels (default 16, SPEC §2)")
+    parser.add_argument("--hidden_dim", type=int, help="the encoder's output features (default 256 at width 16, "
+                        "else 8 x width as config/ucla/*_small.yaml)")
     parser.add_argument("--encoder_batch", type=int, help="batch of the encoder figure (default 64; quick 4)")
     parser.add_argument("--frames", type=int, help="frames per clip (default 64; quick 16)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations before timing (default 1)")
-    parser.add_argument("--iters", type=int, help="timed iterations per figure (default 3; quick 1)")
+    parser.add_argument("--iters", type=int, help="timed iterations per figure (default 5; quick 1)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (the processors' default 2)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:i]")
-    parser.add_argument("--options", help="comma-separated subset of the speed options to measure")
-    parser.add_argument("--methods", default=",".join(METHODS), help="pretraining methods to measure")
+    parser.add_argument("--options", help="comma-separated speed options to measure (default fp32,bf16; quick: all)")
+    parser.add_argument("--methods", help="pretraining methods to measure (default skelemixclr_plus; quick: all)")
     parser.add_argument("--compile_all", action="store_true",
                         help="with compile on CPU, measure every figure, not only the encoder (minutes per "
                              "graph); on CUDA every figure is measured")
     parser.add_argument("--matmul_size", type=int, help="square matmul size (default 2048 CPU / 8192 GPU)")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.batch = args.batch or (4 if quick else 16)
+    args.batch = args.batch or (4 if quick else 128)
     args.encoder_batch = args.encoder_batch or (4 if quick else 64)
     args.frames = args.frames or (16 if quick else 64)
-    args.iters = args.iters or (1 if quick else 3)
-    args.methods = args.methods.split(",")
-    args.model_args = dict(hidden_channels=4, hidden_dim=16) if quick else {}
-    # The MoCo queue must hold a whole number of batches (SPEC §3); the code default is 32768.
-    args.moco_args = dict(args.model_args, queue_size=args.batch * 16 if quick else 32768 // args.batch * args.batch)
+    args.iters = args.iters or (1 if quick else 5)
+    args.methods = (args.methods or (",".join(METHODS) if quick else "skelemixclr_plus")).split(",")
+    args.options = args.options or (None if quick else "fp32,bf16")
+    args.hidden_dim = args.hidden_dim or (16 if quick else 256 if args.width == 16 else 8 * args.width)
+    args.width = 4 if quick else args.width
+    args.model_args = dict(hidden_channels=args.width, hidden_dim=args.hidden_dim)
+    # The MoCo queue must hold a whole number of batches (SPEC §3): MoCo's default, rounded down to one.
+    queue = args.batch * 16 if quick else MOCO_QUEUE // args.batch * args.batch
+    args.moco_args = dict(args.model_args, queue_size=queue)
     return args
 
 

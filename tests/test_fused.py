@@ -1,0 +1,94 @@
+"""One encoder call for a query and its mixes (grouped BatchNorm statistics) against separate passes, in float64."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from net.moco import MoCo
+from net.st_gcn import Model, grouped_batch_norm
+
+TINY = dict(hidden_channels=4, hidden_dim=8, dropout=0.0)
+METHODS = {"skeletonclr": dict(head="mlp"), "skelemixclr": dict(head="mlp_bn", swap_params=[[2, 3, 1, 2, 1, 1.0]]),
+           "skelemixclr_plus": dict(head="mlp_bn", swap_params=[[2, 3, 1, 2, 3, 0.7]])}
+
+
+def clips(n, seed, t=16):
+    return torch.randn(n, 3, t, 25, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def assert_same_state(a, b):
+    """Every gradient and every buffer (BN running statistics and counters, queue) of two modules equal."""
+    grads_a = {k: p.grad for k, p in a.named_parameters() if p.grad is not None}
+    grads_b = {k: p.grad for k, p in b.named_parameters() if p.grad is not None}
+    assert sorted(grads_a) == sorted(grads_b) and grads_a
+    for k in grads_b:
+        torch.testing.assert_close(grads_a[k], grads_b[k], rtol=1e-9, atol=1e-9)  # entries reach ~1e3
+    buffers_b = dict(b.named_buffers())
+    for k, v in a.named_buffers():
+        torch.testing.assert_close(v, buffers_b[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("bn, training", [(nn.BatchNorm2d(3), True), (nn.BatchNorm2d(3, momentum=None), True),
+                                          (nn.BatchNorm2d(3, track_running_stats=False), True),
+                                          (nn.BatchNorm2d(3), False)])
+def test_grouped_batch_norm_is_sequential_calls(bn, training):
+    bn = bn.double().train(training)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    ref = copy.deepcopy(bn)
+    groups = [torch.randn(4, 3, 5, 2, dtype=torch.float64) * (g + 1) + g for g in range(3)]
+    expected = [ref(x) for x in groups]  # three separate calls, in order
+    x = torch.cat(groups, 1)  # (N, G·C, ...): group g holds channels g·C .. g·C + C - 1
+    y = grouped_batch_norm(bn, x, 3)
+    torch.testing.assert_close(y, torch.cat(expected, 1), rtol=1e-10, atol=1e-12)
+    for k, v in ref.named_buffers():
+        torch.testing.assert_close(dict(bn.named_buffers())[k], v, rtol=1e-12, atol=1e-14, msg=k)
+
+
+def test_stacked_passes_equal_separate_calls():
+    """Model.forward with a list of masks against the same model called once per pass."""
+    torch.manual_seed(0)
+    model = Model(**TINY, num_class=6).double().train()
+    model.fc = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6)).double()
+    with torch.no_grad():  # BN scales and shifts away from 1 and 0, so a misplaced group shows
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    ref = copy.deepcopy(model)
+    xs = [clips(4, seed) * (1 + seed) for seed in range(3)]
+    g = torch.Generator().manual_seed(5)
+    masks = [None] + [torch.rand(4, 25, generator=g) > 0.5 for _ in range(2)]
+
+    outs = model(torch.cat(xs), mask=masks)
+    refs = [ref(x, mask=mask) for x, mask in zip(xs, masks)]
+    flat = [outs[0], *outs[1], *outs[2]]
+    flat_ref = [refs[0], *refs[1], *refs[2]]
+    for a, b in zip(flat, flat_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    weights = [torch.randn(b.shape, generator=g, dtype=torch.float64) for b in flat_ref]
+    sum((a * w).sum() for a, w in zip(flat, weights)).backward()
+    sum((b * w).sum() for b, w in zip(flat_ref, weights)).backward()
+    assert_same_state(model, ref)
+    with torch.no_grad():  # eval mode: the running statistics apply to every pass
+        for a, b in zip(model.eval()(torch.cat(xs), mask=masks)[1], ref.eval()(xs[1], mask=masks[1])):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fused_queries_equal_separate_passes(method):
+    """A whole MoCo step: loss, every gradient and every running statistic, fused against separate passes."""
+    torch.manual_seed(0)
+    fused = MoCo(**TINY, feature_dim=8, queue_size=16, temperature=0.2, fused_queries=True, **METHODS[method]).double()
+    separate = copy.deepcopy(fused)
+    separate.fused_queries = False
+    views = [clips(4, seed) for seed in range(1 + fused.num_queries)]
+    losses = [model(views, generator=torch.Generator().manual_seed(3)) for model in (fused, separate)]
+    for key in losses[1]:
+        torch.testing.assert_close(losses[0][key], losses[1][key], rtol=1e-10, atol=1e-12, msg=key)
+    assert losses[1]["loss"] > 1  # about ln(17) per InfoNCE at initialisation: not a vacuous comparison
+    for loss in losses:
+        loss["loss"].backward()
+    assert_same_state(fused, separate)

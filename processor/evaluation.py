@@ -7,13 +7,13 @@ import pickle
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from net.moco import MoCo
 from processor.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from processor.processor import Processor
 from torchlight.checkpoint import check_state_dict, read_checkpoint
 from torchlight.config import ConfigError
-from torchlight.dist import all_reduce_sum
 from torchlight.io import atomic_path
 
 # The classifier is trained anew; everything else of the encoder must come from the checkpoint.
@@ -100,11 +100,10 @@ class Evaluation(Processor):
     def calibrate_random_encoder(self, model):
         """Without `weights`, the frozen encoder is a random one with BN statistics of the training clips."""
         # In fp32 (no autocast): statistics, not speed, are what this pass is for.
-        n = calibrate_batchnorm(model, (self.to_input(x) for x, _, _ in
-                                        self.progress(self.clip_loader(), "BN statistics")))
-        if self.world > 1:  # each rank saw its shard: average, so every rank holds one model
-            for buf in (b for k, b in model.named_buffers() if "running" in k):
-                buf.copy_(all_reduce_sum(buf.double()) / self.world)
+        loader = self.clip_loader()
+        if self.world > 1:  # every rank measures on every clip in one order: one process's statistics
+            loader = DataLoader(loader.dataset, batch_size=loader.batch_size, num_workers=loader.num_workers)
+        n = calibrate_batchnorm(model, (self.to_input(x) for x, _, _ in self.progress(loader, "BN statistics")))
         self.log(f"no weights: random encoder, running statistics of its {n} BatchNorm layers measured on "
                  "the training clips (random-init baseline)")
 

@@ -9,7 +9,7 @@ from feeder.demo_data import generate
 from feeder.ntu_gendata import gendata
 
 
-def demo_arrays(root, num_files, frames=64, seed=0, nuisance=0.0, quiet=False):
+def demo_arrays(root, num_files, frames=64, seed=0, nuisance=0.0, timing=0.0, quiet=False):
     """Arrays of `num_files` synthetic clips under `root` (raw/, gendata/, frame<frames>/), each step skipped
     when its output exists; returns the NTU-60-style xsub folder of {train,val}_{position,motion}.npy and
     labels. `quiet` silences the converters' progress bars and counts."""
@@ -19,7 +19,7 @@ def demo_arrays(root, num_files, frames=64, seed=0, nuisance=0.0, quiet=False):
         for redirect in silence if quiet else ():
             stack.enter_context(redirect)
         if not os.path.isdir(raw) or not os.listdir(raw):
-            generate(raw, num_files=num_files, seed=seed, nuisance=nuisance)
+            generate(raw, num_files=num_files, seed=seed, nuisance=nuisance, timing=timing)
         if not os.path.exists(os.path.join(gen, "xsub", "val_label.pkl")):
             gendata(raw, gen, benchmarks=["xsub"])
         if not os.path.exists(os.path.join(arrays, "xsub", "val_label.npy")):

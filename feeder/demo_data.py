@@ -1,6 +1,6 @@
 """Synthetic NTU RGB+D `.skeleton` files for demos and tests (file format of SPEC §1.1).
 
-    python tools/demo_data.py --out data/demo_skeletons --num_files 1000 --seed 0
+    python -m feeder.demo_data --out data/demo_skeletons --num_files 1000 --seed 0
 
 A 25-joint Kinect v2 body with adult bone lengths performs one of `CLASSES` (wave left arm, wave
 right arm, raise both arms, clap, punch, kick, squat, jump, bow, march in place, and the two-person
@@ -247,15 +247,20 @@ def _yaw(points, angle):
     return points @ np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
 
 
-def clip_joints(label, camera, rng, nuisance=0.0):
+def clip_joints(label, camera, rng, nuisance=0.0, timing=0.0):
     """(T, bodies, 25, 3) camera-space joints of one random clip of class index `label`.
 
     `nuisance` > 0 makes the set hard: the action's amplitude shrinks, every limb holds its own random
     offset, and the scene is sheared by a random matrix with off-diagonal entries up to `nuisance`.
+    `timing` in [0, 1] shortens the action to (1 - timing / 2) of its usual length and lets it start
+    anywhere it still fits: at 1 it fills 30-40 % of the clip at a random time, so a classifier has to
+    find it instead of reading each frame at a fixed moment of the action.
     """
     T = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
     t0 = rng.uniform(0.0, 0.25)
-    r = {"t0": t0, "t1": min(1.0, t0 + rng.uniform(0.6, 0.8)), "cycles": rng.uniform(2.0, 4.0),
+    length = rng.uniform(0.6, 0.8) * (1 - timing / 2)
+    t0 += timing * rng.uniform(0.0, 1.0) * (0.75 - length)
+    r = {"t0": t0, "t1": min(1.0, t0 + length), "cycles": rng.uniform(2.0, 4.0),
          "phase": rng.uniform(0, 2 * np.pi), "amp": rng.uniform(0.8, 1.15) / (1 + nuisance),
          "yaw": rng.normal(0, 0.15), "gap": rng.uniform(0.8, 1.0)}
     t = np.linspace(0.0, 1.0, T)
@@ -312,7 +317,7 @@ def clip_names(num_files, seed):
     return [next(streams[index % len(CLASSES)]) for index in range(num_files)]
 
 
-def generate(out_dir, num_files=480, seed=0, nuisance=0.0):
+def generate(out_dir, num_files=480, seed=0, nuisance=0.0, timing=0.0):
     """Write `num_files` demo clips into `out_dir`; returns their file names in writing order."""
     if num_files < 1:
         raise ValueError(f"num_files must be >= 1, got {num_files}")
@@ -321,7 +326,7 @@ def generate(out_dir, num_files=480, seed=0, nuisance=0.0):
     for index, name in enumerate(names):
         camera = int(name[5:8])
         rng = np.random.default_rng([seed, index, 0])
-        joints = clip_joints(index % len(CLASSES), camera, rng, nuisance)
+        joints = clip_joints(index % len(CLASSES), camera, rng, nuisance, timing)
         body_ids = 72057594037927936 + rng.integers(0, 10**6, joints.shape[1])
         with open(os.path.join(out_dir, name), "w") as f:
             f.write(skeleton_text(joints, body_ids))
@@ -329,14 +334,16 @@ def generate(out_dir, num_files=480, seed=0, nuisance=0.0):
 
 
 def main(argv=None):
-    """Command line: `--out DIR [--num_files N] [--seed S]`."""
+    """Command line: `--out DIR [--num_files N] [--seed S] [--nuisance X] [--timing X]`."""
     parser = argparse.ArgumentParser(description="write synthetic NTU-format .skeleton files")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--num_files", type=int, default=480)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nuisance", type=float, default=0.0, help="see clip_joints")
+    parser.add_argument("--timing", type=float, default=0.0, help="see clip_joints")
     args = parser.parse_args(argv)
     try:
-        names = generate(args.out, args.num_files, args.seed)
+        names = generate(args.out, args.num_files, args.seed, args.nuisance, args.timing)
     except (ValueError, OSError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"wrote {len(names)} clips of {len(CLASSES)} classes to {args.out}")

@@ -9,7 +9,7 @@ import json
 import os
 
 from feeder.demo_arrays import demo_arrays
-from processor.table import Table
+from processor.table import Table, merged
 from torchlight.config import load_yaml
 from torchlight.io import Logger, atomic_path
 
@@ -18,10 +18,13 @@ CONFIGS = os.path.join(REPO, "config", "demo")
 
 DEFAULTS = dict(
     work_dir="./work_dir/demo",
-    data_dir="./data/demo",  # raw files, gendata output and arrays per nuisance level; reused when present
+    data_dir="./data/demo",  # raw files, gendata output and arrays per data setting; reused when present
     num_files=1000,
     frames=32,
     nuisance=0.5,            # feeder/demo_data.py: shrunken actions, random limb offsets, random shear
+    timing=1.0,              # feeder/demo_data.py: shorter actions at random times of the clip
+    label_fraction=0.1,      # linear evaluation trains on this share of the training labels (per class);
+                             # pretraining sees every training clip, unlabelled: the setting SSL is for
     seed=1,
     device="auto",
     progress=True,
@@ -42,9 +45,9 @@ class Demo:
     def prepare_data(self):
         """The synthetic clips as arrays (feeder/demo_arrays.py), each step skipped when its output exists."""
         cfg = self.cfg
-        root = os.path.join(cfg["data_dir"], f"nuisance{cfg['nuisance']}")
+        root = os.path.join(cfg["data_dir"], f"nuisance{cfg['nuisance']}_timing{cfg['timing']}")
         self.log(f"synthetic data: {cfg['num_files']} clips in {root}")
-        return demo_arrays(root, cfg["num_files"], cfg["frames"], cfg["seed"], cfg["nuisance"])
+        return demo_arrays(root, cfg["num_files"], cfg["frames"], cfg["seed"], cfg["nuisance"], cfg["timing"])
 
     def start(self):
         cfg = self.cfg
@@ -60,8 +63,10 @@ class Demo:
                      work_dir=cfg["work_dir"], seeds=[cfg["seed"]], device=cfg["device"], progress=cfg["progress"],
                      data=dict(train_feeder_args=dict(part["train"], frames=cfg["frames"]),
                                test_feeder_args=part["val"]),
-                     pretrain=cfg["pretrain"], linear=cfg["linear"], overwrite=True)  # a rerun redoes its runs
-        print(f"\nDemo (synthetic data, nuisance {cfg['nuisance']}, NTU-60-style xsub split)", flush=True)
+                     pretrain=cfg["pretrain"], overwrite=True,  # a rerun redoes its runs
+                     linear=merged(dict(train_feeder_args=dict(label_fraction=cfg["label_fraction"])), cfg["linear"]))
+        print(f"\nDemo: synthetic data (nuisance {cfg['nuisance']}, timing {cfg['timing']}), NTU-60-style xsub "
+              f"split; linear evaluation on {cfg['label_fraction']:.0%} of the training labels", flush=True)
         rows = Table(table).start()
         path = os.path.join(cfg["work_dir"], "demo_result.json")
         with atomic_path(path) as tmp, open(tmp, "w") as f:

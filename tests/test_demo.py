@@ -3,10 +3,12 @@ import json
 import subprocess
 import sys
 
+import yaml
+
 from processor.table import Table, mean_std, slug
 
 TINY = "model_args: {hidden_channels: 4, hidden_dim: 16"
-REDUCED = ["--num_files", "90", "--frames", "16", "--progress", "false",
+REDUCED = ["--num_files", "90", "--frames", "16", "--progress", "false", "--label_fraction", "0.5",
            "--pretrain", "{num_epoch: 1, batch_size: 16, " + TINY + ", queue_size: 64}}",
            "--linear", "{num_epoch: 2, batch_size: 16, eval_interval: 2, " + TINY + "}}"]
 ROWS = ["raw joints", "random init", "SkeletonCLR", "SkeleMixCLR+"]
@@ -28,8 +30,13 @@ def test_demo_end_to_end(tmp_path):
         work = tmp_path / "wd" / slug(row) / "seed1"
         assert (work / "linear" / "result.json").is_file()
         assert (work / "epoch1_model.pt").is_file() == (row in ROWS[2:])
+    # linear evaluation sees half the training labels, pretraining every training clip without them
+    linear = yaml.safe_load((tmp_path / "wd" / "skeletonclr" / "seed1" / "linear" / "config.yaml").read_text())
+    pretrain = yaml.safe_load((tmp_path / "wd" / "skeletonclr" / "seed1" / "config.yaml").read_text())
+    assert linear["train_feeder_args"]["label_fraction"] == 0.5
+    assert pretrain["train_feeder_args"].get("label_fraction") is None
     # the synthetic clips were generated where the demo was told to put its data
-    assert len(list((tmp_path / "data" / "nuisance0.5" / "raw").iterdir())) == 90
+    assert len(list((tmp_path / "data" / "nuisance0.5_timing1.0" / "raw").iterdir())) == 90
 
 
 def test_table_mean_and_spread_by_hand(tmp_path):

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from feeder.demo_data import CLASSES, FRAMES, TWO_PERSON, clip_names, generate, main
+from feeder.demo_data import CLASSES, FRAMES, TWO_PERSON, clip_joints, clip_names, generate, main
 from feeder.ntu_gendata import is_training, parse_name, read_skeleton
 
 NUM_FILES = 36  # three clips of every class
@@ -103,3 +103,22 @@ def test_command_line(tmp_path):
     assert len(os.listdir(tmp_path)) == 3
     with pytest.raises(SystemExit, match="num_files"):
         main(["--out", str(tmp_path), "--num_files", "0"])
+
+
+def active_window(joints, joint=7, share=0.1):
+    """(first, last) fraction of the clip where `joint` moves faster than `share` of its top speed."""
+    speed = np.linalg.norm(np.diff(joints[:, 0, joint], axis=0), axis=-1)
+    moving = np.flatnonzero(speed > share * speed.max())
+    return moving[0] / len(speed), moving[-1] / len(speed)
+
+
+def test_timing_shortens_the_action_and_moves_it_anywhere_in_the_clip():
+    """timing 0: the wave starts in the first quarter and lasts 60-80 % of the clip; timing 1: it lasts
+    about half that and its start ranges over the clip."""
+    wave = CLASSES.index("wave left arm")
+    windows = {timing: [active_window(clip_joints(wave, 2, np.random.default_rng([5, i]), timing=timing))
+                        for i in range(40)] for timing in (0.0, 1.0)}
+    starts = {t: np.array([w[0] for w in ws]) for t, ws in windows.items()}
+    lengths = {t: np.array([b - a for a, b in ws]) for t, ws in windows.items()}
+    assert starts[0.0].max() < 0.3 and 0.5 < lengths[0.0].mean() < 0.85
+    assert starts[1.0].max() > 0.5 and 0.2 < lengths[1.0].mean() < 0.45

@@ -98,11 +98,14 @@ class Evaluation(Processor):
                 json.dump(result, f, indent=1)
 
     def calibrate_random_encoder(self, model):
-        """Without `weights`, the frozen encoder is a random one with BN statistics of the training clips."""
+        """Without `weights`, the frozen encoder is a random one with BN statistics of the training clips:
+        all of them, labelled or not (with `label_fraction` pretraining saw them all too)."""
         # In fp32 (no autocast): statistics, not speed, are what this pass is for.
         loader = self.clip_loader()
-        if self.world > 1:  # every rank measures on every clip in one order: one process's statistics
-            loader = DataLoader(loader.dataset, batch_size=loader.batch_size, num_workers=loader.num_workers)
+        if self.world > 1 or self.cfg["train_feeder_args"].get("label_fraction") is not None:
+            # every rank measures on every clip in one order: one process's statistics
+            clips = self.dataset(dict(self.cfg["train_feeder_args"], views=0, label_fraction=None), "train_feeder_args")
+            loader = DataLoader(clips, batch_size=loader.batch_size, num_workers=loader.num_workers)
         n = calibrate_batchnorm(model, (self.to_input(x) for x, _, _ in self.progress(loader, "BN statistics")))
         self.log(f"no weights: random encoder, running statistics of its {n} BatchNorm layers measured on "
                  "the training clips (random-init baseline)")

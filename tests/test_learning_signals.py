@@ -49,6 +49,17 @@ def test_random_init_linear_evaluation_is_above_chance(tiny, tmp_path):
     assert "random encoder" in (tmp_path / "random" / "log.txt").read_text()
 
 
+def test_random_init_with_few_labels_measures_bn_statistics_on_every_training_clip(tiny, tmp_path):
+    data = toy_dataset(tmp_path)
+    proc, _ = linear_eval(tiny, tmp_path, dict(data, label_fraction=0.5), "few", model_args=dict(num_class=2),
+                          test_batch_size=24)
+    assert len(proc.train_loader.dataset) == 12  # the classifier sees half the labels...
+    x = torch.from_numpy(np.load(data["data_path"])).double()  # ...the BN statistics all 24 clips
+    n, c, t, v, m = x.shape
+    every_clip = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t).mean((0, 2))
+    assert torch.allclose(proc.raw_model.data_bn.running_mean.double(), every_clip, atol=1e-5)
+
+
 def test_raw_joint_baseline_standardises_the_flattened_clip(tiny, tmp_path):
     data = toy_dataset(tmp_path)
     proc, top1 = linear_eval(tiny, tmp_path, data, "raw", model="net.raw_joints.Model",

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-if __package__ in (None, ""):  # run as `python tools/benchmark.py`: make the repo importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script: the repository root on sys.path
+    import _bootstrap  # noqa: F401
 import net.st_gcn as st_gcn  # noqa: E402
 from net.moco import MoCo  # noqa: E402
 from net.st_gcn_reference import release_design  # noqa: E402

@@ -22,7 +22,7 @@ DEFAULTS = dict(
     num_files=1000,
     frames=32,
     nuisance=0.5,            # feeder/demo_data.py: shrunken actions, random limb offsets, random shear
-    timing=1.0,              # feeder/demo_data.py: shorter actions at random times of the clip
+    timing=0.0,              # feeder/demo_data.py: 1 = shorter actions at random times of the clip
     label_fraction=0.1,      # linear evaluation trains on this share of the training labels (per class);
                              # pretraining sees every training clip, unlabelled: the setting SSL is for
     seed=1,

@@ -36,7 +36,7 @@ def test_demo_end_to_end(tmp_path):
     assert linear["train_feeder_args"]["label_fraction"] == 0.5
     assert pretrain["train_feeder_args"].get("label_fraction") is None
     # the synthetic clips were generated where the demo was told to put its data
-    assert len(list((tmp_path / "data" / "nuisance0.5_timing1.0" / "raw").iterdir())) == 90
+    assert len(list((tmp_path / "data" / "nuisance0.5_timing0.0" / "raw").iterdir())) == 90
 
 
 def test_table_mean_and_spread_by_hand(tmp_path):

@@ -103,7 +103,7 @@ class Evaluation(Processor):
         # In fp32 (no autocast): statistics, not speed, are what this pass is for.
         loader = self.clip_loader()
         if self.world > 1 or self.cfg["train_feeder_args"].get("label_fraction") is not None:
-            # every rank measures on every clip in one order: one process's statistics
+            # every training clip, in one order on every rank: what one process without labels would measure
             clips = self.dataset(dict(self.cfg["train_feeder_args"], views=0, label_fraction=None), "train_feeder_args")
             loader = DataLoader(clips, batch_size=loader.batch_size, num_workers=loader.num_workers)
         n = calibrate_batchnorm(model, (self.to_input(x) for x, _, _ in self.progress(loader, "BN statistics")))

@@ -1,6 +1,10 @@
 """Speed options against the plain fp32 path, the release's design against ours, and the benchmark's JSON."""
 import contextlib
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +14,8 @@ from net.st_gcn_reference import release_design
 from processor import configure
 from tools import benchmark
 from torchlight.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = dict(hidden_channels=4, hidden_dim=16, dropout=0.0)
 
@@ -183,3 +189,32 @@ def test_benchmark_on_cuda_measures_every_option():
     # On CPU as before: compile, when asked for, measures the encoder only unless --compile_all.
     assert benchmark.encoder_only({"compile": True}, args, torch.device("cpu"))
     assert "tf32" not in benchmark.speed_options(torch.device("cpu"), quick=False)[0]
+
+
+RSS_AFTER_FREE = """
+import os
+import sys
+import numpy as np
+from torchlight.util import keep_freed_host_memory
+kept = keep_freed_host_memory() if sys.argv[1] == "keep" else None
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+block = np.ones(2 ** 25)  # 256 MiB, touched
+before = rss_mb()
+del block
+print(kept, before - rss_mb())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc on Linux only")
+def test_keep_freed_host_memory_keeps_a_freed_block_mapped():
+    def released_mb(mode):
+        out = subprocess.run([sys.executable, "-c", RSS_AFTER_FREE, mode], capture_output=True, text=True,
+                             check=True, cwd=ROOT).stdout.split()
+        return out[0], float(out[1])
+
+    assert released_mb("default")[1] > 200  # glibc unmaps a 256 MiB block on free
+    kept, released = released_mb("keep")
+    assert kept == "True" and released < 10  # kept for the next step's activations

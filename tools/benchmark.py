@@ -42,7 +42,7 @@ from net.moco import MoCo  # noqa: E402
 from net.st_gcn_reference import release_design  # noqa: E402
 from processor import configure  # noqa: E402
 from processor.processor import cpu_amp_is_fast  # noqa: E402
-from torchlight.util import set_numerics  # noqa: E402
+from torchlight.util import keep_freed_host_memory, set_numerics  # noqa: E402
 
 METHODS = {"skeletonclr": "pretrain_skeletonclr", "skelemixclr": "pretrain_skeletonclr_swap",
            "skelemixclr_plus": "pretrain_skeletonclr_multi_swapv2"}
@@ -368,6 +368,8 @@ def main(argv=None):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     args.device = str(device)
+    # As the processors do on CPU, for every option and the baseline alike (torchlight.util).
+    host_memory_kept = device.type == "cpu" and keep_freed_host_memory()
     t_start = time.perf_counter()
     wanted = args.options.split(",") if args.options else []
     options, skipped = speed_options(device, args.quick, wanted)
@@ -384,7 +386,8 @@ def main(argv=None):
     result = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else
                   f"cpu ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})",
                   torch=torch.__version__, settings={k: v for k, v in vars(args).items() if k != "tmp"},
-                  matmul_size=n, matmul_gflops=matmul, skipped=skipped, options={})
+                  matmul_size=n, matmul_gflops=matmul, host_memory_kept=host_memory_kept, skipped=skipped,
+                  options={})
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
         clips = args.batch * (args.warmup + max(args.iters, 3))

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from net.moco import MoCo
-from net.st_gcn import Model, grouped_batch_norm
+from net.st_gcn import Model, _is_narrow, grouped_batch_norm
 
 TINY = dict(hidden_channels=4, hidden_dim=8, dropout=0.0)
 METHODS = {"skeletonclr": dict(head="mlp"), "skelemixclr": dict(head="mlp_bn", swap_params=[[2, 3, 1, 2, 1, 1.0]]),
@@ -45,6 +45,47 @@ def test_grouped_batch_norm_is_sequential_calls(bn, training):
     torch.testing.assert_close(y, torch.cat(expected, 1), rtol=1e-10, atol=1e-12)
     for k, v in ref.named_buffers():
         torch.testing.assert_close(dict(bn.named_buffers())[k], v, rtol=1e-12, atol=1e-14, msg=k)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_narrow_batch_norm_equals_native(groups):
+    """Few channels stored channels-last take _NarrowBatchNorm: output, gradients of x, weight and bias,
+    and running statistics as the native BatchNorm's separate calls, in float64."""
+    bn = nn.BatchNorm2d(3).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    ref = copy.deepcopy(bn)
+    parts = [(torch.randn(4, 3, 6, 5, dtype=torch.float64) * (g + 2) + 3 - g).requires_grad_() for g in range(groups)]
+    x = torch.cat(parts, 1).detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert _is_narrow(x)
+    y = grouped_batch_norm(bn, x, groups)
+    expected = torch.cat([ref(part) for part in parts], 1)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x.grad, torch.cat([p.grad for p in parts], 1), rtol=1e-9, atol=1e-11)
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(getattr(bn, name).grad, getattr(ref, name).grad, rtol=1e-9, atol=1e-11)
+    for k, v in ref.named_buffers():
+        torch.testing.assert_close(dict(bn.named_buffers())[k], v, rtol=1e-12, atol=1e-14, msg=k)
+
+
+def test_narrow_batch_norm_bf16_within_rounding():
+    """In bf16 the narrow path's output and gradient stay within bf16 rounding of the native kernel's."""
+    bn = nn.BatchNorm2d(8)
+    x = (torch.randn(25, 8, 16, 12) * 3 + 5).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(25, 8, 16, 12).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for narrow in (True, False):
+        xi = x.clone().requires_grad_()
+        y = grouped_batch_norm(copy.deepcopy(bn), xi, 1) if narrow else copy.deepcopy(bn)(xi)
+        y.backward(grad)
+        outputs.append((y.float(), xi.grad.float()))
+    (y, gx), (y_ref, gx_ref) = outputs
+    torch.testing.assert_close(y, y_ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gx, gx_ref, rtol=2e-2, atol=2e-2)
 
 
 def test_stacked_passes_equal_separate_calls():

@@ -126,6 +126,11 @@ def test_benchmark_quick_writes_json(tmp_path):
     assert {"fp32", "baseline", "fused", "combined"} <= set(result["options"])
     assert result["matmul_gflops"]["fp32"] > 0
     assert result["fp32_fraction_of_matmul"] > 0 and result["speedup_vs_baseline"] > 0
+    bf16 = result["options"].get("bf16")  # measured where this CPU has native bf16 kernels
+    assert (result["bf16_fraction_of_matmul"] > 0) if bf16 else result["bf16_fraction_of_matmul"] is None
+    fp32 = result["options"]["fp32"]
+    assert result["fp32_fraction_of_matmul"] == pytest.approx(fp32["encoder_gflops"] / result["matmul_gflops"]["fp32"])
+    assert result["host_memory_kept"] is (platform.libc_ver()[0] == "glibc")
     assert result["settings"]["width"] == 4 and result["settings"]["batch"] == 4
     for row in result["options"].values():
         for key in benchmark.FIGURES:

@@ -319,7 +319,7 @@ def parse_args(argv):
     parser.add_argument("--width", type=int, default=16, help="the encoder's hidden channels (default 16, SPEC §2)")
     parser.add_argument("--hidden_dim", type=int, help="the encoder's output features (default 256 at width 16, "
                         "else 8 x width as config/ucla/*_small.yaml)")
-    parser.add_argument("--encoder_batch", type=int, help="batch of the encoder figure (default 64; quick 4)")
+    parser.add_argument("--encoder_batch", type=int, help="batch of the encoder figure (default: --batch)")
     parser.add_argument("--frames", type=int, help="frames per clip (default 64; quick 16)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations before timing (default 1)")
     parser.add_argument("--iters", type=int, help="timed iterations per figure (default 5; quick 1)")
@@ -334,7 +334,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     quick = args.quick
     args.batch = args.batch or (4 if quick else 128)
-    args.encoder_batch = args.encoder_batch or (4 if quick else 64)
+    args.encoder_batch = args.encoder_batch or args.batch
     args.frames = args.frames or (16 if quick else 64)
     args.iters = args.iters or (1 if quick else 5)
     args.methods = (args.methods or (",".join(METHODS) if quick else "skelemixclr_plus")).split(",")
@@ -396,8 +396,10 @@ def main(argv=None):
             result["options"][name] = measure_option(name, option, args, data, device, result["options"].get("fp32"))
 
     rows = result["options"]
-    fp32 = rows.get("fp32", {})
-    result["fp32_fraction_of_matmul"] = (fp32["encoder_gflops"] / matmul["fp32"]) if fp32 else None
+    for dtype in ("fp32", "bf16"):  # the encoder's forward+backward GFLOP/s over the matmul's, same dtype
+        row = rows.get(dtype, {})
+        result[f"{dtype}_fraction_of_matmul"] = (row["encoder_gflops"] / matmul[dtype]
+                                                 if row.get("encoder_gflops") and dtype in matmul else None)
     key = "pretrain_skelemixclr_plus"
     ours = {k: r[key] for k, r in rows.items() if k != "baseline" and r.get(key)}
     result["fastest_option"] = max(ours, key=ours.get) if ours else None
@@ -405,8 +407,10 @@ def main(argv=None):
                                      if ours and rows.get("baseline", {}).get(key) else None)
     result["seconds"] = time.perf_counter() - t_start
     print(table(result))
-    print(f"fp32 encoder forward+backward: {result['fp32_fraction_of_matmul']:.2f} of the fp32 matmul throughput"
-          if result["fp32_fraction_of_matmul"] else "", flush=True)
+    for dtype in ("fp32", "bf16"):
+        if result[f"{dtype}_fraction_of_matmul"]:
+            print(f"{dtype} encoder forward+backward: {result[f'{dtype}_fraction_of_matmul']:.2f} of the {dtype} "
+                  "matmul throughput", flush=True)
     if result["speedup_vs_baseline"]:
         print(f"SkeleMixCLR+ step: {result['fastest_option']} is {result['speedup_vs_baseline']:.2f}x the baseline")
     print(f"benchmark took {result['seconds']:.0f} s")

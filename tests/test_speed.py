@@ -200,21 +200,23 @@ RSS_AFTER_FREE = """
 import os
 import sys
 import numpy as np
-from torchlight.util import keep_freed_host_memory
-kept = keep_freed_host_memory() if sys.argv[1] == "keep" else None
+from torchlight.util import keep_freed_host_memory, trim_inherited_host_memory
+kept = keep_freed_host_memory() if sys.argv[1] != "default" else None
 def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 block = np.ones(2 ** 25)  # 256 MiB, touched
 before = rss_mb()
 del block
+if sys.argv[1] == "keep_then_trim":
+    trim_inherited_host_memory()  # what a forked DataLoader worker does first
 print(kept, before - rss_mb())
 """
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm") or platform.libc_ver()[0] != "glibc",
                     reason="glibc on Linux only")
-def test_keep_freed_host_memory_keeps_a_freed_block_mapped():
+def test_keep_freed_host_memory_keeps_a_freed_block_and_trim_gives_it_back():
     def released_mb(mode):
         out = subprocess.run([sys.executable, "-c", RSS_AFTER_FREE, mode], capture_output=True, text=True,
                              check=True, cwd=ROOT).stdout.split()
@@ -223,3 +225,4 @@ def test_keep_freed_host_memory_keeps_a_freed_block_mapped():
     assert released_mb("default")[1] > 200  # glibc unmaps a 256 MiB block on free
     kept, released = released_mb("keep")
     assert kept == "True" and released < 10  # kept for the next step's activations
+    assert released_mb("keep_then_trim")[1] > 200  # a DataLoader worker gives its parent's kept memory back

@@ -68,7 +68,7 @@ class _NarrowBatchNorm(torch.autograd.Function):
     def backward(ctx, grad_y, _grad_mean, _grad_var):
         centered, invstd, scale = ctx.saved_tensors
         fold = ctx.fold
-        grad_y = grad_y.contiguous(memory_format=torch.channels_last) if grad_y.dim() == 4 else grad_y
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)  # x's layout (_is_narrow)
         c, count = grad_y.shape[1], grad_y.numel() // grad_y.shape[1]
         wide = _wide_rows(grad_y, fold)
         sum_dy = wide.sum(0, dtype=centered.dtype).view(fold, c).sum(0)

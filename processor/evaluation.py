@@ -15,7 +15,7 @@ from processor.processor import Processor
 from torchlight.checkpoint import check_state_dict, read_checkpoint
 from torchlight.config import ConfigError
 from torchlight.io import atomic_path
-from torchlight.util import trim_inherited_host_memory
+from torchlight.util import release_freed_host_memory
 
 # The classifier is trained anew; everything else of the encoder must come from the checkpoint.
 CLASSIFIER_KEYS = {"fc.weight", "fc.bias"}
@@ -107,7 +107,7 @@ class Evaluation(Processor):
             # every training clip, in one order on every rank: what one process without labels would measure
             clips = self.dataset(dict(self.cfg["train_feeder_args"], views=0, label_fraction=None), "train_feeder_args")
             loader = DataLoader(clips, batch_size=loader.batch_size, num_workers=loader.num_workers,
-                                worker_init_fn=trim_inherited_host_memory)
+                                worker_init_fn=release_freed_host_memory)
         n = calibrate_batchnorm(model, (self.to_input(x) for x, _, _ in self.progress(loader, "BN statistics")))
         self.log(f"no weights: random encoder, running statistics of its {n} BatchNorm layers measured on "
                  "the training clips (random-init baseline)")

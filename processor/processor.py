@@ -34,10 +34,10 @@ from torchlight.io import Logger, atomic_path, claim_work_dir
 from torchlight.util import (
     instantiate,
     keep_freed_host_memory,
+    release_freed_host_memory,
     seed_everything,
     select_device,
     set_numerics,
-    trim_inherited_host_memory,
 )
 
 DEFAULTS = dict(
@@ -314,7 +314,7 @@ class Processor:
         # Persistent workers: the feeder's epoch (augmentation seeds) is in shared memory.
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
                           pin_memory=self.device.type == "cuda", drop_last=train, persistent_workers=workers > 0,
-                          generator=generator, worker_init_fn=trim_inherited_host_memory)
+                          generator=generator, worker_init_fn=release_freed_host_memory)
 
     def seed_loaders(self, epoch):
         """Reseed every loader's generator for `epoch`: a resumed run's loaders draw what the uninterrupted

@@ -200,7 +200,7 @@ RSS_AFTER_FREE = """
 import os
 import sys
 import numpy as np
-from torchlight.util import keep_freed_host_memory, trim_inherited_host_memory
+from torchlight.util import keep_freed_host_memory, release_freed_host_memory
 kept = keep_freed_host_memory() if sys.argv[1] != "default" else None
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -209,7 +209,7 @@ block = np.ones(2 ** 25)  # 256 MiB, touched
 before = rss_mb()
 del block
 if sys.argv[1] == "keep_then_trim":
-    trim_inherited_host_memory()  # what a forked DataLoader worker does first
+    release_freed_host_memory()  # what a forked DataLoader worker does first
 print(kept, before - rss_mb())
 """
 

@@ -18,7 +18,6 @@ augmentation in the loader workers), so that the speed-up is measured in one run
 """
 import argparse
 import contextlib
-import ctypes
 import gc
 import inspect
 import io
@@ -42,7 +41,7 @@ from net.moco import MoCo  # noqa: E402
 from net.st_gcn_reference import release_design  # noqa: E402
 from processor import configure  # noqa: E402
 from processor.processor import cpu_amp_is_fast  # noqa: E402
-from torchlight.util import keep_freed_host_memory, set_numerics  # noqa: E402
+from torchlight.util import keep_freed_host_memory, release_freed_host_memory, set_numerics  # noqa: E402
 
 METHODS = {"skeletonclr": "pretrain_skeletonclr", "skelemixclr": "pretrain_skeletonclr_swap",
            "skelemixclr_plus": "pretrain_skeletonclr_multi_swapv2"}
@@ -74,8 +73,7 @@ def timed(fn, warmup, iters, device):
 def release_memory():
     """Return freed memory to the OS, so the next peak-memory figure starts from what is in use."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_freed_host_memory()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -36,6 +36,21 @@ def info_nce(q, positive, queue, temperature, extra_negative=None):
     return F.cross_entropy(logits.float(), torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
+def cosine_momentum(base, progress):
+    """Key momentum at `progress` (0 to 1) of training: `base` rising to 1 on a half cosine (BYOL §3.1, as
+    MoCo v3): early keys follow the query encoder closely, late keys hardly move (docs/method.md)."""
+    return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def auto_queue_size(num_clips, batch_size):
+    """`queue_size: auto`: the largest multiple of the batch within half an epoch of keys, at least one batch.
+
+    A queue longer than an epoch holds stale keys of the query's own clip as negatives; half an epoch
+    leaves most of a small dataset's other clips in it (docs/method.md: the small-data recipe).
+    """
+    return batch_size * max(1, num_clips // batch_size // 2)
+
+
 @torch.no_grad()
 def training_health(q, k, queue):
     """Collapse signals of normalised queries q (N, d) against keys k and the queue (d, K) (issue 10 item 2):

@@ -17,6 +17,9 @@ from torchlight.config import ConfigError
 from torchlight.io import atomic_path
 from torchlight.util import release_freed_host_memory
 
+# The normalised probe (docs/method.md): linear evaluation on standardised features, at an lr for
+# standardised inputs. It trains every row, raw joints and random encoder included, the same way.
+PROBE = dict(feature_norm=True, base_lr=0.1)
 # The classifier is trained anew; everything else of the encoder must come from the checkpoint.
 CLASSIFIER_KEYS = {"fc.weight", "fc.bias"}
 # What an evaluation drops from a pretraining checkpoint: projection head, key encoder and queue (SPEC §4).
@@ -209,11 +212,13 @@ class LinearEvaluation(Classification):
     """
 
     extra_defaults = dict(Classification.extra_defaults, base_lr=3.0, weight_decay=0.0, step=[80],
-                          num_epoch=150, cache_features=True)
+                          num_epoch=150, cache_features=True,
+                          feature_norm=False)  # the normalised probe (docs/method.md): see `standardize_features`
     work_dir_name = "linear"
 
     def __init__(self, cfg):
         self.cached = None  # (features, labels) of the training clips, on the cached path
+        self.feature_stats = None  # (mean, 1/std) of the training clips' features, with feature_norm
         self.frozen = {}    # the encoder's state before training: finish() checks that none of it moved
         super().__init__(cfg)
 
@@ -229,9 +234,35 @@ class LinearEvaluation(Classification):
     def start(self):
         if not self.cfg["weights"] and not self.start_epoch:
             self.calibrate_random_encoder(self.raw_model)
+        if self.cfg["feature_norm"]:
+            self.standardize_features()
         # a resumed run's come from its checkpoint
         self.frozen = {k: v.clone() for k, v in self.raw_model.state_dict().items() if k not in CLASSIFIER_KEYS}
         super().start()
+
+    def training_features(self):
+        """(features, labels) of every training clip, un-augmented: computed once and kept on the cached path."""
+        if self.cached is not None:
+            return self.cached
+        features = self.features(self.raw_model, self.clip_loader(), return_features=True)
+        if self.uses_cache:
+            self.cached = features
+        return features
+
+    def standardize_features(self):
+        """The normalised probe: the classifier sees each feature standardised with the mean and variance of
+        the training clips' features, a BatchNorm without affine parameters measured once (MAE's linear
+        probe; docs/method.md). Every row, raw joints and random encoder included, trains the same way.
+
+        Done by a forward pre-hook on `fc`, so the cached path, the full path and evaluation all see it and
+        the checkpoint's keys stay those of the paper protocol; the statistics are measured again on resume.
+        """
+        features, _ = self.training_features()
+        mean, var = features.mean(0), features.var(0, correction=0)
+        self.feature_stats = mean, torch.rsqrt(var + 1e-6)
+        self.raw_model.fc.register_forward_pre_hook(lambda _, args: ((args[0] - mean) * self.feature_stats[1],))
+        self.log(f"feature_norm: the classifier's {len(mean)} input features standardised with the training "
+                 "clips' statistics (normalised probe)")
 
     @property
     def uses_cache(self):
@@ -246,9 +277,7 @@ class LinearEvaluation(Classification):
         """Cached path: (features, labels, indices) of the global batches the full path would visit."""
         if not self.uses_cache:
             return super().train_batches(epoch)
-        if self.cached is None:
-            self.cached = self.features(self.raw_model, self.clip_loader(), return_features=True)
-        feats, labels = self.cached
+        feats, labels = self.training_features()
         # Every rank holds all features and runs the global batch, so no gradient sync is needed.
         order = torch.as_tensor(self.global_order(epoch), device=self.device)
         batch = self.cfg["batch_size"]

@@ -1,6 +1,11 @@
 """Self-supervised pretraining: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ share this processor (SPEC §3)."""
+import math
+
+from net.moco import auto_queue_size, cosine_momentum
 from processor.processor import Processor
 from torchlight.config import ConfigError
+
+MOMENTUM_SCHEDULES = ("constant", "cosine")
 
 
 def near_chance(loss_over_chance, keys_seen, queue_size, refills=20, margin=0.03):
@@ -14,7 +19,25 @@ def near_chance(loss_over_chance, keys_seen, queue_size, refills=20, margin=0.03
 class Pretrain(Processor):
     """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (SPEC §3.4)."""
 
-    extra_defaults = dict(method=None, model="net.moco.MoCo", num_epoch=300, step=[300], knn_k=[10, 20, 40])
+    extra_defaults = dict(
+        method=None, model="net.moco.MoCo", num_epoch=300, step=[300], knn_k=[10, 20, 40],
+        num_steps=None,                # train this many optimiser steps: num_epoch is derived from the data
+        momentum_schedule="constant",  # cosine: key momentum rises from model_args.momentum to 1 (cosine_momentum)
+    )
+
+    def build_model(self):
+        """MoCo; `model_args.queue_size: auto` is sized from the training clips (auto_queue_size)."""
+        cfg = self.cfg
+        if cfg["momentum_schedule"] not in MOMENTUM_SCHEDULES:
+            raise ConfigError(f"momentum_schedule must be one of {', '.join(MOMENTUM_SCHEDULES)}, "
+                              f"not {cfg['momentum_schedule']!r}")
+        if cfg["model_args"].get("queue_size") == "auto":
+            clips = len(self.dataset(dict(cfg["train_feeder_args"], views=0), "train_feeder_args"))
+            cfg["model_args"]["queue_size"] = auto_queue_size(clips, cfg["batch_size"])
+            self.log(f"queue_size auto: {cfg['model_args']['queue_size']} keys for {clips} training clips")
+        model = super().build_model()
+        self.base_momentum = model.momentum
+        return model
 
     def build_data(self):
         cfg = self.cfg
@@ -30,6 +53,11 @@ class Pretrain(Processor):
         if cfg["eval_interval"] > 0 and cfg["test_feeder_args"]:
             # SPEC §4b: the kNN bank is the train set without augmentation (clip_loader).
             self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
+        if cfg["num_steps"] is not None:
+            if not isinstance(cfg["num_steps"], int) or cfg["num_steps"] < 1:
+                raise ConfigError(f"num_steps must be an integer >= 1, got {cfg['num_steps']!r}")
+            cfg["num_epoch"] = math.ceil(cfg["num_steps"] / len(self.train_loader))
+            self.log(f"num_steps {cfg['num_steps']}: {cfg['num_epoch']} epochs of {len(self.train_loader)} steps")
 
     def compile_targets(self):
         """The two encoders: SkeleMix's region draws and the queue pointer stay eager instead of recompiling
@@ -43,6 +71,10 @@ class Pretrain(Processor):
         return [self.to_input(v, augment=self.cfg["device_augment"]) for v in views]
 
     def train_step(self, views):
+        if self.cfg["momentum_schedule"] == "cosine":
+            steps = len(self.train_loader)
+            progress = (self.epoch * steps + self.step) / (self.cfg["num_epoch"] * steps)
+            self.raw_model.momentum = cosine_momentum(self.base_momentum, progress)
         return self.model(views, generator=self.generator)
 
     def train_epoch(self, epoch):

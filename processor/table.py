@@ -11,6 +11,7 @@ import os
 import statistics
 
 from processor import configure
+from processor.evaluation import PROBE
 from torchlight.config import ConfigError, load_yaml
 from torchlight.io import Logger, atomic_path
 
@@ -25,6 +26,9 @@ DEFAULTS = dict(
     linear={},     # overrides for every linear evaluation
     overwrite=False,  # True: redo runs whose work_dir exists (the demo), instead of refusing
 )
+
+
+PROTOCOLS = ("paper", "probe")  # each row's linear evaluation: as its config says, and the normalised probe
 
 
 def slug(name):
@@ -78,19 +82,23 @@ class Table:
             pre = self.run(name, config_file, work, seed, self.cfg["pretrain"])
             weights = os.path.join(work, f"epoch{pre.cfg['num_epoch']}_model.pt")
             ratio = pre.stats[-1]["health/loss_over_chance"]
-        self.log(f"{row['name']}, seed {seed}: linear evaluation ({row['linear']})")
-        lin = self.run("linear_evaluation", row["linear"], os.path.join(work, "linear"), seed,
-                       row.get("linear_args"), self.cfg["linear"], dict(weights=weights))
-        return dict(top1=lin.history[-1]["top1"], top5=lin.history[-1]["top5"], loss_over_chance=ratio)
+        result = dict(loss_over_chance=ratio)
+        for protocol, folder, settings in (("paper", "linear", {}), ("probe", "probe", PROBE)):
+            self.log(f"{row['name']}, seed {seed}: linear evaluation, {protocol} protocol ({row['linear']})")
+            lin = self.run("linear_evaluation", row["linear"], os.path.join(work, folder), seed,
+                           row.get("linear_args"), self.cfg["linear"], settings, dict(weights=weights))
+            result[protocol] = dict(top1=lin.history[-1]["top1"], top5=lin.history[-1]["top5"])
+        return result
 
     def start(self):
         cfg, rows = self.cfg, []
         for row in cfg["rows"]:
             runs = [self.run_row(row, seed) for seed in cfg["seeds"]]
-            top1, std = mean_std([r["top1"] for r in runs])
             ratios = [r["loss_over_chance"] for r in runs if r["loss_over_chance"] is not None]
-            rows.append(dict(model=row["name"], top1=top1, top1_std=std, runs=runs,
-                             loss_over_chance=statistics.mean(ratios) if ratios else None))
+            summary = dict(model=row["name"], runs=runs, loss_over_chance=statistics.mean(ratios) if ratios else None)
+            for protocol in PROTOCOLS:
+                summary[protocol], summary[f"{protocol}_std"] = mean_std([r[protocol]["top1"] for r in runs])
+            rows.append(summary)
         print("\n" + self.format(rows), flush=True)
         path = os.path.join(cfg["work_dir"], "table.json")
         with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -101,9 +109,10 @@ class Table:
     def format(self, rows):
         seeds = self.cfg["seeds"]
         which = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}"
-        lines = [f"linear evaluation, {which}", f"{'model':<14}{'top-1 %':>14}{'loss/chance':>13}"]
+        lines = [f"linear evaluation top-1 %, {which}: paper protocol and normalised probe (docs/method.md)",
+                 f"{'model':<14}{'paper':>14}{'probe':>14}{'loss/chance':>13}"]
         for r in rows:
             ratio = "-" if r["loss_over_chance"] is None else f"{r['loss_over_chance']:.3f}"
-            top1 = f"{r['top1']:.1f}" + (f" ± {r['top1_std']:.1f}" if len(seeds) > 1 else "")
-            lines.append(f"{r['model']:<14}{top1:>14}{ratio:>13}")
+            cells = [f"{r[p]:.1f}" + (f" ± {r[p + '_std']:.1f}" if len(seeds) > 1 else "") for p in PROTOCOLS]
+            lines.append(f"{r['model']:<14}" + "".join(f"{c:>14}" for c in cells) + f"{ratio:>13}")
         return "\n".join(lines)

@@ -21,19 +21,24 @@ def test_demo_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "wd" / "demo_result.json").read_text())["results"]
     assert [r["model"] for r in rows] == ROWS
-    assert all(0 <= r["top1"] <= 100 and r["runs"][0]["top1"] <= r["runs"][0]["top5"] for r in rows)
+    for r in rows:  # both protocols of every row, the baselines included
+        for protocol in ("paper", "probe"):
+            run = r["runs"][0][protocol]
+            assert 0 <= r[protocol] == run["top1"] <= run["top5"] <= 100
     for r in rows:  # the printed table shows the same numbers, with loss/chance for pretrained rows only
         ratio = "-" if r["loss_over_chance"] is None else f"{r['loss_over_chance']:.3f}"
-        assert f"{r['model']:<14}{r['top1']:>14.1f}{ratio:>13}" in out.stdout
+        assert f"{r['model']:<14}{r['paper']:>14.1f}{r['probe']:>14.1f}{ratio:>13}" in out.stdout
     assert [r["loss_over_chance"] is None for r in rows] == [True, True, False, False]
     for row in ROWS:
         work = tmp_path / "wd" / slug(row) / "seed1"
-        assert (work / "linear" / "result.json").is_file()
+        assert (work / "linear" / "result.json").is_file() and (work / "probe" / "result.json").is_file()
         assert (work / "epoch1_model.pt").is_file() == (row in ROWS[2:])
     # linear evaluation sees half the training labels, pretraining every training clip without them
     linear = yaml.safe_load((tmp_path / "wd" / "skeletonclr" / "seed1" / "linear" / "config.yaml").read_text())
     pretrain = yaml.safe_load((tmp_path / "wd" / "skeletonclr" / "seed1" / "config.yaml").read_text())
-    assert linear["train_feeder_args"]["label_fraction"] == 0.5
+    assert linear["train_feeder_args"]["label_fraction"] == 0.5 and not linear["feature_norm"]
+    probe = yaml.safe_load((tmp_path / "wd" / "skeletonclr" / "seed1" / "probe" / "config.yaml").read_text())
+    assert probe["feature_norm"] and probe["train_feeder_args"]["label_fraction"] == 0.5
     assert pretrain["train_feeder_args"].get("label_fraction") is None
     # the synthetic clips were generated where the demo was told to put its data
     assert len(list((tmp_path / "data" / "nuisance0.5_timing0.0" / "raw").iterdir())) == 90
@@ -42,7 +47,9 @@ def test_demo_end_to_end(tmp_path):
 def test_table_mean_and_spread_by_hand(tmp_path):
     assert mean_std([50.0, 60.0, 70.0]) == (60.0, 10.0) and mean_std([42.0]) == (42.0, 0.0)
     table = Table(dict(Table.default_config(), seeds=[1, 2, 3], work_dir=str(tmp_path)))
-    text = table.format([dict(model="SkeletonCLR", top1=60.0, top1_std=10.0, loss_over_chance=0.8123),
-                         dict(model="raw joints", top1=55.25, top1_std=0.5, loss_over_chance=None)])
-    assert text.splitlines()[2:] == [f"{'SkeletonCLR':<14}{'60.0 ± 10.0':>14}{'0.812':>13}",
-                                     f"{'raw joints':<14}{'55.2 ± 0.5':>14}{'-':>13}"]
+    text = table.format([dict(model="SkeletonCLR", paper=60.0, paper_std=10.0, probe=70.0, probe_std=1.25,
+                              loss_over_chance=0.8123),
+                         dict(model="raw joints", paper=55.25, paper_std=0.5, probe=64.0, probe_std=2.0,
+                              loss_over_chance=None)])
+    assert text.splitlines()[2:] == [f"{'SkeletonCLR':<14}{'60.0 ± 10.0':>14}{'70.0 ± 1.2':>14}{'0.812':>13}",
+                                     f"{'raw joints':<14}{'55.2 ± 0.5':>14}{'64.0 ± 2.0':>14}{'-':>13}"]

@@ -250,3 +250,22 @@ def test_knn_monitor_reads_the_projection_heads_output(demo_arrays, tiny, tmp_pa
         calls.append((encoder, return_features)) or features(encoder, loader, return_features))
     assert set(proc.evaluate(0)) == {"knn/top1_k1"}
     assert calls == [(proc.raw_model.encoder_q, False)] * 2  # the bank and the val clips, after the head
+
+
+def test_normalised_probe_standardises_the_classifiers_input(demo_arrays, tiny, tmp_path):
+    """feature_norm: fc sees features with the training clips' mean 0 and variance 1, on every path."""
+    cls, cfg = tiny("linear_evaluation", demo_arrays, tmp_path, num_epoch=1, feature_norm=True,
+                    model_args=dict(num_class=12))
+    proc = cls(cfg)
+    proc.start()
+    feats, _ = proc.features(proc.raw_model, proc.clip_loader(), return_features=True)
+    seen = []
+    hook = proc.raw_model.fc.register_forward_hook(lambda _, args, out: seen.append(args[0]))
+    proc.features(proc.raw_model, proc.clip_loader(), return_features=False)  # the encoder's own fc call
+    hook.remove()
+    expected = (feats - feats.mean(0)) / torch.sqrt(feats.var(0, correction=0) + 1e-6)
+    torch.testing.assert_close(torch.cat(seen), expected, rtol=1e-4, atol=1e-4)
+    assert abs(float(torch.cat(seen).mean())) < 1e-4
+    # the checkpoint's keys are those of the paper protocol: the statistics are measured, not stored
+    state = torch.load(tmp_path / "eval_epoch1.pt", weights_only=False)["model"]
+    assert not any("norm" in k and k.startswith("fc") for k in state)

@@ -146,3 +146,13 @@ def test_release_rows_dicts_and_settings_read_as_the_same_mixes():
 def test_bad_mix_settings_name_the_key_and_value(bad):
     with pytest.raises(ValueError, match=r"model_args.swap_params .*: each row must be"):
         mix_settings(bad)
+
+
+def test_cosine_momentum_and_auto_queue_by_hand():
+    from net.moco import auto_queue_size, cosine_momentum
+    assert cosine_momentum(0.99, 0.0) == pytest.approx(0.99)
+    assert cosine_momentum(0.99, 0.5) == pytest.approx(0.995)
+    assert cosine_momentum(0.99, 1.0) == pytest.approx(1.0)
+    # half an epoch of keys in whole batches: NW-UCLA's 1,019 clips 15 steps -> 7 batches; tiny sets 1 batch
+    assert auto_queue_size(1019, 64) == 448 and auto_queue_size(629, 64) == 256
+    assert auto_queue_size(100, 64) == 64 and auto_queue_size(300, 64) == 128

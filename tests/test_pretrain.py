@@ -1,4 +1,5 @@
 """Pretraining end to end on demo data with a tiny model: loss goes down, checkpoints resume exactly."""
+import math
 import os
 
 import pytest
@@ -138,3 +139,21 @@ def test_compile_targets_are_named_by_the_processor(demo_arrays, tiny, tmp_path)
     assert linear.compile_targets() == [linear.raw_model]
     assert (linear.train_clips.dataset is linear.train_loader.dataset  # the training clips built once
             and linear.cached is None and linear.stats == [] and linear.history == [])
+
+
+def test_small_data_recipe_derives_epochs_queue_and_key_momentum(demo_arrays, tiny, tmp_path):
+    """num_steps -> epochs, queue_size auto -> half an epoch of keys, cosine key momentum from base to 1."""
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_steps=10, momentum_schedule="cosine",
+                    batch_size=16, model_args=dict(queue_size="auto", momentum=0.9))
+    proc = cls(cfg)
+    clips, steps = len(proc.train_loader.dataset), len(proc.train_loader)
+    assert steps == clips // 16 and proc.cfg["num_epoch"] == -(-10 // steps)
+    assert proc.raw_model.queue_size == 16 * max(1, clips // 16 // 2)
+    seen = []
+    update = proc.raw_model._momentum_update_key_encoder
+    proc.raw_model._momentum_update_key_encoder = lambda: (seen.append(proc.raw_model.momentum), update())[1]
+    proc.start()
+    total = proc.cfg["num_epoch"] * steps
+    assert seen == pytest.approx([1 - 0.1 * (math.cos(math.pi * i / total) + 1) / 2 for i in range(total)])
+    written = read_checkpoint(str(tmp_path / f"epoch{proc.cfg['num_epoch']}_model.pt"), "checkpoint")
+    assert written["config"]["model_args"]["queue_size"] == proc.raw_model.queue_size  # resolved, recorded

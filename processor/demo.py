@@ -9,8 +9,8 @@ import json
 import os
 
 from feeder.demo_arrays import demo_arrays
-from processor.table import Table, merged
-from torchlight.config import load_yaml
+from processor.table import Table
+from torchlight.config import deep_merge, load_yaml
 from torchlight.io import Logger, atomic_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ class Demo:
                      data=dict(train_feeder_args=dict(part["train"], frames=cfg["frames"]),
                                test_feeder_args=part["val"]),
                      pretrain=cfg["pretrain"], overwrite=True,  # a rerun redoes its runs
-                     linear=merged(dict(train_feeder_args=dict(label_fraction=cfg["label_fraction"])), cfg["linear"]))
+                     linear=deep_merge(dict(train_feeder_args=dict(label_fraction=cfg["label_fraction"])), cfg["linear"]))
         print(f"\nDemo: synthetic data (nuisance {cfg['nuisance']}, timing {cfg['timing']}), NTU-60-style xsub "
               f"split; linear evaluation on {cfg['label_fraction']:.0%} of the training labels", flush=True)
         rows = Table(table).start()

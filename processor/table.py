@@ -12,7 +12,7 @@ import statistics
 
 from processor import configure
 from processor.evaluation import PROBE
-from torchlight.config import ConfigError, load_yaml
+from torchlight.config import ConfigError, deep_merge, load_yaml
 from torchlight.io import Logger, atomic_path
 
 DEFAULTS = dict(
@@ -36,15 +36,6 @@ def slug(name):
     return name.lower().replace("+", "_plus").replace(" ", "_")
 
 
-def merged(*dicts):
-    """Nested dicts merged left to right (later wins), for run configs assembled from several places."""
-    out = {}
-    for d in dicts:
-        for k, v in (d or {}).items():
-            out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def mean_std(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -66,7 +57,7 @@ class Table:
         cfg = self.cfg
         common = dict(work_dir=work_dir, seed=seed, device=cfg["device"], progress=cfg["progress"],
                       overwrite=cfg["overwrite"])
-        config = merged(load_yaml(config_file), cfg["data"], common, *overrides)
+        config = deep_merge(load_yaml(config_file), cfg["data"], common, *overrides)
         cls, run_cfg = configure(name, config, {}, source=config_file)
         processor = cls(run_cfg)
         processor.start()

@@ -114,3 +114,20 @@ def test_every_pretraining_config_names_the_method_of_its_command():
     release = "config/CrosSCLR/skelemixclr_multi_swap_ntu.yaml"
     assert os.path.realpath(release) == os.path.realpath("config/CrosSCLR/skelemixclr_multi_swap_ntu60_xview.yaml")
     assert "xview" in load_yaml(release)["train_feeder_args"]["data_path"]
+
+
+def test_base_inheritance_merges_nested_keys_and_refuses_a_circle(tmp_path):
+    from torchlight.config import load_yaml
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "method.yaml").write_text("num_epoch: 80\nmodel_args: {hidden_channels: 8, dropout: 0.0}\n")
+    (tmp_path / "data.yaml").write_text("train_feeder_args: {data_path: a.npy}\nmodel_args: {num_class: 10}\n")
+    (tmp_path / "run.yaml").write_text("_base_: [recipe/method.yaml, data.yaml]\nmodel_args: {dropout: 0.1}\n")
+    assert load_yaml(str(tmp_path / "run.yaml")) == dict(
+        num_epoch=80, model_args=dict(hidden_channels=8, dropout=0.1, num_class=10),
+        train_feeder_args=dict(data_path="a.npy"))
+    (tmp_path / "loop.yaml").write_text("_base_: loop.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        load_yaml(str(tmp_path / "loop.yaml"))
+    (tmp_path / "bad.yaml").write_text("_base_: 3\n")
+    with pytest.raises(ConfigError, match="_base_ in .*bad.yaml"):
+        load_yaml(str(tmp_path / "bad.yaml"))

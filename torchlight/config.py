@@ -9,10 +9,25 @@ class ConfigError(ValueError):
     """A bad configuration: the message names the file, key or value."""
 
 
-def load_yaml(path):
-    """Read a YAML mapping from `path`."""
+def deep_merge(*dicts):
+    """Nested dicts merged left to right (later wins): the one merge of configs assembled from several places."""
+    out = {}
+    for d in dicts:
+        for k, v in (d or {}).items():
+            out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path, _seen=()):
+    """Read a YAML mapping from `path`, on top of the files its `_base_` names (paths relative to it).
+
+    An experiment's YAML names its bases (`_base_: ../small/skelemixclr_plus.yaml`, or a list, later
+    ones winning) and holds only what differs, as MMAction2's configs do.
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
+    if os.path.realpath(path) in _seen:
+        raise ConfigError(f"config file {path} inherits from itself through _base_")
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -22,7 +37,13 @@ def load_yaml(path):
         raise ConfigError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, not {type(data).__name__}")
-    return data
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"_base_ in {path} must be a file name or a list of them, not {bases!r}")
+    here = os.path.dirname(path)
+    seen = (*_seen, os.path.realpath(path))
+    return deep_merge(*(load_yaml(os.path.join(here, b), seen) for b in bases), data)
 
 
 def parse_overrides(argv):

@@ -64,7 +64,8 @@ class Demo:
                      data=dict(train_feeder_args=dict(part["train"], frames=cfg["frames"]),
                                test_feeder_args=part["val"]),
                      pretrain=cfg["pretrain"], overwrite=True,  # a rerun redoes its runs
-                     linear=deep_merge(dict(train_feeder_args=dict(label_fraction=cfg["label_fraction"])), cfg["linear"]))
+                     linear=deep_merge(dict(train_feeder_args=dict(label_fraction=cfg["label_fraction"])),
+                                       cfg["linear"]))
         print(f"\nDemo: synthetic data (nuisance {cfg['nuisance']}, timing {cfg['timing']}), NTU-60-style xsub "
               f"split; linear evaluation on {cfg['label_fraction']:.0%} of the training labels", flush=True)
         rows = Table(table).start()

@@ -114,3 +114,26 @@ def test_every_pretraining_config_names_the_method_of_its_command():
     release = "config/CrosSCLR/skelemixclr_multi_swap_ntu.yaml"
     assert os.path.realpath(release) == os.path.realpath("config/CrosSCLR/skelemixclr_multi_swap_ntu60_xview.yaml")
     assert "xview" in load_yaml(release)["train_feeder_args"]["data_path"]
+
+
+def written_checkpoints(cfg):
+    """The epochs whose checkpoint a pretraining config writes: every save_interval-th and the last."""
+    epochs, every = cfg.get("num_epoch", 300), cfg.get("save_interval", 5)
+    return {e for e in range(1, epochs + 1) if e % every == 0 or e == epochs}
+
+
+def test_every_checkpoint_a_config_names_is_one_its_pretraining_writes():
+    """Comments and `weights` keys alike: a path `<run>/epochN_model.pt` names a run some pretraining config
+    writes to, and an epoch that run saves (a stale epoch40 after the run moved to 80 epochs fails here)."""
+    runs = {}
+    paths = glob.glob("config/**/*.yaml", recursive=True)
+    for path in paths:
+        cfg = load_yaml(path)
+        if "method" in cfg:
+            runs[os.path.normpath(cfg["work_dir"])] = written_checkpoints(cfg)
+    named = 0
+    for path in paths:
+        for run, epoch in re.findall(r"(\./work_dir/\S+?)/epoch(\d+)_model\.pt", open(path).read()):
+            assert int(epoch) in runs.get(os.path.normpath(run), ()), f"{path}: {run}/epoch{epoch}_model.pt"
+            named += 1
+    assert named > 100

@@ -86,7 +86,14 @@ DEFAULTS = dict(
 )
 
 
-PROGRESS_INTERVAL = 20  # steps between the progress bar's loss reads (each one waits for the device)
+PROGRESS_SECONDS = 1.0  # least time between the progress bar's loss reads (each read waits for the device)
+
+
+def progress_due(step, steps, seconds_since_shown):
+    """Whether the progress bar reads the loss at `step` (0-based) of `steps` (None when unknown): the first
+    and the last step, and any step PROGRESS_SECONDS after the last read, so a short epoch ends showing
+    its last loss and a long one reads the device about once a second, not every step."""
+    return step == 0 or step + 1 == steps or seconds_since_shown >= PROGRESS_SECONDS
 
 
 def cpu_amp_is_fast(amp):
@@ -303,6 +310,9 @@ class Processor:
     def loader(self, dataset, train):
         """Training: shuffled by (seed, epoch) and split across ranks; evaluation: each clip once."""
         per_rank = (self.cfg["batch_size"] // self.world) if train else self.cfg["test_batch_size"]
+        if train and len(dataset) < self.cfg["batch_size"]:  # else no step: an epoch of nothing
+            raise ConfigError(f"batch_size {self.cfg['batch_size']} is larger than the {len(dataset)} training clips "
+                              f"of {getattr(dataset, 'data_path', 'the training set')}: lower batch_size")
         if train:
             sampler = DistributedSampler(dataset, num_replicas=self.world, rank=get_rank(), shuffle=True,
                                          seed=self.cfg["seed"], drop_last=True)
@@ -461,6 +471,7 @@ class Processor:
         self.set_train_mode()
         self.reset_loss_check()
         sums, count, t0 = None, 0, time.perf_counter()
+        shown = t0  # when the progress bar last read the loss
         bar = self.progress(self.train_batches(epoch), f"epoch {epoch + 1}")
         for step, batch in enumerate(bar):
             # Input preparation stays fp32: under autocast the shear's einsum would round the positions
@@ -474,7 +485,8 @@ class Processor:
             # Summed on the device and read once per epoch: reading a loss every step waits for the GPU.
             weighted = torch.stack([v.detach().double() for v in losses.values()]) * n
             sums = weighted if sums is None else sums + weighted
-            if not bar.disable and step % PROGRESS_INTERVAL == 0:
+            if not bar.disable and progress_due(step, bar.total, time.perf_counter() - shown):
+                shown = time.perf_counter()
                 bar.set_postfix(loss=f"{losses['loss'].item():.4f}",
                                 samples_s=f"{count * self.world / (time.perf_counter() - t0):.1f}")
         if count == 0:

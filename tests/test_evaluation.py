@@ -68,6 +68,20 @@ def test_linear_evaluation_separable_toy_and_frozen_encoder(tiny, tmp_path):
     assert report["loaded"] == sorted(saved) and report["ignored"] == [] and report["missing"] == []
 
 
+@pytest.mark.parametrize("overrides, clips", [(dict(batch_size=32), 24),
+                                               (dict(batch_size=8, label_fraction=0.25), 6)])
+def test_fewer_training_clips_than_a_batch_is_a_one_line_error_before_training(tiny, tmp_path, overrides, clips):
+    """Was an IndexError in the cached path's first epoch (no full batch, so an empty float index)."""
+    data = toy_dataset(tmp_path)
+    train = dict(data, label_fraction=overrides.pop("label_fraction", None))
+    cls, cfg = tiny("linear_evaluation", "unused", tmp_path / "lin", train_feeder_args=train, test_feeder_args=data,
+                    model_args=dict(num_class=2), num_epoch=1, **overrides)
+    with pytest.raises(ConfigError) as info:
+        cls(cfg)
+    assert str(info.value) == (f"batch_size {overrides['batch_size']} is larger than the {clips} training clips of "
+                               f"{data['data_path']}: lower batch_size")
+
+
 def test_cached_features_match_full_path(demo_arrays, tiny, tmp_path):
     accs, classifiers = [], []
     for cache in (True, False):

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from net.moco import MoCo
 from processor.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
-from processor.processor import Processor
+from processor.processor import DEFAULTS, Processor
 from torchlight.checkpoint import check_state_dict, read_checkpoint
 from torchlight.config import ConfigError
 from torchlight.io import atomic_path
@@ -75,6 +75,21 @@ class Evaluation(Processor):
     """What every evaluation shares: a pretrained (or BN-calibrated random) encoder and a result file."""
 
     extra_defaults = dict(ignore_weights=IGNORE_WEIGHTS, result_file="result.json")
+
+    @classmethod
+    def default_work_dir(cls, cfg):
+        """Beside the weights' run: `<run>/linear`, `<run>/finetune`, `<run>/knn`, `_1pct_labels` added with a
+        label_fraction. A baseline without weights has no run: ./work_dir/<data>/<model>/<protocol>, such as
+        ./work_dir/ucla_frame32_xview/random_init/linear."""
+        name = cls.work_dir_name
+        fraction = cfg["train_feeder_args"].get("label_fraction")
+        if fraction is not None:
+            name += f"_{100 * fraction:g}pct_labels"
+        if cfg["weights"]:
+            return os.path.join(os.path.dirname(os.path.abspath(cfg["weights"])), name)
+        data = os.path.dirname(os.path.abspath(cfg["test_feeder_args"].get("data_path", "data")))
+        model = "random_init" if cfg["model"] == DEFAULTS["model"] else cfg["model"].rsplit(".", 2)[-2]
+        return os.path.join("work_dir", "_".join(data.split(os.sep)[-2:]), model, name)
 
     def build_model(self):
         model = super().build_model()

@@ -137,3 +137,24 @@ def test_every_checkpoint_a_config_names_is_one_its_pretraining_writes():
             assert int(epoch) in runs.get(os.path.normpath(run), ()), f"{path}: {run}/epoch{epoch}_model.pt"
             named += 1
     assert named > 100
+
+
+EVALUATIONS = {"linear_eval": "linear_evaluation", "finetune": "finetune_evaluation", "semi": "finetune_evaluation",
+               "knn": "knn_evaluation"}  # config file prefix -> processor
+
+
+def test_evaluations_are_filed_beside_their_weights_each_in_its_own_folder():
+    """Evaluation configs name no work_dir: the results go beside the weights (`<run>/linear`), a baseline
+    without weights under its data and model. Only configs evaluating weights a second way keep one:
+    the release's recipes and the transfers to another dataset."""
+    folders = {}
+    for path in sorted(glob.glob("config/**/*.yaml", recursive=True)):
+        name = next((p for prefix, p in EVALUATIONS.items() if os.path.basename(path).startswith(prefix)), None)
+        if name is None or os.path.islink(path):  # links: the release's names of other files
+            continue
+        cls, cfg = configure(name, load_yaml(path), source=path)
+        assert (cfg["work_dir"] is not None) == (path.endswith("_release.yaml") or "/transfer/" in path), path
+        folder = os.path.abspath(cfg["work_dir"] or cls.default_work_dir(cfg))
+        assert folder not in folders, f"{path} and {folders.get(folder)} both write {folder}"
+        folders[folder] = path
+    assert len(folders) > 90 and "config/ucla/knn_eval_ucla_xview_small.yaml" in folders.values()

@@ -1,5 +1,6 @@
 """Evaluation protocols (processor/evaluation.py, tools/ensemble.py) against hand computations."""
 import json
+import os
 import pickle
 from collections import OrderedDict
 
@@ -9,6 +10,7 @@ import torch
 
 from net.moco import MoCo
 from net.st_gcn import Model
+from processor import configure
 from processor.evaluation import load_encoder
 from tools import ensemble
 from torchlight.config import ConfigError
@@ -80,6 +82,23 @@ def test_fewer_training_clips_than_a_batch_is_a_one_line_error_before_training(t
         cls(cfg)
     assert str(info.value) == (f"batch_size {overrides['batch_size']} is larger than the {clips} training clips of "
                                f"{data['data_path']}: lower batch_size")
+
+
+def test_each_protocol_has_its_folder_beside_the_weights_or_under_its_data_without():
+    def folder(name, **cfg):
+        cls, cfg = configure(name, cfg)
+        return cls.default_work_dir(cfg)
+    run, weights = os.path.abspath("runs/a"), "runs/a/epoch80_model.pt"
+    assert folder("linear_evaluation", weights=weights) == f"{run}/linear"
+    assert folder("knn_evaluation", weights=weights) == f"{run}/knn"
+    assert folder("finetune_evaluation", weights=weights) == f"{run}/finetune"
+    for fraction, suffix in ((0.01, "1pct"), (0.1, "10pct")):
+        assert folder("finetune_evaluation", weights=weights, train_feeder_args=dict(label_fraction=fraction)) == \
+            f"{run}/finetune_{suffix}_labels"
+    val = dict(data_path="./data/ucla_frame32/xview/val_position.npy")
+    assert folder("linear_evaluation", test_feeder_args=val) == "work_dir/ucla_frame32_xview/random_init/linear"
+    assert folder("linear_evaluation", test_feeder_args=val, model="net.raw_joints.Model") == \
+        "work_dir/ucla_frame32_xview/raw_joints/linear"
 
 
 def test_cached_features_match_full_path(demo_arrays, tiny, tmp_path):

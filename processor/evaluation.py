@@ -75,6 +75,7 @@ class Evaluation(Processor):
     """What every evaluation shares: a pretrained (or BN-calibrated random) encoder and a result file."""
 
     extra_defaults = dict(ignore_weights=IGNORE_WEIGHTS, result_file="result.json")
+    extra_help = dict(result_file="the result's file name in work_dir")
 
     @classmethod
     def default_work_dir(cls, cfg):
@@ -87,9 +88,10 @@ class Evaluation(Processor):
             name += f"_{100 * fraction:g}pct_labels"
         if cfg["weights"]:
             return os.path.join(os.path.dirname(os.path.abspath(cfg["weights"])), name)
-        data = os.path.dirname(os.path.abspath(cfg["test_feeder_args"].get("data_path", "data")))
+        data = cfg["test_feeder_args"].get("data_path")
+        data = "_".join(os.path.dirname(os.path.abspath(data)).split(os.sep)[-2:]) if data else ""
         model = "random_init" if cfg["model"] == DEFAULTS["model"] else cfg["model"].rsplit(".", 2)[-2]
-        return os.path.join("work_dir", "_".join(data.split(os.sep)[-2:]), model, name)
+        return os.path.join("work_dir", data, model, name)
 
     def build_model(self):
         model = super().build_model()
@@ -133,6 +135,7 @@ class Classification(Evaluation):
 
     extra_defaults = dict(Evaluation.extra_defaults,
                           augment=False)  # train on SPEC §1.5's crop + shear (SPEC §4 trains without)
+    extra_help = dict(Evaluation.extra_help, augment="train on cropped and sheared clips (the protocol: without)")
     checkpoint_name = "eval_epoch{}.pt"  # never a pretraining checkpoint's name: it may sit beside one
 
     def __init__(self, cfg):
@@ -225,6 +228,7 @@ class LinearEvaluation(Classification):
 
     extra_defaults = dict(Classification.extra_defaults, base_lr=3.0, weight_decay=0.0, step=[80],
                           num_epoch=150, cache_features=True)
+    extra_help = dict(Classification.extra_help, cache_features="without augment: encode the training clips once")
     work_dir_name = "linear"
 
     def __init__(self, cfg):
@@ -308,6 +312,8 @@ class KNNEvaluation(Evaluation):
 
     extra_defaults = dict(Evaluation.extra_defaults, knn_k=[10, 20, 40], num_epoch=0, result_file="knn.json",
                           knn_features="pooled")
+    extra_help = dict(Evaluation.extra_help, knn_k="the k of the top-1 accuracies",
+                      knn_features="pooled (the backbone's features) | head (the projection head's output)")
     work_dir_name = "knn"
 
     def build_model(self):

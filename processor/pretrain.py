@@ -15,6 +15,9 @@ class Pretrain(Processor):
     """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (SPEC §3.4)."""
 
     extra_defaults = dict(method=None, model="net.moco.MoCo", num_epoch=300, step=[300], knn_k=[10, 20, 40])
+    extra_help = dict(method="skeletonclr | skelemixclr | skelemixclr_plus: its preset of model_args sits "
+                                 "between these defaults and the config",
+                      knn_k="the k of the kNN monitor's top-1 accuracies")
 
     def build_data(self):
         cfg = self.cfg

@@ -41,48 +41,88 @@ from torchlight.util import (
 )
 
 DEFAULTS = dict(
-    work_dir=None,                  # everything a run writes goes here; default: Processor.default_work_dir
-    overwrite=False,                # allow a work_dir that holds another run's files (nothing is deleted)
+    work_dir=None,
+    overwrite=False,
     seed=1,
-    device="auto",                  # auto: this rank's CUDA device when there is one, else cpu
+    device="auto",
     # data
     feeder="feeder.feeder.Feeder",
     train_feeder_args={},
     test_feeder_args={},
-    stream="joint",                 # joint | motion | bone (SPEC §1.4), computed on the batch
+    stream="joint",
     num_workers=2,
-    batch_size=128,                 # global: each of N ranks takes batch_size / N
+    batch_size=128,
     test_batch_size=256,
     # model
     model="net.st_gcn.Model",
     model_args={},
-    weights=None,                   # checkpoint to initialise from (ours or the original release's)
-    ignore_weights=[],              # key prefixes dropped from `weights`
+    weights=None,
+    ignore_weights=[],
     # optimisation
     optimizer="SGD",
     base_lr=0.1,
     momentum=0.9,
     nesterov=False,
     weight_decay=1e-4,
-    step=[],                        # epochs after which lr is multiplied by 0.1
-    warm_up_epoch=0,                # lr rises linearly over these first epochs (the release's fine-tuning: 10)
+    step=[],
+    warm_up_epoch=0,
     num_epoch=300,
-    grad_clip=None,                 # max gradient norm, clipped after backward
+    grad_clip=None,
     # speed
-    amp="off",                      # off | bf16 | fp16
+    amp="off",
     compile=False,
     channels_last=False,
-    device_augment=False,           # pretraining: augment the batch on the device instead of per sample
-    sync_bn=False,                  # DDP: SyncBatchNorm instead of per-rank statistics
+    device_augment=False,
+    sync_bn=False,
     # GPU numerics (README: Speed): exact fp32 and cuDNN's fastest algorithms unless told otherwise
-    tf32=False,                     # TF32 matmuls and convolutions (Ampere and newer): ~10 mantissa bits
-    cudnn_benchmark=True,           # time cuDNN's algorithms once per input shape and keep the fastest
-    deterministic=False,            # deterministic algorithms (cudnn_benchmark off): a resume repeats bit for bit
+    tf32=False,
+    cudnn_benchmark=True,
+    deterministic=False,
     # bookkeeping
     save_interval=5,
     eval_interval=5,
-    resume=None,                    # checkpoint written by a previous run of this processor
-    progress=True,                  # tqdm progress bars
+    resume=None,
+    progress=True,
+)
+
+# One line of meaning per key, shown by `python main.py <processor> --help` beside the default.
+HELP = dict(
+    work_dir="everything a run writes goes here; default: beside the weights (evaluation) or ./work_dir/pretrain",
+    overwrite="allow a work_dir that holds another run's files (nothing is deleted)",
+    seed="seed of every random draw: initialisation, data order, augmentation, SkeleMix",
+    device="auto (this rank's CUDA device when there is one, else cpu), cpu, cuda, cuda:1 or 1",
+    feeder="dataset class, by dotted name",
+    train_feeder_args="arguments of the training feeder (listed below)",
+    test_feeder_args="arguments of the evaluation feeder (listed below); none: no evaluation",
+    stream="joint | motion | bone, computed on the batch on the device",
+    num_workers="DataLoader worker processes",
+    batch_size="global batch: each of N ranks takes batch_size / N",
+    test_batch_size="batch of feature extraction and evaluation, per rank",
+    model="model class, by dotted name",
+    model_args="arguments of the model (listed below)",
+    weights="checkpoint to initialise from (ours or the original release's)",
+    ignore_weights="key prefixes dropped from `weights`",
+    optimizer="only SGD",
+    base_lr="learning rate before warm-up and steps",
+    momentum="SGD momentum",
+    nesterov="Nesterov momentum",
+    weight_decay="SGD weight decay",
+    step="epochs after which lr is multiplied by 0.1",
+    warm_up_epoch="lr rises linearly over these first epochs (the release's fine-tuning: 10)",
+    num_epoch="epochs to train",
+    grad_clip="max gradient norm, clipped after backward; none: no clipping",
+    amp="mixed precision: off | bf16 | fp16",
+    compile="torch.compile the model",
+    channels_last="channels-last memory format for the model",
+    device_augment="augment the batch on the device instead of per sample in the loader workers",
+    sync_bn="DDP: SyncBatchNorm instead of per-rank statistics",
+    tf32="TF32 matmuls and convolutions (Ampere and newer): ~10 mantissa bits",
+    cudnn_benchmark="time cuDNN's algorithms once per input shape and keep the fastest",
+    deterministic="deterministic algorithms (cudnn_benchmark off): a resume repeats bit for bit",
+    save_interval="epochs between checkpoints (the last epoch always writes one)",
+    eval_interval="epochs between evaluations (kNN monitor, val accuracy); 0: none but the final",
+    resume="checkpoint written by a previous run of this processor, to continue",
+    progress="tqdm progress bars",
 )
 
 
@@ -170,12 +210,17 @@ def check_finite(outputs, dataset):
 
 class Processor:
     extra_defaults = {}
+    extra_help = {}                        # one line of meaning per key of extra_defaults not in HELP
     work_dir_name = "pretrain"             # default work_dir ./work_dir/<this> (evaluation: beside its weights)
     checkpoint_name = "epoch{}_model.pt"   # pretraining checkpoints; evaluations write other names
 
     @classmethod
     def default_config(cls):
         return {**DEFAULTS, **cls.extra_defaults}
+
+    @classmethod
+    def config_help(cls):
+        return {**HELP, **cls.extra_help}
 
     def __init__(self, cfg):
         """Check the config, then build in this order: work_dir, model, optimizer, data, resume, config.yaml."""

@@ -2,8 +2,11 @@
 import glob
 import os
 import re
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 import main
 from processor import ALIASES, configure
@@ -158,3 +161,45 @@ def test_evaluations_are_filed_beside_their_weights_each_in_its_own_folder():
         assert folder not in folders, f"{path} and {folders.get(folder)} both write {folder}"
         folders[folder] = path
     assert len(folders) > 90 and "config/ucla/knn_eval_ucla_xview_small.yaml" in folders.values()
+
+
+def test_help_lists_every_key_with_its_default_and_meaning(capsys):
+    main.main(["linear_evaluation", "--help"])
+    out = capsys.readouterr().out
+    for line in ("  base_lr = 3.0", "  weights = null", "  num_epoch = 150", "  step = [80]",
+                 "  model_args.hidden_dim = 256", "  train_feeder_args.window_size = null"):
+        assert line + "\n" in out
+    cls, _ = configure("linear_evaluation")
+    assert all(f"\n  {key} = " in out for key in cls.default_config())
+    main.main(["pretrain_skeletonclr_multi_swapv2", "--help"])
+    out = capsys.readouterr().out  # the method's preset, MoCo's and the encoder's arguments
+    for line in ("  model_args.swap_params = [[2, 3, 7, 11, 3, 1.0]]", "  model_args.temperature = 0.2",
+                 "  model_args.queue_size = 32768", "  model_args.momentum = 0.999", "  model_args.dropout = 0.5"):
+        assert line + "\n" in out
+
+
+@pytest.mark.parametrize("name", [n for n in main.PROCESSORS if n not in ALIASES])
+def test_every_key_and_argument_has_a_meaning(name, capsys):
+    main.main([name, "--help"])  # `pretrain` without a method too
+    lines = capsys.readouterr().out.splitlines()
+    keys = [i for i, line in enumerate(lines) if re.match(r"  \S+ = ", line)]
+    assert len(keys) >= 9
+    assert all(lines[i + 1].startswith("      ") and lines[i + 1].strip() for i in keys), name
+
+
+def test_no_arguments_list_the_processors_and_help_exits_0(capsys, tmp_path):
+    assert main.main([]) is None
+    assert "processors: pretrain, " in capsys.readouterr().out
+    done = subprocess.run([sys.executable, os.path.abspath("main.py"), "knn_evaluation", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "  knn_k = [10, 20, 40]\n" in done.stdout and not os.listdir(tmp_path)
+
+
+def test_print_config_prints_the_merged_config_and_creates_nothing(capsys, tmp_path, monkeypatch):
+    path = os.path.abspath("config/ucla/linear_eval_ucla_xview_small.yaml")
+    monkeypatch.chdir(tmp_path)
+    main.main(["linear_evaluation", "--config", path, "--base_lr", "0.5", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    _, cfg = configure("linear_evaluation", load_yaml(path), {"base_lr": 0.5})
+    assert printed == dict(cfg, work_dir="work_dir/ucla_frame32_xview/random_init/linear")
+    assert not os.listdir(tmp_path)

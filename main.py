@@ -1,10 +1,14 @@
 """python main.py <processor> [--config X.yaml] [--key value ...]: run one processor of the registry.
 
 Command line > config file > processor preset > code defaults; nested keys as --model_args.dropout 0.
+`python main.py <processor> --help` lists every key with its default and meaning; `--print_config` prints
+the merged config as YAML and runs nothing.
 """
 import sys
 
-from processor import PROCESSORS, configure
+import yaml
+
+from processor import PROCESSORS, configure, describe
 from torchlight.config import ConfigError, load_yaml, parse_overrides
 from torchlight.dist import leave_process_group
 
@@ -12,13 +16,22 @@ from torchlight.dist import leave_process_group
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        raise SystemExit(__doc__ + "\nprocessors: " + ", ".join(PROCESSORS))
+        print(__doc__ + "\nprocessors: " + ", ".join(PROCESSORS))
+        return None
     failed = True
     try:
-        overrides = parse_overrides(argv[1:])
+        wants_help = any(arg in ("-h", "--help") for arg in argv[1:])
+        overrides = parse_overrides([arg for arg in argv[1:] if arg not in ("-h", "--help")])
         config_path = overrides.pop("config", None)
+        print_config = overrides.pop("print_config", False)
         config = load_yaml(config_path) if config_path else {}
-        cls, cfg = configure(argv[0], config, overrides, source=config_path or "config")
+        cls, cfg = configure(argv[0], config, overrides, source=config_path or "config", need_method=not wants_help)
+        if wants_help or print_config:
+            if print_config and cfg.get("work_dir", "") is None and hasattr(cls, "default_work_dir"):
+                cfg["work_dir"] = cls.default_work_dir(cfg)  # where the run would write
+            failed = False
+            print(describe(argv[0], cls, cfg) if wants_help else yaml.safe_dump(cfg, sort_keys=False), end="\n")
+            return None
         result = cls(cfg).start()
         failed = False
         return result

@@ -66,6 +66,22 @@ class Feeder(torch.utils.data.Dataset):
     augment=False, [the clip resized to `frames`] once: the k views are made of it on the device. `index` is the
     position in this dataset (in the labelled subset when `label_fraction` is set). `check_finite` reads the
     whole array once on load and refuses NaN or inf, naming the clip.
+
+    Args:
+        data_path: the *_position.npy array (N, 3, T, V, M)
+        label_path: its labels (.pkl of (names, labels), or .npy)
+        views: augmented views per clip (set by the processor); 0: evaluation clips
+        frames: frames per training view after the random crop and resize
+        window_size: evaluation: centre crop of this many frames; none: the whole clip
+        shear_amplitude: shear augmentation strength; 0: no shear
+        padding_ratio: the crop's length is drawn from the clip padded by T / padding_ratio
+        mmap: memory-map the array instead of reading it
+        label_fraction: keep this share of the clips of each class (semi-supervised); none: all
+        label_seed: seed of the labelled subset
+        layout: skeleton layout of the array; default: the model's
+        augment: augment in the loader workers (set by the processor)
+        seed: augmentation seed (set by the processor)
+        check_finite: read the whole array on load and refuse NaN or inf
     """
 
     def __init__(self, data_path, label_path, views=0, frames=64, window_size=None, shear_amplitude=0.5,

@@ -35,6 +35,15 @@ DATASETS = {  # name -> (number of actions, default benchmarks, missing-skeleton
     "ntu60": (60, ("xsub", "xview"), "resource/NTU_RGBD60_samples_with_missing_skeletons.txt"),
     "ntu120": (120, ("xsub", "xset"), "resource/NTU_RGBD120_samples_with_missing_skeletons.txt"),
 }
+# Clips of each official split after the missing-skeleton lists (the papers' counts; each pair sums to
+# 56,578 = 56,880 - 302 for NTU 60 and 113,945 = 114,480 - 535 for NTU 120).
+OFFICIAL_CLIPS = {
+    ("ntu60", "xsub"): dict(train=40091, val=16487),
+    ("ntu60", "xview"): dict(train=37646, val=18932),
+    ("ntu120", "xsub"): dict(train=63026, val=50919),
+    ("ntu120", "xset"): dict(train=54468, val=59477),
+}
+COUNT_TOLERANCE = 0.05  # a split this far from its official size is reported: files missing or extra
 NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 JOINT_FIELDS = 12
 
@@ -165,11 +174,24 @@ def select_samples(data_path, dataset, ignored_sample_path, bad):
     return kept
 
 
+def count_warnings(dataset, sizes):
+    """One line for each split of `sizes` ({(benchmark, part): clips}) more than COUNT_TOLERANCE from its
+    official size: a partial download or a wrong --dataset shows here, not in a lower accuracy."""
+    lines = []
+    for (benchmark, part), n in sizes.items():
+        official = OFFICIAL_CLIPS.get((dataset, benchmark), {}).get(part)
+        if official and abs(n - official) > COUNT_TOLERANCE * official:
+            lines.append(f"warning: {benchmark}/{part} holds {n:,} clips, {abs(n - official) / official:.0%} off the "
+                         f"{official:,} of the official {dataset} {benchmark} split (files missing or extra?)")
+    return lines
+
+
 def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sample_path=None,
             skip_bad=False, max_frames=300, num_joints=25, num_person=2):
     """Write `<out>/<benchmark>/<part>_data.npy` and `<part>_label.pkl` for every benchmark (SPEC §1.2).
 
-    Returns the (name, message) list of skipped bad files (always empty unless `skip_bad`).
+    Returns the clips per (benchmark, part) and the (name, message) list of skipped bad files (always empty
+    unless `skip_bad`).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -203,7 +225,7 @@ def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sam
     sizes = write_database(out_folder, parts, clips(), (3, max_frames, num_joints, num_person))
     for (benchmark, part), n in sizes.items():
         print(f"{benchmark}/{part}: {n} clips")
-    return bad or []
+    return sizes, bad or []
 
 
 def parse_args(argv=None):
@@ -229,7 +251,7 @@ def main(argv=None):
         if getattr(args, flag) < 1:
             raise SystemExit(f"error: --{flag} must be >= 1, got {getattr(args, flag)}")
     try:
-        bad = gendata(args.data_path, args.out_folder, args.dataset, args.benchmark,
+        sizes, bad = gendata(args.data_path, args.out_folder, args.dataset, args.benchmark,
                       args.ignored_sample_path, args.skip_bad, args.max_frames, 25, args.num_person)
     except (ValueError, OSError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -237,4 +259,6 @@ def main(argv=None):
         print(f"skipped {len(bad)} bad files:")
         for name, message in bad:
             print(f"  {name}: {message}")
+    for line in count_warnings(args.dataset, sizes):
+        print(line)
 

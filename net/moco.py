@@ -114,6 +114,19 @@ class MoCo(nn.Module):
     fused_queries true runs each query view and its mixes as one encoder call with BatchNorm statistics per
     pass, false the reference, one call per pass (same mathematics); None (default) fuses on CUDA only.
     Every other keyword goes to the encoder (`net.st_gcn.Model` arguments).
+
+    Args:
+        base_encoder: encoder class, by dotted name
+        feature_dim: size of the projection head's output, the contrasted features
+        queue_size: negative keys in the queue; a multiple of the global batch
+        momentum: EMA momentum of the key encoder
+        temperature: InfoNCE temperature
+        head: projection head: linear | mlp | mlp_bn | mlp_bn_out
+        swap_params: mixes per query view: rows [spa_l, spa_u, tem_l, tem_u, repeat, weight]; none: SkeletonCLR
+        mix_mode: what fills the SkeleMix region: swap (the partner's joints) | zeros | gaussian
+        mix_region: the joints SkeleMix mixes: parts (whole body parts) | random (random joints)
+        shuffle_bn: DDP: shuffle the key batch across ranks (MoCo's shuffling BN)
+        fused_queries: one encoder call for a query and its mixes; none: on CUDA only
     """
 
     def __init__(self, base_encoder="net.st_gcn.Model", feature_dim=128, queue_size=32768, momentum=0.999,

@@ -10,6 +10,10 @@ class Model(nn.Module):
     encoder is only meaningful above this row. Both layers are lazy: their size is that of the first batch,
     so the row needs no frame or body count. Encoder arguments (hidden_channels, ...) are accepted and
     unused, so one linear-evaluation config serves this row and the encoder rows.
+
+    Args:
+        num_class: outputs of `fc`
+        graph_args: accepted and unused, as the encoder's
     """
 
     def __init__(self, num_class=60, graph_args=None, **unused_encoder_args):

@@ -288,7 +288,17 @@ def grouped_pool(fmaps, masks):
 
 
 class Model(nn.Module):
-    """ST-GCN: data BN, 10 graph blocks, global average pooling, mean over bodies, `fc` (SPEC §2)."""
+    """ST-GCN: data BN, 10 graph blocks, global average pooling, mean over bodies, `fc` (SPEC §2).
+
+    Args:
+        in_channels: coordinates per joint
+        hidden_channels: channels of the first blocks (x2 after the first stride, x4 after the second)
+        hidden_dim: size of the pooled features
+        num_class: outputs of `fc` (classes; the projection head's size under MoCo)
+        graph_args: the skeleton graph: {layout: ntu-rgb+d | kinect-v1 | ..., strategy: spatial}
+        edge_importance_weighting: a learnt weight per graph edge and block
+        dropout: dropout probability in every block but the first
+    """
 
     def __init__(self, in_channels=3, hidden_channels=16, hidden_dim=256, num_class=60, graph_args=None,
                  edge_importance_weighting=True, dropout=0.5, **kwargs):

@@ -46,8 +46,10 @@ def pretraining_method(name, config, overrides, source):
     return method or alias
 
 
-def configure(name, config=None, overrides=None, source="config"):
-    """The processor class registered as `name` and its config: overrides > config > preset > defaults."""
+def configure(name, config=None, overrides=None, source="config", need_method=True):
+    """The processor class registered as `name` and its config: overrides > config > preset > defaults.
+
+    `need_method` false (help): a pretraining config without a method gets no preset instead of an error."""
     from torchlight.config import ConfigError, merge
     from torchlight.util import import_class
     if name not in PROCESSORS:
@@ -55,8 +57,34 @@ def configure(name, config=None, overrides=None, source="config"):
     config, overrides = config or {}, overrides or {}
     cls = import_class(PROCESSORS[name])
     preset = {}
-    if "method" in cls.default_config():
+    if "method" in cls.default_config() and (need_method or overrides.get("method", config.get("method"))
+                                             or name in ALIASES):
         method = pretraining_method(name, config, overrides, source)
         preset = dict(METHODS[method], method=method)
     defaults = merge(cls.default_config(), preset, {}, source="preset")
     return cls, merge(defaults, config, overrides, source=source)
+
+
+def describe(name, cls, cfg):
+    """`python main.py <name> --help`: every key of `cfg` with its value and meaning, then the arguments of the
+    model (and of the encoder it wraps) and of the feeders, each default from its signature unless set."""
+    from torchlight.config import argument_help, show
+    from torchlight.util import import_class
+    meanings = cls.config_help()
+    lines = [f"python main.py {name} [--config X.yaml] [--key value ...] [--print_config]",
+             f"{cls.__name__}: every key, its value here (the default unless set) and its meaning", ""]
+    lines += [f"  {key} = {show(value)}\n      {meanings.get(key, '')}" for key, value in cfg.items()]
+    nested = []
+    if "model" in cfg:
+        model = import_class(cfg["model"])
+        nested.append(("model_args", model, cfg["model_args"]))
+        encoder = cfg["model_args"].get("base_encoder", argument_help(model).get("base_encoder", (None,))[0])
+        if encoder:
+            nested.append(("model_args", import_class(encoder), cfg["model_args"]))
+    if "feeder" in cfg:
+        nested.append(("train_feeder_args", import_class(cfg["feeder"]), cfg["train_feeder_args"]))
+    for key, target, given in nested:
+        lines += ["", f"{key} ({target.__module__}.{target.__qualname__}):"]
+        lines += [f"  {key}.{arg} = {show(given.get(arg, default))}\n      {meaning}"
+                  for arg, (default, meaning) in argument_help(target).items()]
+    return "\n".join(lines)

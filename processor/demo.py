@@ -18,18 +18,32 @@ CONFIGS = os.path.join(REPO, "config", "demo")
 
 DEFAULTS = dict(
     work_dir="./work_dir/demo",
-    data_dir="./data/demo",  # raw files, gendata output and arrays per data setting; reused when present
+    data_dir="./data/demo",
     num_files=1000,
     frames=32,
-    nuisance=0.5,            # feeder/demo_data.py: shrunken actions, random limb offsets, random shear
-    timing=0.0,              # feeder/demo_data.py: 1 = shorter actions at random times of the clip
-    label_fraction=0.1,      # linear evaluation trains on this share of the training labels (per class);
-                             # pretraining sees every training clip, unlabelled: the setting SSL is for
+    nuisance=0.5,
+    timing=0.0,
+    label_fraction=0.1,
     seed=1,
     device="auto",
     progress=True,
-    pretrain={},             # overrides for both pretraining runs, e.g. --pretrain.num_epoch 2
-    linear={},               # overrides for every linear evaluation
+    pretrain={},
+    linear={},
+)
+HELP = dict(  # shown by `python main.py demo --help`
+    work_dir="the table's runs and demo_result.json",
+    data_dir="raw files, gendata output and arrays per data setting; reused when present",
+    num_files="synthetic .skeleton files to generate",
+    frames="frames per clip of the arrays",
+    nuisance="feeder/demo_data.py: shrunken actions, random limb offsets, random shear",
+    timing="feeder/demo_data.py: 1 = shorter actions at random times of the clip",
+    label_fraction="linear evaluation trains on this share of the training labels (per class); "
+                   "pretraining sees every training clip, unlabelled: the setting SSL is for",
+    seed="seed of the data and of every run",
+    device="device of every run (auto, cpu, cuda, ...)",
+    progress="tqdm progress bars",
+    pretrain="overrides for both pretraining runs, e.g. --pretrain.num_epoch 2",
+    linear="overrides for every linear evaluation",
 )
 
 
@@ -37,6 +51,10 @@ class Demo:
     @classmethod
     def default_config(cls):
         return dict(DEFAULTS)
+
+    @classmethod
+    def config_help(cls):
+        return HELP
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from net.moco import MoCo
 from processor.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
-from processor.processor import Processor
+from processor.processor import DEFAULTS, Processor
 from torchlight.checkpoint import check_state_dict, read_checkpoint
 from torchlight.config import ConfigError
 from torchlight.io import atomic_path
@@ -78,6 +78,23 @@ class Evaluation(Processor):
     """What every evaluation shares: a pretrained (or BN-calibrated random) encoder and a result file."""
 
     extra_defaults = dict(ignore_weights=IGNORE_WEIGHTS, result_file="result.json")
+    extra_help = dict(result_file="the result's file name in work_dir")
+
+    @classmethod
+    def default_work_dir(cls, cfg):
+        """Beside the weights' run: `<run>/linear`, `<run>/finetune`, `<run>/knn`, `_1pct_labels` added with a
+        label_fraction. A baseline without weights has no run: ./work_dir/<data>/<model>/<protocol>, such as
+        ./work_dir/ucla_frame32_xview/random_init/linear."""
+        name = cls.work_dir_name
+        fraction = cfg["train_feeder_args"].get("label_fraction")
+        if fraction is not None:
+            name += f"_{100 * fraction:g}pct_labels"
+        if cfg["weights"]:
+            return os.path.join(os.path.dirname(os.path.abspath(cfg["weights"])), name)
+        data = cfg["test_feeder_args"].get("data_path")
+        data = "_".join(os.path.dirname(os.path.abspath(data)).split(os.sep)[-2:]) if data else ""
+        model = "random_init" if cfg["model"] == DEFAULTS["model"] else cfg["model"].rsplit(".", 2)[-2]
+        return os.path.join("work_dir", data, model, name)
 
     def build_model(self):
         model = super().build_model()
@@ -121,6 +138,7 @@ class Classification(Evaluation):
 
     extra_defaults = dict(Evaluation.extra_defaults,
                           augment=False)  # train on SPEC §1.5's crop + shear (SPEC §4 trains without)
+    extra_help = dict(Evaluation.extra_help, augment="train on cropped and sheared clips (the protocol: without)")
     checkpoint_name = "eval_epoch{}.pt"  # never a pretraining checkpoint's name: it may sit beside one
 
     def __init__(self, cfg):
@@ -212,8 +230,10 @@ class LinearEvaluation(Classification):
     """
 
     extra_defaults = dict(Classification.extra_defaults, base_lr=3.0, weight_decay=0.0, step=[80],
-                          num_epoch=150, cache_features=True,
-                          feature_norm=False)  # the normalised probe (docs/method.md): see `standardize_features`
+                          num_epoch=150, cache_features=True, feature_norm=False)
+    extra_help = dict(Classification.extra_help, cache_features="without augment: encode the training clips once",
+                      feature_norm="the normalised probe: the classifier's input standardised with the training "
+                                   "clips' feature statistics (docs/method.md §4)")
     work_dir_name = "linear"
 
     def __init__(self, cfg):
@@ -322,6 +342,8 @@ class KNNEvaluation(Evaluation):
 
     extra_defaults = dict(Evaluation.extra_defaults, knn_k=[10, 20, 40], num_epoch=0, result_file="knn.json",
                           knn_features="pooled")
+    extra_help = dict(Evaluation.extra_help, knn_k="the k of the top-1 accuracies",
+                      knn_features="pooled (the backbone's features) | head (the projection head's output)")
     work_dir_name = "knn"
 
     def build_model(self):

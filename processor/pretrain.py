@@ -19,11 +19,13 @@ def near_chance(loss_over_chance, keys_seen, queue_size, refills=20, margin=0.03
 class Pretrain(Processor):
     """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (SPEC §3.4)."""
 
-    extra_defaults = dict(
-        method=None, model="net.moco.MoCo", num_epoch=300, step=[300], knn_k=[10, 20, 40],
-        num_steps=None,                # train this many optimiser steps: num_epoch is derived from the data
-        momentum_schedule="constant",  # cosine: key momentum rises from model_args.momentum to 1 (cosine_momentum)
-    )
+    extra_defaults = dict(method=None, model="net.moco.MoCo", num_epoch=300, step=[300], knn_k=[10, 20, 40],
+                          num_steps=None, momentum_schedule="constant")
+    extra_help = dict(method="skeletonclr | skelemixclr | skelemixclr_plus: its preset of model_args sits "
+                             "between these defaults and the config",
+                      knn_k="the k of the kNN monitor's top-1 accuracies",
+                      num_steps="train this many optimiser steps: num_epoch is derived from the data (null: num_epoch)",
+                      momentum_schedule="constant | cosine: key momentum rising from model_args.momentum to 1")
 
     def build_model(self):
         """MoCo; `model_args.queue_size: auto` is sized from the training clips (auto_queue_size)."""

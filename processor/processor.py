@@ -41,52 +41,99 @@ from torchlight.util import (
 )
 
 DEFAULTS = dict(
-    work_dir=None,                  # everything a run writes goes here; default: Processor.default_work_dir
-    overwrite=False,                # allow a work_dir that holds another run's files (nothing is deleted)
+    work_dir=None,
+    overwrite=False,
     seed=1,
-    device="auto",                  # auto: this rank's CUDA device when there is one, else cpu
+    device="auto",
     # data
     feeder="feeder.feeder.Feeder",
     train_feeder_args={},
     test_feeder_args={},
-    stream="joint",                 # joint | motion | bone (SPEC §1.4), computed on the batch
+    stream="joint",
     num_workers=2,
-    batch_size=128,                 # global: each of N ranks takes batch_size / N
+    batch_size=128,
     test_batch_size=256,
     # model
     model="net.st_gcn.Model",
     model_args={},
-    weights=None,                   # checkpoint to initialise from (ours or the original release's)
-    ignore_weights=[],              # key prefixes dropped from `weights`
+    weights=None,
+    ignore_weights=[],
     # optimisation
     optimizer="SGD",
     base_lr=0.1,
     momentum=0.9,
     nesterov=False,
     weight_decay=1e-4,
-    step=[],                        # epochs after which lr is multiplied by 0.1
-    warm_up_epoch=0,                # lr rises linearly over these first epochs (the release's fine-tuning: 10)
+    step=[],
+    warm_up_epoch=0,
     num_epoch=300,
-    grad_clip=None,                 # max gradient norm, clipped after backward
+    grad_clip=None,
     # speed
-    amp="off",                      # off | bf16 | fp16
+    amp="off",
     compile=False,
     channels_last=False,
-    device_augment=False,           # pretraining: augment the batch on the device instead of per sample
-    sync_bn=False,                  # DDP: SyncBatchNorm instead of per-rank statistics
+    device_augment=False,
+    sync_bn=False,
     # GPU numerics (README: Speed): exact fp32 and cuDNN's fastest algorithms unless told otherwise
-    tf32=False,                     # TF32 matmuls and convolutions (Ampere and newer): ~10 mantissa bits
-    cudnn_benchmark=True,           # time cuDNN's algorithms once per input shape and keep the fastest
-    deterministic=False,            # deterministic algorithms (cudnn_benchmark off): a resume repeats bit for bit
+    tf32=False,
+    cudnn_benchmark=True,
+    deterministic=False,
     # bookkeeping
     save_interval=5,
     eval_interval=5,
-    resume=None,                    # checkpoint written by a previous run of this processor
-    progress=True,                  # tqdm progress bars
+    resume=None,
+    progress=True,
+)
+
+# One line of meaning per key, shown by `python main.py <processor> --help` beside the default.
+HELP = dict(
+    work_dir="everything a run writes goes here; default: beside the weights (evaluation) or ./work_dir/pretrain",
+    overwrite="allow a work_dir that holds another run's files (nothing is deleted)",
+    seed="seed of every random draw: initialisation, data order, augmentation, SkeleMix",
+    device="auto (this rank's CUDA device when there is one, else cpu), cpu, cuda, cuda:1 or 1",
+    feeder="dataset class, by dotted name",
+    train_feeder_args="arguments of the training feeder (listed below)",
+    test_feeder_args="arguments of the evaluation feeder (listed below); none: no evaluation",
+    stream="joint | motion | bone, computed on the batch on the device",
+    num_workers="DataLoader worker processes",
+    batch_size="global batch: each of N ranks takes batch_size / N",
+    test_batch_size="batch of feature extraction and evaluation, per rank",
+    model="model class, by dotted name",
+    model_args="arguments of the model (listed below)",
+    weights="checkpoint to initialise from (ours or the original release's)",
+    ignore_weights="key prefixes dropped from `weights`",
+    optimizer="only SGD",
+    base_lr="learning rate before warm-up and steps",
+    momentum="SGD momentum",
+    nesterov="Nesterov momentum",
+    weight_decay="SGD weight decay",
+    step="epochs after which lr is multiplied by 0.1",
+    warm_up_epoch="lr rises linearly over these first epochs (the release's fine-tuning: 10)",
+    num_epoch="epochs to train",
+    grad_clip="max gradient norm, clipped after backward; none: no clipping",
+    amp="mixed precision: off | bf16 | fp16",
+    compile="torch.compile the model",
+    channels_last="channels-last memory format for the model",
+    device_augment="augment the batch on the device instead of per sample in the loader workers",
+    sync_bn="DDP: SyncBatchNorm instead of per-rank statistics",
+    tf32="TF32 matmuls and convolutions (Ampere and newer): ~10 mantissa bits",
+    cudnn_benchmark="time cuDNN's algorithms once per input shape and keep the fastest",
+    deterministic="deterministic algorithms (cudnn_benchmark off): a resume repeats bit for bit",
+    save_interval="epochs between checkpoints (the last epoch always writes one)",
+    eval_interval="epochs between evaluations (kNN monitor, val accuracy); 0: none but the final",
+    resume="checkpoint written by a previous run of this processor, to continue",
+    progress="tqdm progress bars",
 )
 
 
-PROGRESS_INTERVAL = 20  # steps between the progress bar's loss reads (each one waits for the device)
+PROGRESS_SECONDS = 1.0  # least time between the progress bar's loss reads (each read waits for the device)
+
+
+def progress_due(step, steps, seconds_since_shown):
+    """Whether the progress bar reads the loss at `step` (0-based) of `steps` (None when unknown): the first
+    and the last step, and any step PROGRESS_SECONDS after the last read, so a short epoch ends showing
+    its last loss and a long one reads the device about once a second, not every step."""
+    return step == 0 or step + 1 == steps or seconds_since_shown >= PROGRESS_SECONDS
 
 
 def cpu_amp_is_fast(amp):
@@ -163,12 +210,17 @@ def check_finite(outputs, dataset):
 
 class Processor:
     extra_defaults = {}
+    extra_help = {}                        # one line of meaning per key of extra_defaults not in HELP
     work_dir_name = "pretrain"             # default work_dir ./work_dir/<this> (evaluation: beside its weights)
     checkpoint_name = "epoch{}_model.pt"   # pretraining checkpoints; evaluations write other names
 
     @classmethod
     def default_config(cls):
         return {**DEFAULTS, **cls.extra_defaults}
+
+    @classmethod
+    def config_help(cls):
+        return {**HELP, **cls.extra_help}
 
     def __init__(self, cfg):
         """Check the config, then build in this order: work_dir, model, optimizer, data, resume, config.yaml."""
@@ -303,6 +355,9 @@ class Processor:
     def loader(self, dataset, train):
         """Training: shuffled by (seed, epoch) and split across ranks; evaluation: each clip once."""
         per_rank = (self.cfg["batch_size"] // self.world) if train else self.cfg["test_batch_size"]
+        if train and len(dataset) < self.cfg["batch_size"]:  # else no step: an epoch of nothing
+            raise ConfigError(f"batch_size {self.cfg['batch_size']} is larger than the {len(dataset)} training clips "
+                              f"of {getattr(dataset, 'data_path', 'the training set')}: lower batch_size")
         if train:
             sampler = DistributedSampler(dataset, num_replicas=self.world, rank=get_rank(), shuffle=True,
                                          seed=self.cfg["seed"], drop_last=True)
@@ -461,6 +516,7 @@ class Processor:
         self.set_train_mode()
         self.reset_loss_check()
         sums, count, t0 = None, 0, time.perf_counter()
+        shown = t0  # when the progress bar last read the loss
         bar = self.progress(self.train_batches(epoch), f"epoch {epoch + 1}")
         for step, batch in enumerate(bar):
             # Input preparation stays fp32: under autocast the shear's einsum would round the positions
@@ -474,7 +530,8 @@ class Processor:
             # Summed on the device and read once per epoch: reading a loss every step waits for the GPU.
             weighted = torch.stack([v.detach().double() for v in losses.values()]) * n
             sums = weighted if sums is None else sums + weighted
-            if not bar.disable and step % PROGRESS_INTERVAL == 0:
+            if not bar.disable and progress_due(step, bar.total, time.perf_counter() - shown):
+                shown = time.perf_counter()
                 bar.set_postfix(loss=f"{losses['loss'].item():.4f}",
                                 samples_s=f"{count * self.world / (time.perf_counter() - t0):.1f}")
         if count == 0:

@@ -20,11 +20,22 @@ DEFAULTS = dict(
     seeds=[1],
     device="auto",
     progress=True,
-    data={},       # merged into every run: e.g. {train_feeder_args: {...}, test_feeder_args: {...}}
-    rows=[],       # [{name, linear: yaml, pretrain: [processor, yaml] (optional), linear_args: {...}}]
-    pretrain={},   # overrides for every pretraining run, e.g. --pretrain.num_epoch 2
-    linear={},     # overrides for every linear evaluation
-    overwrite=False,  # True: redo runs whose work_dir exists (the demo), instead of refusing
+    data={},
+    rows=[],
+    pretrain={},
+    linear={},
+    overwrite=False,
+)
+HELP = dict(  # shown by `python main.py table --help`
+    work_dir="every run goes to <work_dir>/<row>/seed<N>; the table to <work_dir>/table.json",
+    seeds="each row runs once per seed: top-1 as mean ± std",
+    device="device of every run (auto, cpu, cuda, ...)",
+    progress="tqdm progress bars",
+    data="merged into every run: e.g. {train_feeder_args: {...}, test_feeder_args: {...}}",
+    rows="[{name, linear: yaml, pretrain: [processor, yaml] (optional), linear_args: {...}}]",
+    pretrain="overrides for every pretraining run, e.g. --pretrain.num_epoch 2",
+    linear="overrides for every linear evaluation",
+    overwrite="true: redo runs whose work_dir exists (the demo), instead of refusing",
 )
 
 
@@ -44,6 +55,10 @@ class Table:
     @classmethod
     def default_config(cls):
         return dict(DEFAULTS)
+
+    @classmethod
+    def config_help(cls):
+        return HELP
 
     def __init__(self, cfg):
         self.cfg = cfg

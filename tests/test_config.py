@@ -2,8 +2,11 @@
 import glob
 import os
 import re
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 import main
 from processor import ALIASES, configure
@@ -131,3 +134,91 @@ def test_base_inheritance_merges_nested_keys_and_refuses_a_circle(tmp_path):
     (tmp_path / "bad.yaml").write_text("_base_: 3\n")
     with pytest.raises(ConfigError, match="_base_ in .*bad.yaml"):
         load_yaml(str(tmp_path / "bad.yaml"))
+
+
+def written_checkpoints(cfg):
+    """The epochs whose checkpoint a pretraining config writes: every save_interval-th and the last."""
+    if cfg.get("num_steps"):  # epochs derived from the data: the last one, whatever its number
+        return range(1, 10_000)
+    epochs, every = cfg.get("num_epoch", 300), cfg.get("save_interval", 5)
+    return {e for e in range(1, epochs + 1) if e % every == 0 or e == epochs}
+
+
+def test_every_checkpoint_a_config_names_is_one_its_pretraining_writes():
+    """Comments and `weights` keys alike: a path `<run>/epochN_model.pt` names a run some pretraining config
+    writes to, and an epoch that run saves (a stale epoch40 after the run moved to 80 epochs fails here)."""
+    runs = {}
+    paths = glob.glob("config/**/*.yaml", recursive=True)
+    for path in paths:
+        cfg = load_yaml(path)
+        if "method" in cfg and "work_dir" in cfg:  # config/small/: recipes, not runs
+            runs[os.path.normpath(cfg["work_dir"])] = written_checkpoints(cfg)
+    named = 0
+    for path in paths:
+        for run, epoch in re.findall(r"(\./work_dir/\S+?)/epoch(\d+)_model\.pt", open(path).read()):
+            assert int(epoch) in runs.get(os.path.normpath(run), ()), f"{path}: {run}/epoch{epoch}_model.pt"
+            named += 1
+    assert named > 100
+
+
+EVALUATIONS = {"linear_eval": "linear_evaluation", "finetune": "finetune_evaluation", "semi": "finetune_evaluation",
+               "knn": "knn_evaluation"}  # config file prefix -> processor
+
+
+def test_evaluations_are_filed_beside_their_weights_each_in_its_own_folder():
+    """Evaluation configs name no work_dir: the results go beside the weights (`<run>/linear`), a baseline
+    without weights under its data and model. Only configs evaluating weights a second way keep one:
+    the release's recipes and the transfers to another dataset."""
+    folders = {}
+    for path in sorted(glob.glob("config/**/*.yaml", recursive=True)):
+        name = next((p for prefix, p in EVALUATIONS.items() if os.path.basename(path).startswith(prefix)), None)
+        if name is None or os.path.islink(path):  # links: the release's names of other files
+            continue
+        cls, cfg = configure(name, load_yaml(path), source=path)
+        assert (cfg["work_dir"] is not None) == (path.endswith("_release.yaml") or "/transfer/" in path), path
+        folder = os.path.abspath(cfg["work_dir"] or cls.default_work_dir(cfg))
+        assert folder not in folders, f"{path} and {folders.get(folder)} both write {folder}"
+        folders[folder] = path
+    assert len(folders) > 90 and "config/ucla/knn_eval_ucla_xview_small.yaml" in folders.values()
+
+
+def test_help_lists_every_key_with_its_default_and_meaning(capsys):
+    main.main(["linear_evaluation", "--help"])
+    out = capsys.readouterr().out
+    for line in ("  base_lr = 3.0", "  weights = null", "  num_epoch = 150", "  step = [80]",
+                 "  model_args.hidden_dim = 256", "  train_feeder_args.window_size = null"):
+        assert line + "\n" in out
+    cls, _ = configure("linear_evaluation")
+    assert all(f"\n  {key} = " in out for key in cls.default_config())
+    main.main(["pretrain_skeletonclr_multi_swapv2", "--help"])
+    out = capsys.readouterr().out  # the method's preset, MoCo's and the encoder's arguments
+    for line in ("  model_args.swap_params = [[2, 3, 7, 11, 3, 1.0]]", "  model_args.temperature = 0.2",
+                 "  model_args.queue_size = 32768", "  model_args.momentum = 0.999", "  model_args.dropout = 0.5"):
+        assert line + "\n" in out
+
+
+@pytest.mark.parametrize("name", [n for n in main.PROCESSORS if n not in ALIASES])
+def test_every_key_and_argument_has_a_meaning(name, capsys):
+    main.main([name, "--help"])  # `pretrain` without a method too
+    lines = capsys.readouterr().out.splitlines()
+    keys = [i for i, line in enumerate(lines) if re.match(r"  \S+ = ", line)]
+    assert len(keys) >= 9
+    assert all(lines[i + 1].startswith("      ") and lines[i + 1].strip() for i in keys), name
+
+
+def test_no_arguments_list_the_processors_and_help_exits_0(capsys, tmp_path):
+    assert main.main([]) is None
+    assert "processors: pretrain, " in capsys.readouterr().out
+    done = subprocess.run([sys.executable, os.path.abspath("main.py"), "knn_evaluation", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "  knn_k = [10, 20, 40]\n" in done.stdout and not os.listdir(tmp_path)
+
+
+def test_print_config_prints_the_merged_config_and_creates_nothing(capsys, tmp_path, monkeypatch):
+    path = os.path.abspath("config/ucla/linear_eval_ucla_xview_small.yaml")
+    monkeypatch.chdir(tmp_path)
+    main.main(["linear_evaluation", "--config", path, "--base_lr", "0.5", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    _, cfg = configure("linear_evaluation", load_yaml(path), {"base_lr": 0.5})
+    assert printed == dict(cfg, work_dir="work_dir/ucla_frame32_xview/random_init/linear")
+    assert not os.listdir(tmp_path)

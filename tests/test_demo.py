@@ -9,7 +9,7 @@ from processor.table import Table, mean_std, slug
 
 TINY = "model_args: {hidden_channels: 4, hidden_dim: 16"
 REDUCED = ["--num_files", "90", "--frames", "16", "--progress", "false", "--label_fraction", "0.5",
-           "--pretrain", "{num_epoch: 1, batch_size: 16, " + TINY + ", queue_size: 64}}",
+           "--pretrain", "{num_steps: 1, batch_size: 16, " + TINY + ", queue_size: 64}}",
            "--linear", "{num_epoch: 2, batch_size: 16, eval_interval: 2, " + TINY + "}}"]
 ROWS = ["raw joints", "random init", "SkeletonCLR", "SkeleMixCLR+"]
 

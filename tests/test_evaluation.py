@@ -1,5 +1,6 @@
 """Evaluation protocols (processor/evaluation.py, tools/ensemble.py) against hand computations."""
 import json
+import os
 import pickle
 from collections import OrderedDict
 
@@ -9,6 +10,7 @@ import torch
 
 from net.moco import MoCo
 from net.st_gcn import Model
+from processor import configure
 from processor.evaluation import load_encoder
 from tools import ensemble
 from torchlight.config import ConfigError
@@ -66,6 +68,37 @@ def test_linear_evaluation_separable_toy_and_frozen_encoder(tiny, tmp_path):
     report = json.loads((tmp_path / "lin" / "weights.json").read_text())  # which keys came from where
     saved = torch.load(tmp_path / "enc.pt")["model"]
     assert report["loaded"] == sorted(saved) and report["ignored"] == [] and report["missing"] == []
+
+
+@pytest.mark.parametrize("overrides, clips", [(dict(batch_size=32), 24),
+                                               (dict(batch_size=8, label_fraction=0.25), 6)])
+def test_fewer_training_clips_than_a_batch_is_a_one_line_error_before_training(tiny, tmp_path, overrides, clips):
+    """Was an IndexError in the cached path's first epoch (no full batch, so an empty float index)."""
+    data = toy_dataset(tmp_path)
+    train = dict(data, label_fraction=overrides.pop("label_fraction", None))
+    cls, cfg = tiny("linear_evaluation", "unused", tmp_path / "lin", train_feeder_args=train, test_feeder_args=data,
+                    model_args=dict(num_class=2), num_epoch=1, **overrides)
+    with pytest.raises(ConfigError) as info:
+        cls(cfg)
+    assert str(info.value) == (f"batch_size {overrides['batch_size']} is larger than the {clips} training clips of "
+                               f"{data['data_path']}: lower batch_size")
+
+
+def test_each_protocol_has_its_folder_beside_the_weights_or_under_its_data_without():
+    def folder(name, **cfg):
+        cls, cfg = configure(name, cfg)
+        return cls.default_work_dir(cfg)
+    run, weights = os.path.abspath("runs/a"), "runs/a/epoch80_model.pt"
+    assert folder("linear_evaluation", weights=weights) == f"{run}/linear"
+    assert folder("knn_evaluation", weights=weights) == f"{run}/knn"
+    assert folder("finetune_evaluation", weights=weights) == f"{run}/finetune"
+    for fraction, suffix in ((0.01, "1pct"), (0.1, "10pct")):
+        assert folder("finetune_evaluation", weights=weights, train_feeder_args=dict(label_fraction=fraction)) == \
+            f"{run}/finetune_{suffix}_labels"
+    val = dict(data_path="./data/ucla_frame32/xview/val_position.npy")
+    assert folder("linear_evaluation", test_feeder_args=val) == "work_dir/ucla_frame32_xview/random_init/linear"
+    assert folder("linear_evaluation", test_feeder_args=val, model="net.raw_joints.Model") == \
+        "work_dir/ucla_frame32_xview/raw_joints/linear"
 
 
 def test_cached_features_match_full_path(demo_arrays, tiny, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from feeder.demo_data import generate
-from feeder.ntu_gendata import is_training, main, read_skeleton
+from feeder.ntu_gendata import count_warnings, is_training, main, read_skeleton
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = os.path.join(REPO, "tests", "data", "S001C001P001R001A001.skeleton")
@@ -191,10 +191,12 @@ def demo(tmp_path_factory):
 
 
 @pytest.mark.parametrize("dataset, benches", [("ntu60", ("xsub", "xview")), ("ntu120", ("xsub", "xset"))])
-def test_end_to_end_on_demo_files(demo, tmp_path, dataset, benches):
+def test_end_to_end_on_demo_files(demo, tmp_path, dataset, benches, capsys):
     raw, names = demo
     out = tmp_path / "out"
     main(["--data_path", str(raw), "--out_folder", str(out), "--dataset", dataset])
+    warned = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warned == [f"{b}/{p}" for b in benches for p in ("train", "val")]  # 30 files: far from every split
     assert all_files(out) == [f"{b}/{p}_{k}" for b in sorted(benches) for p in ("train", "val")
                               for k in ("data.npy", "label.pkl")]
     for benchmark in benches:
@@ -207,6 +209,17 @@ def test_end_to_end_on_demo_files(demo, tmp_path, dataset, benches):
             np.testing.assert_array_equal(x[-1], read_skeleton(raw / kept[-1]))
             seen += kept
         assert sorted(seen) == names
+
+
+def test_split_sizes_far_from_the_official_counts_are_warned():
+    sizes = {("xsub", "train"): 40091, ("xsub", "val"): 15000, ("xview", "train"): 38000, ("xview", "val"): 20000}
+    assert count_warnings("ntu60", sizes) == [
+        "warning: xsub/val holds 15,000 clips, 9% off the 16,487 of the official ntu60 xsub split (files missing "
+        "or extra?)",  # 1,487 / 16,487; xview/train is 0.9% off, xview/val 5.64%:
+        "warning: xview/val holds 20,000 clips, 6% off the 18,932 of the official ntu60 xview split (files missing "
+        "or extra?)"]
+    assert count_warnings("ntu120", {("xset", "train"): 54468, ("xset", "val"): 59477, ("xsub", "val"): 50919}) == []
+    assert count_warnings("ntu60", {("xset", "train"): 5}) == []  # no official ntu60 xset split
 
 
 def test_script_and_module_run_without_torch(demo, tmp_path):

@@ -1,5 +1,7 @@
 """tools/skelemix_picture.py and tools/feature_picture.py: what is highlighted, the PCA fallback, the PNGs."""
+import json
 import os
+import pickle
 import sys
 
 import numpy as np
@@ -102,6 +104,45 @@ def test_feature_picture_writes_a_png_with_and_without_weights(demo_arrays, tmp_
                               "--model_args", TINY, "--stream", "bone", "--max_clips", "30", "--method", "pca",
                               "--out", str(out), *weights])
         assert png_shape(out) == (660, 825)
+
+
+def test_skelemix_picture_takes_the_layout_from_the_arrays_manifest(demo_arrays, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    data, label = parts(demo_arrays)
+    assert skelemix_picture.recorded_layout(data) == "ntu-rgb+d"  # preprocessing recorded it
+    assert json.loads(open(f"{demo_arrays}/manifest.json").read())["layout"] == "ntu-rgb+d"
+    np.save(tmp_path / "val_position.npy", np.load(data)[:12, :, :, :20])  # 20 joints: a Kinect v1 array
+    with open(label, "rb") as f:
+        names, labels = pickle.load(f)
+    with open(tmp_path / "val_label.pkl", "wb") as f:
+        pickle.dump((names[:12], labels[:12]), f)
+    (tmp_path / "manifest.json").write_text(json.dumps(dict(frames=16, layout="kinect-v1")))
+    out = tmp_path / "skelemix.png"
+    skelemix_picture.main(["--data_path", str(tmp_path / "val_position.npy"), "--label_path",
+                           str(tmp_path / "val_label.pkl"), "--tem", "1", "2", "--frames", "2", "--out", str(out)])
+    assert f"wrote {out} (kinect-v1 layout)" in capsys.readouterr().out
+    (tmp_path / "manifest.json").unlink()  # no manifest: the default layout, whose 25 joints this array lacks
+    assert skelemix_picture.recorded_layout(str(tmp_path / "val_position.npy")) == "ntu-rgb+d"
+    with pytest.raises(SystemExit, match="expected shape"):
+        skelemix_picture.main(["--data_path", str(tmp_path / "val_position.npy"), "--label_path",
+                               str(tmp_path / "val_label.pkl"), "--out", str(out)])
+
+
+def test_feature_picture_takes_model_args_and_stream_from_the_checkpoints_config(demo_arrays, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    model_args = dict(hidden_channels=4, hidden_dim=16, dropout=0.0, queue_size=32, head="mlp_bn",
+                      swap_params=[[2, 3, 7, 11, 1, 1.0]])  # a pretraining run's: MoCo's arguments too
+    ckpt = tmp_path / "epoch1_model.pt"
+    torch.save({"model": MoCo(**model_args).state_dict(), "config": dict(model_args=model_args, stream="motion")},
+               ckpt)
+    out = tmp_path / "features.png"
+    feature_picture.main(["--data_path", parts(demo_arrays)[0], "--label_path", parts(demo_arrays)[1],
+                          "--weights", str(ckpt), "--max_clips", "20", "--method", "pca", "--out", str(out)])
+    assert capsys.readouterr().out.strip().endswith(
+        "motion stream, model_args {'hidden_channels': 4, 'hidden_dim': 16, 'dropout': 0.0}")
+    with pytest.raises(SystemExit, match="does not hold this encoder"):  # --model_args wins over the checkpoint
+        feature_picture.main(["--data_path", parts(demo_arrays)[0], "--label_path", parts(demo_arrays)[1],
+                              "--weights", str(ckpt), "--model_args", "{hidden_channels: 4}", "--out", str(out)])
 
 
 def test_missing_data_file_is_a_one_line_error_naming_it(demo_arrays, tmp_path):

@@ -222,7 +222,7 @@ def test_pku_and_transfer_configs(path):
     name = os.path.basename(path)
     command = re.search(r"# python main.py (\w+) --config (\S+)", open(path).read())
     assert command and command[2] == os.path.relpath(path, REPO)
-    _, cfg = configure(command[1], load_yaml(path))
+    cls, cfg = configure(command[1], load_yaml(path))
     folder, classes, clips = DATASETS[re.search(r"pku1|pku2|ucla", name)[0]]
     assert cfg["train_feeder_args"]["data_path"] == folder + "train_position.npy"
     assert cfg["test_feeder_args"]["label_path"] == folder + "val_label.pkl"
@@ -233,4 +233,5 @@ def test_pku_and_transfer_configs(path):
     else:
         assert cfg["model_args"]["num_class"] == classes
         if "transfer" not in path:
-            assert cfg["weights"] == os.path.dirname(cfg["work_dir"]) + "/epoch300_model.pt"
+            assert cfg["work_dir"] is None  # beside the weights
+            assert cls.default_work_dir(cfg) == os.path.abspath(os.path.dirname(cfg["weights"]) + "/linear")

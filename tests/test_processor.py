@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from processor import configure
-from processor.processor import NonFiniteError, Processor, step_lr
+from processor.processor import NonFiniteError, Processor, progress_due, step_lr
 from torchlight.config import ConfigError, load_yaml
 from torchlight.io import WorkDirError
 
@@ -211,6 +211,26 @@ def test_linear_evaluation_without_epochs_is_an_error(small, tiny, tmp_path):
     cls, cfg = tiny("linear_evaluation", small, tmp_path, num_epoch=0, model_args=dict(num_class=12))
     with pytest.raises(ConfigError, match="num_epoch must be >= 1 for LinearEvaluation, got 0"):
         cls(cfg)
+
+
+def progress_reads(steps, seconds_per_step, known=True):
+    """The steps at which the progress bar reads the loss in an epoch of equally long steps."""
+    now = shown = 0.0
+    reads = []
+    for step in range(steps):
+        now += seconds_per_step
+        if progress_due(step, steps if known else None, now - shown):
+            shown = now
+            reads.append(step)
+    return reads
+
+
+def test_progress_bar_reads_the_loss_on_the_first_and_last_step_and_once_a_second():
+    assert progress_reads(15, 0.001) == [0, 14]  # a short epoch ends showing its last loss, not step 0's
+    assert progress_reads(15, 0.25) == [0, 4, 8, 12, 14]
+    assert progress_reads(15, 0.25, known=False) == [0, 4, 8, 12]  # a loader without len
+    assert progress_reads(1, 5.0) == [0]
+    assert len(progress_reads(10_000, 0.001)) == 11  # a long fast epoch: ~ once a second, not every step
 
 
 def test_step_schedule_with_the_releases_linear_warm_up():

@@ -3,9 +3,11 @@
 python tools/feature_picture.py --weights work_dir/ntu60_xsub/skelemixclr_multi_swap/epoch300_model.pt \
     --data_path data/ntu60_frame64/xsub/val_position.npy --label_path data/ntu60_frame64/xsub/val_label.pkl \
     --out features.png
-Without --weights the encoder is randomly initialised (the baseline picture to compare with).
+Without --weights the encoder is randomly initialised (the baseline picture to compare with). The encoder's
+size (--model_args) and --stream default to those recorded in the checkpoint's config (ours carry it).
 """
 import argparse
+import inspect
 import os
 
 import numpy as np
@@ -19,10 +21,24 @@ from feeder.streams import STREAMS, to_stream  # noqa: E402
 from net.st_gcn import Model  # noqa: E402
 from net.utils.layouts import model_layout  # noqa: E402
 from processor.evaluation import IGNORE_WEIGHTS, load_encoder  # noqa: E402
+from torchlight.checkpoint import read_checkpoint  # noqa: E402
 from torchlight.util import select_device  # noqa: E402
 
 # Everything but the encoder: projection head, key encoder, queue, and any classifier (`fc` is unused).
 IGNORE = (*IGNORE_WEIGHTS, "fc.")
+
+
+def recorded_config(weights):
+    """The config a checkpoint of ours carries; {} without weights or for a checkpoint without one."""
+    state = read_checkpoint(weights, "weights file") if weights else {}
+    return (state.get("config") if isinstance(state, dict) else None) or {}
+
+
+def encoder_args(model_args):
+    """The ST-GCN's own arguments among a run's `model_args` (a pretraining run's also hold MoCo's); not
+    num_class, the size of a classifier the picture does not use."""
+    own = inspect.signature(Model).parameters
+    return {k: v for k, v in model_args.items() if k in own and k != "num_class"}
 
 
 def has_sklearn():
@@ -109,8 +125,9 @@ def parse_args(argv=None):
     parser.add_argument("--weights", help="checkpoint (ours or the original release's); random encoder if omitted")
     parser.add_argument("--data_path", required=True, help="a *_position.npy array (N, 3, T, V, M)")
     parser.add_argument("--label_path", required=True, help="its label file (.pkl or .npy)")
-    parser.add_argument("--model_args", default="{}", help="encoder arguments as YAML, e.g. '{hidden_dim: 256}'")
-    parser.add_argument("--stream", choices=STREAMS, default="joint")
+    parser.add_argument("--model_args", help="encoder arguments as YAML, e.g. '{hidden_dim: 256}' "
+                                             "(default: the checkpoint's, else the ST-GCN defaults)")
+    parser.add_argument("--stream", choices=STREAMS, help="default: the checkpoint's, else joint")
     parser.add_argument("--max_clips", type=int, default=2000, help="a random subset of this many clips")
     parser.add_argument("--method", choices=("auto", "tsne", "pca"), default="auto")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -123,7 +140,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        model_args = yaml.safe_load(args.model_args) or {}
+        recorded = recorded_config(args.weights)
+        if args.model_args is None:
+            model_args = encoder_args(recorded.get("model_args") or {})
+        else:
+            model_args = yaml.safe_load(args.model_args) or {}
+        stream = args.stream or recorded.get("stream", "joint")
         if not isinstance(model_args, dict):
             raise ValueError(f"--model_args must be a YAML mapping, got {args.model_args!r}")
         if args.max_clips < 1:
@@ -142,14 +164,15 @@ def main(argv=None):
         rng = np.random.default_rng(args.seed)
         keep = np.sort(rng.permutation(len(dataset))[:args.max_clips])
         subset = torch.utils.data.Subset(dataset, keep.tolist())
-        features, labels = encode(model.to(device), subset, args.stream, layout, device, args.batch_size)
+        features, labels = encode(model.to(device), subset, stream, layout, device, args.batch_size)
         points = embed_2d(features, method)
     except (OSError, ValueError, yaml.YAMLError) as err:
         raise SystemExit(f"error: {' '.join(str(err).split())}") from None
     source = os.path.basename(args.weights) if args.weights else "random encoder"
     name = {"tsne": "t-SNE", "pca": "PCA"}[method]
-    plot(points, labels, f"{name} of {len(points)} clips, {args.stream} stream, {source}", args.out)
-    print(f"wrote {args.out}: {method} of {len(points)} clips, {len(np.unique(labels))} classes")
+    plot(points, labels, f"{name} of {len(points)} clips, {stream} stream, {source}", args.out)
+    print(f"wrote {args.out}: {method} of {len(points)} clips, {len(np.unique(labels))} classes, {stream} stream, "
+          f"model_args {model_args}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 python tools/skelemix_picture.py --data_path data/ntu60_frame64/xsub/train_position.npy \
     --label_path data/ntu60_frame64/xsub/train_label.pkl --index 0 --out skelemix.png
 python tools/skelemix_picture.py --demo --out skelemix.png   # a few synthetic clips, no data needed
+The skeleton layout defaults to the one recorded in the arrays' manifest.json (feeder/preprocess_ntu.py).
 """
 import argparse
 import os
@@ -17,6 +18,7 @@ from feeder.demo_arrays import demo_arrays  # noqa: E402
 from feeder.feeder import Feeder  # noqa: E402
 from net.skelemix import SkeleMix  # noqa: E402
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout  # noqa: E402
+from torchlight.io import read_manifest  # noqa: E402
 
 PLAIN, PASTED = "#4a4a4a", "#d62728"
 
@@ -34,6 +36,11 @@ def demo_clips(folder, num_files):
     """Write `num_files` synthetic clips through gendata and preprocessing; returns (data, label) paths."""
     arrays = demo_arrays(folder, num_files, quiet=True)
     return os.path.join(arrays, "train_position.npy"), os.path.join(arrays, "train_label.pkl")
+
+
+def recorded_layout(data_path):
+    """The layout preprocessing recorded beside the array at `data_path`, else the default layout."""
+    return (read_manifest(os.path.dirname(os.path.abspath(data_path))) or {}).get("layout", DEFAULT_LAYOUT)
 
 
 def mix_batch(feeder, index, batch, spa, tem, mode, layout, stride, seed):
@@ -94,7 +101,8 @@ def parse_args(argv=None):
     parser.add_argument("--spa", type=int, nargs=2, default=[2, 3], metavar=("L", "U"), help="parts mixed")
     parser.add_argument("--tem", type=int, nargs=2, default=[7, 11], metavar=("L", "U"), help="time steps mixed")
     parser.add_argument("--mode", default="swap", help="swap, zeros or gaussian")
-    parser.add_argument("--layout", default=DEFAULT_LAYOUT)
+    parser.add_argument("--layout", help="skeleton layout (default: the arrays' manifest.json, else "
+                                         f"{DEFAULT_LAYOUT})")
     parser.add_argument("--temporal_stride", type=int, default=4)
     parser.add_argument("--frames", type=int, default=6, help="frames drawn per row")
     parser.add_argument("--seed", type=int, default=0)
@@ -110,9 +118,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         try:
             paths = demo_clips(tmp, 3 * args.batch) if args.demo else (args.data_path, args.label_path)
-            feeder = Feeder(*paths, layout=args.layout)
+            layout = args.layout or recorded_layout(paths[0])
+            feeder = Feeder(*paths, layout=layout)
             ids, x, mixed, mask, partner = mix_batch(feeder, args.index, args.batch, args.spa, args.tem,
-                                                     args.mode, args.layout, args.temporal_stride, args.seed)
+                                                     args.mode, layout, args.temporal_stride, args.seed)
         except (OSError, ValueError) as err:
             raise SystemExit(f"error: {err}") from None
         other = ids[int(partner[0])]
@@ -123,8 +132,8 @@ def main(argv=None):
         caption = (f"red: the SkeleMix region, joints {joints.tolist()} (1-based) in frames {frames[0]}-{frames[-1]}"
                    f" ({args.mode}: {'taken from the partner' if args.mode == 'swap' else 'filled'})")
         draw([x[0].numpy(), x[int(partner[0])].numpy(), mixed[0].numpy()], titles,
-             get_layout(args.layout).edges, lit, args.out, args.frames, caption)
-    print(f"wrote {args.out}: {caption}")
+             get_layout(layout).edges, lit, args.out, args.frames, caption)
+    print(f"wrote {args.out} ({layout} layout): {caption}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Configuration: code defaults < YAML file < command line, one namespace, unknown keys rejected."""
 import copy
+import inspect
 import os
+import re
 
 import yaml
 
@@ -122,3 +124,17 @@ def check_type(value, default, key, source):
         return value
     raise ConfigError(f"key {key!r} in {source}: expected {type(default).__name__} like the default "
                       f"{default!r}, got {value!r}")
+
+
+def argument_help(cls):
+    """{argument: (default, meaning)} of `cls`'s constructor: defaults from its signature, meanings from the
+    `name: meaning` lines of its docstring's `Args:` section ('' where it has none)."""
+    doc = (inspect.getdoc(cls) or "").partition("Args:")[2]
+    meanings = dict(re.findall(r"^\s+(\w+): (.+)$", doc, re.M))
+    return {p.name: (None if p.default is p.empty else p.default, meanings.get(p.name, ""))
+            for p in inspect.signature(cls).parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def show(value):
+    """`value` as one line of YAML (null, true, [1, 2]), as it is written in a config."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()

@@ -79,8 +79,20 @@ class Table:
         return processor
 
     def run_row(self, row, seed):
-        """(linear top-1, top-5, pretraining's final loss over chance or None) of one row and seed."""
+        """Top-1 and top-5 of both protocols and the pretraining's final loss over chance (None for a
+        baseline) of one row and seed; a finished one (its result.json) is read back unless `overwrite`."""
         work = os.path.join(self.cfg["work_dir"], slug(row["name"]), f"seed{seed}")
+        done = os.path.join(work, "result.json")
+        if os.path.isfile(done) and not self.cfg["overwrite"]:
+            self.log(f"{row['name']}, seed {seed}: finished before, read from {done}")
+            with open(done) as f:
+                return json.load(f)
+        result = self.train_row(row, seed, work)
+        with atomic_path(done) as tmp, open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        return result
+
+    def train_row(self, row, seed, work):
         weights, ratio = None, None
         if row.get("pretrain"):
             name, config_file = row["pretrain"]

@@ -3,9 +3,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from processor.table import Table, mean_std, slug
+from torchlight.config import ConfigError
 
 TINY = "model_args: {hidden_channels: 4, hidden_dim: 16"
 REDUCED = ["--num_files", "90", "--frames", "16", "--progress", "false", "--label_fraction", "0.5",
@@ -53,3 +55,16 @@ def test_table_mean_and_spread_by_hand(tmp_path):
                               loss_over_chance=None)])
     assert text.splitlines()[2:] == [f"{'SkeletonCLR':<14}{'60.0 ± 10.0':>14}{'70.0 ± 1.2':>14}{'0.812':>13}",
                                      f"{'raw joints':<14}{'55.2 ± 0.5':>14}{'64.0 ± 2.0':>14}{'-':>13}"]
+
+
+def test_table_reads_finished_rows_back_and_overwrite_redoes_them(tmp_path):
+    """An interrupted table resumes: a row and seed with its result.json is not trained again."""
+    finished = dict(loss_over_chance=0.5, paper=dict(top1=61.0, top5=90.0), probe=dict(top1=70.0, top5=95.0))
+    (tmp_path / "skeletonclr" / "seed2").mkdir(parents=True)
+    (tmp_path / "skeletonclr" / "seed2" / "result.json").write_text(json.dumps(finished))
+    row = dict(name="SkeletonCLR", linear="no/such/linear.yaml", pretrain=["pretrain", "no/such/pretrain.yaml"])
+    table = Table(dict(Table.default_config(), seeds=[2], work_dir=str(tmp_path), rows=[row]))
+    assert table.run_row(row, 2) == finished
+    table.cfg["overwrite"] = True
+    with pytest.raises(ConfigError, match="no/such/pretrain.yaml"):
+        table.run_row(row, 2)

@@ -82,13 +82,15 @@ class Feeder(torch.utils.data.Dataset):
         augment: augment in the loader workers (set by the processor)
         seed: augmentation seed (set by the processor)
         check_finite: read the whole array on load and refuse NaN or inf
+        bodies: keep the first this many bodies (M) of every clip; none: all. One body halves the encoder's
+            work on two-body arrays where most actions have one performer (the small-data recipe)
     """
 
     def __init__(self, data_path, label_path, views=0, frames=64, window_size=None, shear_amplitude=0.5,
                  padding_ratio=6, mmap=True, label_fraction=None, label_seed=0, layout=DEFAULT_LAYOUT,
-                 augment=True, seed=0, check_finite=False):
+                 augment=True, seed=0, check_finite=False, bodies=None):
         for key, value, low in (("views", views, 0), ("frames", frames, 1),
-                                ("padding_ratio", padding_ratio, 1)):
+                                ("padding_ratio", padding_ratio, 1), ("bodies", 1 if bodies is None else bodies, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"feeder {key} must be an integer >= {low}, got {value!r}")
         if window_size is not None and (not isinstance(window_size, int) or window_size < 1):
@@ -99,7 +101,7 @@ class Feeder(torch.utils.data.Dataset):
             raise ValueError(f"feeder label_fraction must be in (0, 1], got {label_fraction!r}")
         self.views, self.frames, self.window_size, self.augment = views, frames, window_size, augment
         self.shear_amplitude, self.padding_ratio = shear_amplitude, padding_ratio
-        self.seed = seed
+        self.seed, self.bodies = seed, bodies
         # In shared memory: persistent loader workers see set_epoch without being re-forked every epoch.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -153,7 +155,7 @@ class Feeder(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         clip = self.indices[index]
-        x = np.array(self.data[clip], dtype=np.float32)
+        x = np.array(self.data[clip][..., :self.bodies], dtype=np.float32)
         label = int(self.labels[clip])
         if self.views == 0:
             return (center_crop(x, self.window_size) if self.window_size else x), label, index

@@ -154,3 +154,14 @@ def test_labels_beyond_the_classifier_name_file_and_clip(files):
     with pytest.raises(ValueError, match=r"train_label.npy: label 4 of clip 65 \(clip065\) is out of range for "
                                          "model_args.num_class 4"):
         feeder.check_labels(4)
+
+
+def test_bodies_keeps_the_first_bodies_of_every_clip(tmp_path):
+    x = np.arange(2 * 3 * 4 * 25 * 2, dtype=np.float32).reshape(2, 3, 4, 25, 2)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.zeros((2, 1), dtype=np.int64))
+    one = Feeder(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), bodies=1)
+    np.testing.assert_array_equal(one[1][0], x[1][..., :1])
+    assert Feeder(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))[1][0].shape == (3, 4, 25, 2)
+    with pytest.raises(ValueError, match="bodies must be an integer >= 1, got 0"):
+        Feeder(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), bodies=0)

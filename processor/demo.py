@@ -11,6 +11,7 @@ import os
 from feeder.demo_arrays import demo_arrays
 from processor.table import Table, merged
 from torchlight.config import load_yaml
+from torchlight.dist import all_gather_object, barrier, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,8 @@ class Demo:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.log = Logger(cfg["work_dir"])
+        init_distributed(cfg["device"])  # under torchrun rank 0 makes the data and writes the summary
+        self.log = Logger(cfg["work_dir"], enabled=is_main_process())
 
     def prepare_data(self):
         """The synthetic clips as arrays (feeder/demo_arrays.py), each step skipped when its output exists."""
@@ -51,7 +53,8 @@ class Demo:
 
     def start(self):
         cfg = self.cfg
-        data = self.prepare_data()
+        data = self.prepare_data() if is_main_process() else None
+        data = all_gather_object(data)[0]  # the other ranks wait here for rank 0's arrays
         part = {p: dict(data_path=f"{data}/{p}_position.npy", label_path=f"{data}/{p}_label.pkl")
                 for p in ("train", "val")}
         rows = load_yaml(os.path.join(CONFIGS, "table.yaml"))["rows"]
@@ -65,11 +68,14 @@ class Demo:
                                test_feeder_args=part["val"]),
                      pretrain=cfg["pretrain"], overwrite=True,  # a rerun redoes its runs
                      linear=merged(dict(train_feeder_args=dict(label_fraction=cfg["label_fraction"])), cfg["linear"]))
-        print(f"\nDemo: synthetic data (nuisance {cfg['nuisance']}, timing {cfg['timing']}), NTU-60-style xsub "
-              f"split; linear evaluation on {cfg['label_fraction']:.0%} of the training labels", flush=True)
+        if is_main_process():
+            print(f"\nDemo: synthetic data (nuisance {cfg['nuisance']}, timing {cfg['timing']}), NTU-60-style xsub "
+                  f"split; linear evaluation on {cfg['label_fraction']:.0%} of the training labels", flush=True)
         rows = Table(table).start()
-        path = os.path.join(cfg["work_dir"], "demo_result.json")
-        with atomic_path(path) as tmp, open(tmp, "w") as f:
-            json.dump(dict(results=rows, config=cfg), f, indent=1)
-        self.log(f"written {path}")
+        if is_main_process():
+            path = os.path.join(cfg["work_dir"], "demo_result.json")
+            with atomic_path(path) as tmp, open(tmp, "w") as f:
+                json.dump(dict(results=rows, config=cfg), f, indent=1)
+            self.log(f"written {path}")
+        barrier()
         return rows

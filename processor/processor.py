@@ -25,6 +25,7 @@ from torchlight.config import ConfigError
 from torchlight.dist import (
     all_gather_object,
     all_reduce_sum,
+    barrier,
     get_rank,
     get_world_size,
     init_distributed,
@@ -418,6 +419,7 @@ class Processor:
             self.writer.close()
         if self.lock:
             self.lock.release()
+        barrier()  # rank 0's checkpoints and results exist on every rank's return (a table's next run reads them)
 
     def optimize(self, loss):
         """Backward, gradient-norm clip (after backward, SPEC §4b) when `grad_clip` is set, SGD step.

@@ -12,6 +12,7 @@ import statistics
 
 from processor import configure
 from torchlight.config import ConfigError, load_yaml
+from torchlight.dist import barrier, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
 
 DEFAULTS = dict(
@@ -55,7 +56,8 @@ class Table:
         for row in cfg["rows"]:
             if not isinstance(row, dict) or "name" not in row or "linear" not in row:
                 raise ConfigError(f"table row {row!r} needs a name and a linear config")
-        self.log = Logger(cfg["work_dir"])
+        init_distributed(cfg["device"])  # under torchrun every rank runs every row; rank 0 writes
+        self.log = Logger(cfg["work_dir"], enabled=is_main_process())
 
     def run(self, name, config_file, work_dir, seed, *overrides):
         """Processor `name` with `config_file`, this table's data, work_dir and seed, and `overrides`."""
@@ -91,11 +93,13 @@ class Table:
             ratios = [r["loss_over_chance"] for r in runs if r["loss_over_chance"] is not None]
             rows.append(dict(model=row["name"], top1=top1, top1_std=std, runs=runs,
                              loss_over_chance=statistics.mean(ratios) if ratios else None))
-        print("\n" + self.format(rows), flush=True)
-        path = os.path.join(cfg["work_dir"], "table.json")
-        with atomic_path(path) as tmp, open(tmp, "w") as f:
-            json.dump(dict(results=rows, config=cfg), f, indent=1)
-        self.log(f"written {path}")
+        if is_main_process():
+            print("\n" + self.format(rows), flush=True)
+            path = os.path.join(cfg["work_dir"], "table.json")
+            with atomic_path(path) as tmp, open(tmp, "w") as f:
+                json.dump(dict(results=rows, config=cfg), f, indent=1)
+            self.log(f"written {path}")
+        barrier()
         return rows
 
     def format(self, rows):

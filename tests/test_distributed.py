@@ -4,6 +4,7 @@ Each test spawns its ranks itself and gives them a hard time limit. torch's Sync
 GPUs only, so the "SyncBatchNorm" equivalence is checked with `GlobalBatchNorm` below, a stand-in
 with the same statistics (sums over all ranks, gradient through the all-reduce) that exists only here.
 """
+import json
 import os
 import pickle
 import socket
@@ -18,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
+import yaml
 from conftest import tiny_run
 from torch.nn.parallel import DistributedDataParallel
 
@@ -432,3 +434,30 @@ def test_a_failing_rank_brings_the_job_down(demo_arrays, tmp_path):
     assert [p.returncode != 0 for p in ranks] == [True, True]
     assert "IsADirectoryError" in errors[0] and "rank 0 failed: aborting its process group" in errors[0]
     assert "epoch 2/50" not in (tmp_path / "log.txt").read_text()
+
+
+def test_table_under_torchrun(demo_arrays, tmp_path):
+    """A pretrained row of `main.py table` on 2 ranks: rank 1's linear evaluation reads the weights rank 0
+    wrote (a barrier ends every run), both ranks finish, rank 0 alone writes one table.json."""
+    tiny = dict(num_epoch=1, batch_size=16, num_workers=0, eval_interval=0,
+                model_args=dict(hidden_channels=4, hidden_dim=16, dropout=0.0))
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump(dict(tiny, method="skeletonclr",
+                                                           model_args=dict(tiny["model_args"], queue_size=32))))
+    (tmp_path / "lin.yaml").write_text(yaml.safe_dump(tiny))
+    part = {p: dict(data_path=f"{demo_arrays}/{p}_position.npy", label_path=f"{demo_arrays}/{p}_label.pkl")
+            for p in ("train", "val")}
+    table = dict(work_dir=str(tmp_path / "table"), device="cpu", progress=False,
+                 data=dict(train_feeder_args=dict(part["train"], frames=16), test_feeder_args=part["val"]),
+                 rows=[dict(name="SkeletonCLR", pretrain=["pretrain_skeletonclr", str(tmp_path / "pre.yaml")],
+                            linear=str(tmp_path / "lin.yaml"))])
+    (tmp_path / "table.yaml").write_text(yaml.safe_dump(table))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+               "main.py", "table", "--config", str(tmp_path / "table.yaml")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("linear evaluation, seed 1") == 1  # the table printed once, by rank 0
+    assert sorted(os.listdir(tmp_path / "table")) == ["log.txt", "skeletonclr", "table.json"]
+    rows = json.loads((tmp_path / "table" / "table.json").read_text())["results"]
+    assert [r["model"] for r in rows] == ["SkeletonCLR"] and 0 <= rows[0]["top1"] <= 100
+    assert (tmp_path / "table" / "skeletonclr" / "seed1" / "linear" / "result.json").is_file()

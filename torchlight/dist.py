@@ -26,6 +26,12 @@ def is_main_process():
     return get_rank() == 0
 
 
+def barrier():
+    """Wait here until every rank arrives: the others then read what rank 0 wrote before it; no-op in one process."""
+    if is_dist():
+        dist.barrier()
+
+
 def init_distributed(device="auto"):
     """Join the process group when started by torchrun (NCCL on GPUs, Gloo on CPU); True if distributed.
 

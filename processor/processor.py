@@ -447,10 +447,17 @@ class Processor:
         self.bad_loss = torch.zeros((), device=self.device)
 
     def check_loss(self):
-        """Stop at the first non-finite loss of the epoch, naming it, its epoch and step (one read per epoch)."""
-        step = int(self.bad_step)
-        if step:
-            raise NonFiniteError(f"loss {float(self.bad_loss)} at epoch {self.epoch + 1}, step {step}: "
+        """Stop at the first non-finite loss of the epoch, naming it, its epoch and step (one read per epoch).
+
+        Every rank reads every rank's flag, so all stop at the same epoch: a rank going on alone would wait
+        in its next collective for one that left.
+        """
+        flags = all_gather_object((int(self.bad_step), float(self.bad_loss)))
+        bad = [(rank, step, loss) for rank, (step, loss) in enumerate(flags) if step]
+        if bad:
+            rank, step, loss = bad[0]
+            where = f" on rank {rank}" if len(flags) > 1 else ""
+            raise NonFiniteError(f"loss {loss} at epoch {self.epoch + 1}, step {step}{where}: "
                                  f"training stopped; last checkpoint {self.last_checkpoint}")
 
     def train_batches(self, epoch):

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from net.moco import MoCo
 from processor import configure
+from processor.processor import NonFiniteError
 from torchlight.config import ConfigError
 from torchlight.dist import concat_all_gather, get_rank, get_world_size, init_distributed
 from torchlight.util import select_device
@@ -461,3 +462,34 @@ def test_table_under_torchrun(demo_arrays, tmp_path):
     rows = json.loads((tmp_path / "table" / "table.json").read_text())["results"]
     assert [r["model"] for r in rows] == ["SkeletonCLR"] and 0 <= rows[0]["top1"] <= 100
     assert (tmp_path / "table" / "skeletonclr" / "seed1" / "linear" / "result.json").is_file()
+
+
+def nan_loss_worker(rank, data, root):
+    """2 epochs of SkeletonCLR; rank 1's loss is NaN at epoch 2, step 2 (its gradient stays finite, so rank 0's
+    own losses stay finite): the error each rank raises."""
+    cls, cfg = configure("pretrain_skeletonclr", tiny_run(data, os.path.join(root, "run"), device="cpu", num_epoch=2,
+                                                          save_interval=1, model_args=dict(queue_size=32)))
+    proc = cls(cfg)
+    train_step = proc.train_step
+
+    def nan_on_rank1(inputs):
+        losses = train_step(inputs)
+        if rank == 1 and proc.epoch == 1 and proc.step == 1:  # proc.step counts the steps already taken
+            losses["loss"] = losses["loss"] + torch.tensor(float("nan"))
+        return losses
+
+    proc.train_step = nan_on_rank1
+    try:
+        proc.start()
+    except NonFiniteError as e:
+        return dict(error=str(e), epochs=len(proc.stats))
+    return dict(error=None, epochs=len(proc.stats))
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_in_the_same_epoch(demo_arrays, tmp_path):
+    ranks = run_ranks(nan_loss_worker, tmp_path, demo_arrays, str(tmp_path))
+    for r in ranks:
+        assert r["epochs"] == 1  # epoch 1 logged, epoch 2 stopped before its evaluation and checkpoint
+        assert r["error"].startswith("loss nan at epoch 2, step 2 on rank 1: training stopped"), r["error"]
+    assert "last checkpoint " + str(tmp_path / "run" / "epoch1_model.pt") in ranks[0]["error"]
+    assert not (tmp_path / "run" / "epoch2_model.pt").exists()

@@ -493,3 +493,24 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_in_the_same_epoch(demo_a
         assert r["error"].startswith("loss nan at epoch 2, step 2 on rank 1: training stopped"), r["error"]
     assert "last checkpoint " + str(tmp_path / "run" / "epoch1_model.pt") in ranks[0]["error"]
     assert not (tmp_path / "run" / "epoch2_model.pt").exists()
+
+
+def test_local_gpu_is_local_rank_only_when_visible(monkeypatch):
+    """torchrun on one node: LOCAL_RANK is the GPU; SLURM-style, one GPU per process: device 0 of each."""
+    import torchlight.dist
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for count, expected in ((4, 1), (1, 0)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda count=count: count)
+        assert select_device("auto") == torch.device("cuda", expected)
+        assert select_device("cuda", distributed=True) == torch.device("cuda", expected)
+        chosen = []  # what init_distributed hands NCCL
+        monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+        monkeypatch.setattr(torchlight.dist.dist, "init_process_group", lambda backend, c=chosen: c.append(backend))
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert init_distributed("auto") and chosen == [expected, "nccl"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ConfigError, match="LOCAL_RANK 3 but this process sees 2 GPUs"):
+        select_device("auto")

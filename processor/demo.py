@@ -28,6 +28,7 @@ DEFAULTS = dict(
                              # pretraining sees every training clip, unlabelled: the setting SSL is for
     seed=1,
     device="auto",
+    speed="exact",           # passed to every run (docs/gpu.md)
     progress=True,
     pretrain={},             # overrides for both pretraining runs, e.g. --pretrain.num_epoch 2
     linear={},               # overrides for every linear evaluation
@@ -63,7 +64,8 @@ class Demo:
             if row.get("pretrain"):
                 row["pretrain"] = [row["pretrain"][0], os.path.join(REPO, row["pretrain"][1])]
         table = dict(Table.default_config(), rows=rows,
-                     work_dir=cfg["work_dir"], seeds=[cfg["seed"]], device=cfg["device"], progress=cfg["progress"],
+                     work_dir=cfg["work_dir"], seeds=[cfg["seed"]], device=cfg["device"], speed=cfg["speed"],
+                     progress=cfg["progress"],
                      data=dict(train_feeder_args=dict(part["train"], frames=cfg["frames"]),
                                test_feeder_args=part["val"]),
                      pretrain=cfg["pretrain"], overwrite=True,  # a rerun redoes its runs

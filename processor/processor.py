@@ -70,6 +70,7 @@ DEFAULTS = dict(
     num_epoch=300,
     grad_clip=None,                 # max gradient norm, clipped after backward
     # speed
+    speed="exact",                  # exact: as below; fast: the GPU speed settings at once (docs/gpu.md)
     amp="off",                      # off | bf16 | fp16
     compile=False,
     channels_last=False,

@@ -19,6 +19,7 @@ DEFAULTS = dict(
     work_dir="./work_dir/table",
     seeds=[1],
     device="auto",
+    speed="exact",  # passed to every run: fast is docs/gpu.md's fast setting
     progress=True,
     data={},       # merged into every run: e.g. {train_feeder_args: {...}, test_feeder_args: {...}}
     rows=[],       # [{name, linear: yaml, pretrain: [processor, yaml] (optional), linear_args: {...}}]
@@ -62,8 +63,8 @@ class Table:
     def run(self, name, config_file, work_dir, seed, *overrides):
         """Processor `name` with `config_file`, this table's data, work_dir and seed, and `overrides`."""
         cfg = self.cfg
-        common = dict(work_dir=work_dir, seed=seed, device=cfg["device"], progress=cfg["progress"],
-                      overwrite=cfg["overwrite"])
+        common = dict(work_dir=work_dir, seed=seed, device=cfg["device"], speed=cfg["speed"],
+                      progress=cfg["progress"], overwrite=cfg["overwrite"])
         config = merged(load_yaml(config_file), cfg["data"], common, *overrides)
         cls, run_cfg = configure(name, config, {}, source=config_file)
         processor = cls(run_cfg)

@@ -1,6 +1,7 @@
 """MoCo v2 around an ST-GCN: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ are configurations of it (SPEC §3)."""
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -217,8 +218,11 @@ class MoCo(nn.Module):
         (tests/test_fused.py); on our 2-core CPU the fused call measured ~20% slower (README: Speed).
         """
         fused = im_q.is_cuda if self.fused_queries is None else self.fused_queries
-        fused = fused and mixes and hasattr(self.encoder_q, "feature_groups") and not any(
-            isinstance(m, nn.SyncBatchNorm) for m in self.encoder_q.modules())  # grouped statistics need plain BN
+        fused = fused and mixes and hasattr(self.encoder_q, "feature_groups")
+        if fused and any(isinstance(m, nn.SyncBatchNorm) for m in self.encoder_q.modules()):
+            fused = False  # grouped statistics need plain BN
+            warnings.warn(f"sync_bn: the query and its {len(mixes)} mixes run as {len(mixes) + 1} encoder calls, "
+                          "not one fused call (grouped BatchNorm statistics need plain BatchNorm)", stacklevel=2)
         if not fused:
             return self.encoder_q(im_q), [self.encoder_q(mixed, mask=mask) for mixed, mask in mixes]
         q, *pcs = self.encoder_q(torch.cat([im_q, *(mixed for mixed, _ in mixes)]),

@@ -16,7 +16,8 @@ class SkeleMix:
     """One mix of a batch (N, C, T, V, M): region from the partner, or zeros / N(0, 1) noise (SPEC §3.2).
 
     Random draws come from a CPU `torch.Generator` (the global one when None), so a seed reproduces
-    the mix on any device; the region is drawn once per call and shared by the batch, as in the release.
+    the mix on any device (the gaussian mode's noise from a device generator seeded by one such draw);
+    the region is drawn once per call and shared by the batch, as in the release.
     """
 
     def __init__(self, layout=DEFAULT_LAYOUT, temporal_stride=4, mode="swap", region="parts"):
@@ -59,6 +60,14 @@ class SkeleMix:
         parts = self.parts_on(torch.device(device))
         return torch.cat([parts[i] for i in chosen.tolist()]).sort().values
 
+    @staticmethod
+    def noise(shape, x, generator=None):
+        """N(0, 1) noise of `shape` drawn on x's device in x's dtype, from a seed drawn on the CPU `generator`:
+        reproducible from the seed, with no host-to-device copy in the step."""
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+        return torch.randn(shape, generator=torch.Generator(x.device).manual_seed(seed), device=x.device,
+                           dtype=x.dtype)
+
     def __call__(self, x, spa_l, spa_u, tem_l, tem_u, generator=None):
         """Mix x (N, C, T, V, M): (mixed, mask (T // stride, V) bool, partner (N,) long) (SPEC §3.2)."""
         n, _, t, v, _ = x.shape
@@ -89,9 +98,8 @@ class SkeleMix:
         elif self.mode == "zeros":
             mixed[:, :, frames, joints] = 0
         else:
-            c, m = x.shape[1], x.shape[4]
-            noise = torch.randn(n, c, frames.stop - frames.start, len(joints), m, generator=generator)
-            mixed[:, :, frames, joints] = noise.to(x)
+            mixed[:, :, frames, joints] = self.noise((n, x.shape[1], frames.stop - frames.start, len(joints),
+                                                      x.shape[4]), x, generator)
         # §3.2 step 5: mask on the encoder's (T // stride, V) grid.
         mask = torch.zeros(steps, v, dtype=torch.bool, device=x.device)
         mask[start:start + length, joints] = True

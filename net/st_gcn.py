@@ -263,11 +263,13 @@ def masked_pool(fmap, mask):
                          f"got {mask.dtype} {tuple(mask.shape)}")
     # Sums over positions and bodies as one batched product with the joints-major map (V, N, M, T', C),
     # which is how the encoder stores it (then the permute is free and the gradient keeps that layout).
-    inside = mask.to(fmap.dtype).expand(n, t, v)
+    # Each weight is 1 / (M·positions in the region): the product sums x / count, the mean, in the map's
+    # dtype; summing first would overflow fp16 (800 positions of mean activation 82 exceed 65504).
+    inside = mask.to(torch.promote_types(fmap.dtype, torch.float32)).expand(n, t, v)  # exact counts in bf16
     weights = torch.stack([inside, 1 - inside], 2).permute(3, 0, 2, 1)[:, :, None]  # (V, N, 1, 2, T')
-    sums = (weights @ fmap.permute(4, 0, 1, 3, 2)).sum((0, 2))  # (V, N, M, 2, C) -> (N, 2, C)
-    counts = (m * weights.sum((0, 4))).clamp_min(1)  # M·(positions in the region): (N, 1, 2)
-    p, c = (sums / counts.transpose(1, 2)).unbind(1)
+    counts = (m * weights.sum((0, 4), keepdim=True)).clamp_min(1)  # (1, N, 1, 2, 1)
+    means = ((weights / counts).to(fmap.dtype) @ fmap.permute(4, 0, 1, 3, 2)).sum((0, 2))  # (N, 2, C)
+    p, c = means.unbind(1)
     return p, c
 
 
@@ -280,11 +282,12 @@ def grouped_pool(fmaps, masks):
     """
     v, _, m, t = fmaps.shape[:4]
     inside = torch.stack([torch.ones(t, v, dtype=torch.bool, device=fmaps.device) if mask is None
-                          else mask.to(fmaps.device) for mask in masks]).to(fmaps.dtype)  # (G, T', V)
+                          else mask.to(fmaps.device) for mask in masks])
+    inside = inside.to(torch.promote_types(fmaps.dtype, torch.float32))  # (G, T', V); exact counts in bf16
     weights = torch.stack([inside, 1 - inside], -1)  # (G, T', V, 2)
-    sums = torch.einsum("vnmtgc,gtvs->ngsc", fmaps, weights)
-    counts = (m * weights.sum((1, 2))).clamp_min(1)  # M·(positions in the region): (G, 2)
-    return sums / counts[:, :, None]
+    counts = (m * weights.sum((1, 2), keepdim=True)).clamp_min(1)  # M·(positions in the region): (G, 1, 1, 2)
+    # Weights 1 / count: the product sums x / count in the map's dtype (as masked_pool, no fp16 overflow).
+    return torch.einsum("vnmtgc,gtvs->ngsc", fmaps, (weights / counts).to(fmaps.dtype))
 
 
 class Model(nn.Module):

@@ -46,10 +46,33 @@ def pretraining_method(name, config, overrides, source):
     return method or alias
 
 
+SPEEDS = ("exact", "fast")
+
+
+def fast_settings(device, sync_bn):
+    """What `speed: fast` sets (docs/gpu.md): bf16 autocast, TF32, augmentation on the device, up to 8 loader
+    workers and, on CUDA without sync_bn (they do not combine), torch.compile. On a CPU bf16 only where it
+    has native bf16 kernels (elsewhere it is slower than fp32) and no compile (slower than eager there)."""
+    import os
+
+    import torch
+
+    from processor.processor import cpu_amp_is_fast
+    cuda = str(device).startswith("cuda") or (device in (None, "auto") and torch.cuda.is_available())
+    fast = dict(tf32=True, device_augment=True, num_workers=min(8, os.cpu_count() or 1))
+    if cuda or cpu_amp_is_fast("bf16"):
+        fast["amp"] = "bf16"
+    if cuda and not sync_bn:
+        fast["compile"] = True
+    return fast
+
+
 def configure(name, config=None, overrides=None, source="config", need_method=True):
     """The processor class registered as `name` and its config: overrides > config > preset > defaults.
 
-    `need_method` false (help): a pretraining config without a method gets no preset instead of an error."""
+    `need_method` false (help): a pretraining config without a method gets no preset instead of an error.
+    `speed: fast` replaces the code defaults of the speed keys by `fast_settings`; a key the config or the
+    command line names keeps its value (`--speed fast --amp off` runs fast without autocast)."""
     from torchlight.config import ConfigError, merge
     from torchlight.util import import_class
     if name not in PROCESSORS:
@@ -62,7 +85,13 @@ def configure(name, config=None, overrides=None, source="config", need_method=Tr
         method = pretraining_method(name, config, overrides, source)
         preset = dict(METHODS[method], method=method)
     defaults = merge(cls.default_config(), preset, {}, source="preset")
-    return cls, merge(defaults, config, overrides, source=source)
+    cfg = merge(defaults, config, overrides, source=source)
+    if cfg.get("speed", "exact") not in SPEEDS:
+        raise ConfigError(f"speed must be exact or fast, not {cfg['speed']!r}")
+    if cfg.get("speed") == "fast" and "amp" in cfg:  # a processor (a table passes speed on to its runs)
+        named = set(config) | {key.split(".")[0] for key in overrides}
+        cfg.update({k: v for k, v in fast_settings(cfg["device"], cfg["sync_bn"]).items() if k not in named})
+    return cls, cfg
 
 
 def describe(name, cls, cfg):

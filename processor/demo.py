@@ -11,6 +11,7 @@ import os
 from feeder.demo_arrays import demo_arrays
 from processor.table import Table
 from torchlight.config import deep_merge, load_yaml
+from torchlight.dist import all_gather_object, barrier, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,11 +27,13 @@ DEFAULTS = dict(
     label_fraction=0.1,
     seed=1,
     device="auto",
+    speed="exact",
     progress=True,
     pretrain={},
     linear={},
 )
 HELP = dict(  # shown by `python main.py demo --help`
+    speed="passed to every run: exact, or fast (docs/gpu.md)",
     work_dir="the table's runs and demo_result.json",
     data_dir="raw files, gendata output and arrays per data setting; reused when present",
     num_files="synthetic .skeleton files to generate",
@@ -58,7 +61,8 @@ class Demo:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.log = Logger(cfg["work_dir"])
+        init_distributed(cfg["device"])  # under torchrun rank 0 makes the data and writes the summary
+        self.log = Logger(cfg["work_dir"], enabled=is_main_process())
 
     def prepare_data(self):
         """The synthetic clips as arrays (feeder/demo_arrays.py), each step skipped when its output exists."""
@@ -69,7 +73,8 @@ class Demo:
 
     def start(self):
         cfg = self.cfg
-        data = self.prepare_data()
+        data = self.prepare_data() if is_main_process() else None
+        data = all_gather_object(data)[0]  # the other ranks wait here for rank 0's arrays
         part = {p: dict(data_path=f"{data}/{p}_position.npy", label_path=f"{data}/{p}_label.pkl")
                 for p in ("train", "val")}
         rows = load_yaml(os.path.join(CONFIGS, "table.yaml"))["rows"]
@@ -78,17 +83,21 @@ class Demo:
             if row.get("pretrain"):
                 row["pretrain"] = [row["pretrain"][0], os.path.join(REPO, row["pretrain"][1])]
         table = dict(Table.default_config(), rows=rows,
-                     work_dir=cfg["work_dir"], seeds=[cfg["seed"]], device=cfg["device"], progress=cfg["progress"],
+                     work_dir=cfg["work_dir"], seeds=[cfg["seed"]], device=cfg["device"], speed=cfg["speed"],
+                     progress=cfg["progress"],
                      data=dict(train_feeder_args=dict(part["train"], frames=cfg["frames"]),
                                test_feeder_args=part["val"]),
                      pretrain=cfg["pretrain"], overwrite=True,  # a rerun redoes its runs
                      linear=deep_merge(dict(train_feeder_args=dict(label_fraction=cfg["label_fraction"])),
                                        cfg["linear"]))
-        print(f"\nDemo: synthetic data (nuisance {cfg['nuisance']}, timing {cfg['timing']}), NTU-60-style xsub "
-              f"split; linear evaluation on {cfg['label_fraction']:.0%} of the training labels", flush=True)
+        if is_main_process():
+            print(f"\nDemo: synthetic data (nuisance {cfg['nuisance']}, timing {cfg['timing']}), NTU-60-style xsub "
+                  f"split; linear evaluation on {cfg['label_fraction']:.0%} of the training labels", flush=True)
         rows = Table(table).start()
-        path = os.path.join(cfg["work_dir"], "demo_result.json")
-        with atomic_path(path) as tmp, open(tmp, "w") as f:
-            json.dump(dict(results=rows, config=cfg), f, indent=1)
-        self.log(f"written {path}")
+        if is_main_process():
+            path = os.path.join(cfg["work_dir"], "demo_result.json")
+            with atomic_path(path) as tmp, open(tmp, "w") as f:
+                json.dump(dict(results=rows, config=cfg), f, indent=1)
+            self.log(f"written {path}")
+        barrier()
         return rows

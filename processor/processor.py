@@ -25,6 +25,7 @@ from torchlight.config import ConfigError
 from torchlight.dist import (
     all_gather_object,
     all_reduce_sum,
+    barrier,
     get_rank,
     get_world_size,
     init_distributed,
@@ -69,6 +70,7 @@ DEFAULTS = dict(
     num_epoch=300,
     grad_clip=None,
     # speed
+    speed="exact",
     amp="off",
     compile=False,
     channels_last=False,
@@ -87,6 +89,8 @@ DEFAULTS = dict(
 
 # One line of meaning per key, shown by `python main.py <processor> --help` beside the default.
 HELP = dict(
+    speed="exact: the paper's numerics; fast: bf16, TF32, device augmentation, loader workers and compile "
+          "at once (docs/gpu.md)",
     work_dir="everything a run writes goes here; default: beside the weights (evaluation) or ./work_dir/pretrain",
     overwrite="allow a work_dir that holds another run's files (nothing is deleted)",
     seed="seed of every random draw: initialisation, data order, augmentation, SkeleMix",
@@ -473,6 +477,7 @@ class Processor:
             self.writer.close()
         if self.lock:
             self.lock.release()
+        barrier()  # rank 0's checkpoints and results exist on every rank's return (a table's next run reads them)
 
     def optimize(self, loss):
         """Backward, gradient-norm clip (after backward, SPEC §4b) when `grad_clip` is set, SGD step.
@@ -500,10 +505,17 @@ class Processor:
         self.bad_loss = torch.zeros((), device=self.device)
 
     def check_loss(self):
-        """Stop at the first non-finite loss of the epoch, naming it, its epoch and step (one read per epoch)."""
-        step = int(self.bad_step)
-        if step:
-            raise NonFiniteError(f"loss {float(self.bad_loss)} at epoch {self.epoch + 1}, step {step}: "
+        """Stop at the first non-finite loss of the epoch, naming it, its epoch and step (one read per epoch).
+
+        Every rank reads every rank's flag, so all stop at the same epoch: a rank going on alone would wait
+        in its next collective for one that left.
+        """
+        flags = all_gather_object((int(self.bad_step), float(self.bad_loss)))
+        bad = [(rank, step, loss) for rank, (step, loss) in enumerate(flags) if step]
+        if bad:
+            rank, step, loss = bad[0]
+            where = f" on rank {rank}" if len(flags) > 1 else ""
+            raise NonFiniteError(f"loss {loss} at epoch {self.epoch + 1}, step {step}{where}: "
                                  f"training stopped; last checkpoint {self.last_checkpoint}")
 
     def train_batches(self, epoch):

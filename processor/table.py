@@ -13,12 +13,14 @@ import statistics
 from processor import configure
 from processor.evaluation import PROBE
 from torchlight.config import ConfigError, deep_merge, load_yaml
+from torchlight.dist import barrier, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
 
 DEFAULTS = dict(
     work_dir="./work_dir/table",
     seeds=[1],
     device="auto",
+    speed="exact",
     progress=True,
     data={},
     rows=[],
@@ -27,6 +29,7 @@ DEFAULTS = dict(
     overwrite=False,
 )
 HELP = dict(  # shown by `python main.py table --help`
+    speed="passed to every run: exact, or fast (docs/gpu.md)",
     work_dir="every run goes to <work_dir>/<row>/seed<N>; the table to <work_dir>/table.json",
     seeds="each row runs once per seed: top-1 as mean ± std",
     device="device of every run (auto, cpu, cuda, ...)",
@@ -65,13 +68,14 @@ class Table:
         for row in cfg["rows"]:
             if not isinstance(row, dict) or "name" not in row or "linear" not in row:
                 raise ConfigError(f"table row {row!r} needs a name and a linear config")
-        self.log = Logger(cfg["work_dir"])
+        init_distributed(cfg["device"])  # under torchrun every rank runs every row; rank 0 writes
+        self.log = Logger(cfg["work_dir"], enabled=is_main_process())
 
     def run(self, name, config_file, work_dir, seed, *overrides):
         """Processor `name` with `config_file`, this table's data, work_dir and seed, and `overrides`."""
         cfg = self.cfg
-        common = dict(work_dir=work_dir, seed=seed, device=cfg["device"], progress=cfg["progress"],
-                      overwrite=cfg["overwrite"])
+        common = dict(work_dir=work_dir, seed=seed, device=cfg["device"], speed=cfg["speed"],
+                      progress=cfg["progress"], overwrite=cfg["overwrite"])
         config = deep_merge(load_yaml(config_file), cfg["data"], common, *overrides)
         cls, run_cfg = configure(name, config, {}, source=config_file)
         processor = cls(run_cfg)
@@ -117,11 +121,13 @@ class Table:
             for protocol in PROTOCOLS:
                 summary[protocol], summary[f"{protocol}_std"] = mean_std([r[protocol]["top1"] for r in runs])
             rows.append(summary)
-        print("\n" + self.format(rows), flush=True)
-        path = os.path.join(cfg["work_dir"], "table.json")
-        with atomic_path(path) as tmp, open(tmp, "w") as f:
-            json.dump(dict(results=rows, config=cfg), f, indent=1)
-        self.log(f"written {path}")
+        if is_main_process():
+            print("\n" + self.format(rows), flush=True)
+            path = os.path.join(cfg["work_dir"], "table.json")
+            with atomic_path(path) as tmp, open(tmp, "w") as f:
+                json.dump(dict(results=rows, config=cfg), f, indent=1)
+            self.log(f"written {path}")
+        barrier()
         return rows
 
     def format(self, rows):

@@ -222,3 +222,27 @@ def test_print_config_prints_the_merged_config_and_creates_nothing(capsys, tmp_p
     _, cfg = configure("linear_evaluation", load_yaml(path), {"base_lr": 0.5})
     assert printed == dict(cfg, work_dir="work_dir/ucla_frame32_xview/random_init/linear")
     assert not os.listdir(tmp_path)
+
+
+def test_speed_fast_sets_the_gpu_speed_keys_unless_named(monkeypatch):
+    """speed: fast on a GPU: bf16, TF32, device augmentation, min(8, CPUs) workers, compile; keys named in
+    the config or on the command line keep their values; speed: exact changes nothing."""
+    import processor.processor
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    exact = configure("pretrain", {"method": "skeletonclr"})[1]
+    fast = configure("pretrain", {"method": "skeletonclr"}, {"speed": "fast"})[1]
+    assert {k: exact[k] for k in ("amp", "tf32", "device_augment", "num_workers", "compile")} == dict(
+        amp="off", tf32=False, device_augment=False, num_workers=2, compile=False)
+    assert {k: fast[k] for k in ("amp", "tf32", "device_augment", "num_workers", "compile")} == dict(
+        amp="bf16", tf32=True, device_augment=True, num_workers=8, compile=True)
+    named = configure("pretrain", {"method": "skeletonclr", "speed": "fast", "num_workers": 3},
+                      {"amp": "off", "model_args.head": "mlp_bn"})[1]
+    assert (named["amp"], named["num_workers"], named["tf32"]) == ("off", 3, True)
+    synced = configure("pretrain", {"method": "skeletonclr", "speed": "fast", "sync_bn": True})[1]
+    assert synced["compile"] is False  # SyncBatchNorm does not trace under compile
+    monkeypatch.setattr(processor.processor, "cpu_amp_is_fast", lambda amp: False)
+    cpu = configure("linear_evaluation", {"speed": "fast", "device": "cpu"})[1]
+    assert (cpu["amp"], cpu["compile"], cpu["tf32"]) == ("off", False, True)  # no slow bf16, no compile on CPU
+    with pytest.raises(ConfigError, match="speed must be exact or fast, not 'quick'"):
+        configure("pretrain", {"method": "skeletonclr", "speed": "quick"})

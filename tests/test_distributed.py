@@ -4,6 +4,7 @@ Each test spawns its ranks itself and gives them a hard time limit. torch's Sync
 GPUs only, so the "SyncBatchNorm" equivalence is checked with `GlobalBatchNorm` below, a stand-in
 with the same statistics (sums over all ranks, gradient through the all-reduce) that exists only here.
 """
+import json
 import os
 import pickle
 import socket
@@ -18,11 +19,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
+import yaml
 from conftest import tiny_run
 from torch.nn.parallel import DistributedDataParallel
 
 from net.moco import MoCo
 from processor import configure
+from processor.processor import NonFiniteError
 from torchlight.config import ConfigError
 from torchlight.dist import concat_all_gather, get_rank, get_world_size, init_distributed
 from torchlight.util import select_device
@@ -432,3 +435,82 @@ def test_a_failing_rank_brings_the_job_down(demo_arrays, tmp_path):
     assert [p.returncode != 0 for p in ranks] == [True, True]
     assert "IsADirectoryError" in errors[0] and "rank 0 failed: aborting its process group" in errors[0]
     assert "epoch 2/50" not in (tmp_path / "log.txt").read_text()
+
+
+def test_table_under_torchrun(demo_arrays, tmp_path):
+    """A pretrained row of `main.py table` on 2 ranks: rank 1's linear evaluation reads the weights rank 0
+    wrote (a barrier ends every run), both ranks finish, rank 0 alone writes one table.json."""
+    tiny = dict(num_epoch=1, batch_size=16, num_workers=0, eval_interval=0,
+                model_args=dict(hidden_channels=4, hidden_dim=16, dropout=0.0))
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump(dict(tiny, method="skeletonclr",
+                                                           model_args=dict(tiny["model_args"], queue_size=32))))
+    (tmp_path / "lin.yaml").write_text(yaml.safe_dump(tiny))
+    part = {p: dict(data_path=f"{demo_arrays}/{p}_position.npy", label_path=f"{demo_arrays}/{p}_label.pkl")
+            for p in ("train", "val")}
+    table = dict(work_dir=str(tmp_path / "table"), device="cpu", progress=False,
+                 data=dict(train_feeder_args=dict(part["train"], frames=16), test_feeder_args=part["val"]),
+                 rows=[dict(name="SkeletonCLR", pretrain=["pretrain_skeletonclr", str(tmp_path / "pre.yaml")],
+                            linear=str(tmp_path / "lin.yaml"))])
+    (tmp_path / "table.yaml").write_text(yaml.safe_dump(table))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+               "main.py", "table", "--config", str(tmp_path / "table.yaml")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("linear evaluation top-1 %, seed 1") == 1  # the table printed once, by rank 0
+    assert sorted(os.listdir(tmp_path / "table")) == ["log.txt", "skeletonclr", "table.json"]
+    rows = json.loads((tmp_path / "table" / "table.json").read_text())["results"]
+    assert [r["model"] for r in rows] == ["SkeletonCLR"] and 0 <= rows[0]["paper"] <= 100
+    assert (tmp_path / "table" / "skeletonclr" / "seed1" / "probe" / "result.json").is_file()
+
+
+def nan_loss_worker(rank, data, root):
+    """2 epochs of SkeletonCLR; rank 1's loss is NaN at epoch 2, step 2 (its gradient stays finite, so rank 0's
+    own losses stay finite): the error each rank raises."""
+    cls, cfg = configure("pretrain_skeletonclr", tiny_run(data, os.path.join(root, "run"), device="cpu", num_epoch=2,
+                                                          save_interval=1, model_args=dict(queue_size=32)))
+    proc = cls(cfg)
+    train_step = proc.train_step
+
+    def nan_on_rank1(inputs):
+        losses = train_step(inputs)
+        if rank == 1 and proc.epoch == 1 and proc.step == 1:  # proc.step counts the steps already taken
+            losses["loss"] = losses["loss"] + torch.tensor(float("nan"))
+        return losses
+
+    proc.train_step = nan_on_rank1
+    try:
+        proc.start()
+    except NonFiniteError as e:
+        return dict(error=str(e), epochs=len(proc.stats))
+    return dict(error=None, epochs=len(proc.stats))
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_in_the_same_epoch(demo_arrays, tmp_path):
+    ranks = run_ranks(nan_loss_worker, tmp_path, demo_arrays, str(tmp_path))
+    for r in ranks:
+        assert r["epochs"] == 1  # epoch 1 logged, epoch 2 stopped before its evaluation and checkpoint
+        assert r["error"].startswith("loss nan at epoch 2, step 2 on rank 1: training stopped"), r["error"]
+    assert "last checkpoint " + str(tmp_path / "run" / "epoch1_model.pt") in ranks[0]["error"]
+    assert not (tmp_path / "run" / "epoch2_model.pt").exists()
+
+
+def test_local_gpu_is_local_rank_only_when_visible(monkeypatch):
+    """torchrun on one node: LOCAL_RANK is the GPU; SLURM-style, one GPU per process: device 0 of each."""
+    import torchlight.dist
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for count, expected in ((4, 1), (1, 0)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda count=count: count)
+        assert select_device("auto") == torch.device("cuda", expected)
+        assert select_device("cuda", distributed=True) == torch.device("cuda", expected)
+        chosen = []  # what init_distributed hands NCCL
+        monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+        monkeypatch.setattr(torchlight.dist.dist, "init_process_group", lambda backend, c=chosen: c.append(backend))
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert init_distributed("auto") and chosen == [expected, "nccl"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ConfigError, match="LOCAL_RANK 3 but this process sees 2 GPUs"):
+        select_device("auto")

@@ -133,3 +133,17 @@ def test_fused_queries_equal_separate_passes(method):
     for loss in losses:
         loss["loss"].backward()
     assert_same_state(fused, separate)
+
+
+def test_sync_bn_runs_separate_passes_and_says_so():
+    """SyncBatchNorm has no grouped statistics: the fused pass is switched off with a one-line warning of its
+    cost, and the loss is the separate passes' (outside a process group SyncBatchNorm is BatchNorm)."""
+    torch.manual_seed(0)
+    separate = MoCo(**TINY, feature_dim=8, queue_size=16, fused_queries=False, **METHODS["skelemixclr_plus"]).double()
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(separate))
+    synced.fused_queries = True
+    views = [clips(4, seed) for seed in range(1 + separate.num_queries)]
+    with pytest.warns(UserWarning, match="sync_bn: the query and its 3 mixes run as 4 encoder calls, not one fused"):
+        loss = synced(views, generator=torch.Generator().manual_seed(3))["loss"]
+    torch.testing.assert_close(loss, separate(views, generator=torch.Generator().manual_seed(3))["loss"],
+                               rtol=1e-10, atol=1e-12)

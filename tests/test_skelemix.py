@@ -97,6 +97,24 @@ def test_same_seed_same_mix():
         assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
+def test_gaussian_noise_is_drawn_on_the_device_of_x_from_the_seed(monkeypatch):
+    """The noise is drawn where x lives (no CPU draw and copy per step), by a generator of that device seeded
+    from the CPU generator: the same seed gives the same noise, another seed other noise."""
+    calls, randn = [], torch.randn
+
+    def recording_randn(*args, **kwargs):
+        calls.append((kwargs.get("device"), kwargs.get("generator"), kwargs.get("dtype")))
+        return randn(*args, **kwargs)
+
+    x = torch.randn(5, 3, 32, 25, 2, dtype=torch.float64)  # float64: the noise must follow x's dtype too
+    monkeypatch.setattr(torch, "randn", recording_randn)
+    a, b, c = (SkeleMix(mode="gaussian")(x, 1, 4, 2, 6, generator=torch.Generator().manual_seed(seed))[0]
+               for seed in (5, 5, 6))
+    assert len(calls) == 3 and all(device == x.device and dtype == x.dtype and gen.device == x.device
+                                   for device, gen, dtype in calls)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
 def test_other_stride_and_layout():
     x = torch.randn(3, 3, 12, 17, 1)
     mixed, mask, _ = SkeleMix(layout="coco", temporal_stride=2)(x, 1, 1, 2, 2,

@@ -140,6 +140,22 @@ def test_benchmark_quick_writes_json(tmp_path):
     assert result["options"]["fused"]["config"] == {"fused_queries": True}
 
 
+def test_benchmark_forgets_compiled_graphs_before_each_compiled_model(tmp_path, monkeypatch):
+    """Every compiled model shares Model.forward: without a dynamo reset between them torch stops compiling
+    after recompile_limit (8) versions and later figures run eager. Compilation itself is stubbed out."""
+    events = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: events.append("compile"))
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: events.append("reset"))
+    path = tmp_path / "speed.json"
+    benchmark.main(["--width", "4", "--hidden_dim", "16", "--batch", "4", "--frames", "16", "--iters", "1",
+                    "--warmup", "0", "--workers", "0", "--matmul_size", "64", "--no-baseline", "--compile_all",
+                    "--options", "compile", "--methods", "skeletonclr", "--json", str(path)])
+    # the encoder figure, a pretraining processor (query and key encoders), the linear evaluation
+    assert "".join(e[0] for e in events) == "rc" + "rcc" + "rc"
+    assert json.loads(path.read_text())["compile_cache"] == dict(reset_before_each_compiled_model=True,
+                                                                 recompile_limit=8)
+
+
 def test_benchmark_defaults_and_width():
     """The headline at the paper's batch, 5 timed steps, one SkeleMixCLR+ row per option; --width scales."""
     args = benchmark.parse_args([])

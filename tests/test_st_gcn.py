@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from net.st_gcn import Model, masked_pool
+from net.st_gcn import Model, grouped_pool, masked_pool
 from net.st_gcn_reference import release_design
 
 STRIDES = [1, 1, 1, 1, 2, 1, 1, 2, 1, 1]  # SPEC §2 temporal stride of the 10 blocks
@@ -179,6 +179,21 @@ def test_masked_pool_equals_explicit_means(per_sample):
     p_ref, c_ref = explicit_masked_means(fmap, mask)
     torch.testing.assert_close(p, p_ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(c, c_ref, atol=1e-6, rtol=0)
+
+
+def test_pooling_in_fp16_at_large_activations_stays_finite():
+    """16 x 25 positions x 2 bodies at mean activation 100: their fp16 sum (80,000) exceeds fp16's 65,504, so
+    each pool must scale before summing; both agree with fp64 means within fp16 rounding."""
+    g = torch.Generator().manual_seed(4)
+    fmap = 100 + torch.randn(3, 2, 6, 16, 25, generator=g, dtype=torch.float64)  # (N, M, C, T', V)
+    mask = torch.zeros(16, 25, dtype=torch.bool)
+    mask[4:12, 3:10] = True
+    p_ref, c_ref = explicit_masked_means(fmap, mask)
+    p, c = masked_pool(fmap.half(), mask)
+    grouped = grouped_pool(fmap.permute(4, 0, 1, 3, 2)[:, :, :, :, None].half(), [mask])  # (V, N, M, T', 1, C)
+    for value, expected in ((p, p_ref), (c, c_ref), (grouped[:, 0, 0], p_ref), (grouped[:, 0, 1], c_ref)):
+        assert value.dtype == torch.float16 and torch.isfinite(value).all()
+        torch.testing.assert_close(value.double(), expected, atol=0.2, rtol=0)  # fp16 spacing at 100: 0.0625
 
 
 def test_forward_with_mask_returns_fc_of_masked_means():

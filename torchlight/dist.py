@@ -5,6 +5,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 
 def is_dist():
     return dist.is_available() and dist.is_initialized()
@@ -22,8 +24,26 @@ def local_rank():
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
+def local_cuda_index():
+    """This rank's GPU: LOCAL_RANK when it is a visible device's ordinal, else device 0 when the process sees
+    one GPU (SLURM-style launches give each process its own through CUDA_VISIBLE_DEVICES)."""
+    rank, count = local_rank(), torch.cuda.device_count()
+    if rank < count or count == 0:  # no GPU visible: nothing to check against, the device fails where used
+        return rank
+    if count == 1:
+        return 0
+    raise ConfigError(f"LOCAL_RANK {rank} but this process sees {count} GPUs (CUDA_VISIBLE_DEVICES): "
+                      "start at most one process per visible GPU, or one GPU per process")
+
+
 def is_main_process():
     return get_rank() == 0
+
+
+def barrier():
+    """Wait here until every rank arrives: the others then read what rank 0 wrote before it; no-op in one process."""
+    if is_dist():
+        dist.barrier()
 
 
 def init_distributed(device="auto"):
@@ -36,7 +56,7 @@ def init_distributed(device="auto"):
     on_cpu = device is not None and str(device).startswith("cpu")
     backend = "nccl" if torch.cuda.is_available() and not on_cpu else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(local_rank())
+        torch.cuda.set_device(local_cuda_index())
     dist.init_process_group(backend=backend)
     return True
 

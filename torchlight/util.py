@@ -104,12 +104,12 @@ def release_freed_host_memory(_worker_id=None):
 def select_device(spec="auto", distributed=False):
     """'auto' picks CUDA when available, else CPU; 'cpu', 'cuda', 'cuda:1' or 1.
 
-    Under torchrun every rank uses its own GPU (LOCAL_RANK): 'cuda' means that one, and an explicit
-    index, which would put every rank on the same GPU, is an error.
+    Under torchrun every rank uses its own GPU (LOCAL_RANK, or the one it sees: dist.local_cuda_index): 'cuda'
+    means that one, and an explicit index, which would put every rank on the same GPU, is an error.
     """
-    from .dist import local_rank
+    from .dist import local_cuda_index
     if spec in (None, "auto"):
-        return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+        return torch.device("cuda", local_cuda_index()) if torch.cuda.is_available() else torch.device("cpu")
     if isinstance(spec, list):  # the original release's `device: [0, 1, 2, 3]` (DataParallel)
         raise ConfigError(f"device {spec}: one process uses one device; run several GPUs with torchrun "
                           "(README: Several GPUs and nodes)")
@@ -120,4 +120,4 @@ def select_device(spec="auto", distributed=False):
         device = torch.device(spec)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"device {spec!r} (auto, cpu, cuda, cuda:1 or 1): {e}") from None
-    return torch.device("cuda", local_rank()) if distributed and device.type == "cuda" else device
+    return torch.device("cuda", local_cuda_index()) if distributed and device.type == "cuda" else device

@@ -20,12 +20,13 @@ class Pretrain(Processor):
     """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (SPEC §3.4)."""
 
     extra_defaults = dict(method=None, model="net.moco.MoCo", num_epoch=300, step=[300], knn_k=[10, 20, 40],
-                          num_steps=None, momentum_schedule="constant")
+                          num_steps=None, momentum_schedule="constant", mix_warmup=0.0)
     extra_help = dict(method="skeletonclr | skelemixclr | skelemixclr_plus: its preset of model_args sits "
                              "between these defaults and the config",
                       knn_k="the k of the kNN monitor's top-1 accuracies",
                       num_steps="train this many optimiser steps: num_epoch is derived from the data (null: num_epoch)",
-                      momentum_schedule="constant | cosine: key momentum rising from model_args.momentum to 1")
+                      momentum_schedule="constant | cosine: key momentum rising from model_args.momentum to 1",
+                      mix_warmup="the mixes' losses weigh progress / mix_warmup until this share of training (0: off)")
 
     def build_model(self):
         """MoCo; `model_args.queue_size: auto` is sized from the training clips (auto_queue_size)."""
@@ -73,11 +74,14 @@ class Pretrain(Processor):
         return [self.to_input(v, augment=self.cfg["device_augment"]) for v in views]
 
     def train_step(self, views):
+        steps = len(self.train_loader)
+        progress = (self.epoch * steps + self.step) / (self.cfg["num_epoch"] * steps)
         if self.cfg["momentum_schedule"] == "cosine":
-            steps = len(self.train_loader)
-            progress = (self.epoch * steps + self.step) / (self.cfg["num_epoch"] * steps)
             self.raw_model.momentum = cosine_momentum(self.base_momentum, progress)
-        return self.model(views, generator=self.generator)
+        losses = self.model(views, generator=self.generator)
+        if self.cfg["mix_warmup"] and "loss_mix" in losses:
+            losses["loss"] = losses["loss_ins"] + min(1.0, progress / self.cfg["mix_warmup"]) * losses["loss_mix"]
+        return losses
 
     def train_epoch(self, epoch):
         """The shared epoch, with the health signals of issue 10 item 2 under `health/`."""

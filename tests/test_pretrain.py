@@ -157,3 +157,23 @@ def test_small_data_recipe_derives_epochs_queue_and_key_momentum(demo_arrays, ti
     assert seen == pytest.approx([1 - 0.1 * (math.cos(math.pi * i / total) + 1) / 2 for i in range(total)])
     written = read_checkpoint(str(tmp_path / f"epoch{proc.cfg['num_epoch']}_model.pt"), "checkpoint")
     assert written["config"]["model_args"]["queue_size"] == proc.raw_model.queue_size  # resolved, recorded
+
+
+def test_mix_warmup_weighs_the_mixes_losses_by_progress(demo_arrays, tiny, tmp_path):
+    """mix_warmup w: loss = loss_ins + min(1, progress / w) * loss_mix, progress = step / all steps."""
+    cls, cfg = tiny("pretrain_skeletonclr_multi_swapv2", demo_arrays, tmp_path, num_epoch=2, mix_warmup=0.5,
+                    batch_size=16, model_args=dict(queue_size=32))
+    proc = cls(cfg)
+    seen, train_step = [], proc.train_step
+
+    def record(views):
+        out = train_step(views)
+        seen.append({k: v.detach().clone() for k, v in out.items()})
+        return out
+    proc.train_step = record
+    proc.start()
+    total = len(seen)
+    for i, out in enumerate(seen):
+        weight = min(1.0, i / total / 0.5)
+        torch.testing.assert_close(out["loss"], out["loss_ins"] + weight * out["loss_mix"])
+    assert seen[0]["loss"] == seen[0]["loss_ins"] and total == 2 * len(proc.train_loader)

@@ -154,3 +154,14 @@ def test_labels_beyond_the_classifier_name_file_and_clip(files):
     with pytest.raises(ValueError, match=r"train_label.npy: label 4 of clip 65 \(clip065\) is out of range for "
                                          "model_args.num_class 4"):
         feeder.check_labels(4)
+
+
+def test_a_crafted_label_pickle_runs_nothing(tmp_path, crafted):
+    from feeder.feeder import read_labels
+    from torchlight.config import ConfigError
+    marker, payload = crafted
+    with open(tmp_path / "train_label.pkl", "wb") as f:
+        pickle.dump((["a"], payload), f)
+    with pytest.raises(ConfigError, match=r"train_label.pkl: not a label pickle, not loaded"):
+        read_labels(str(tmp_path / "train_label.pkl"))
+    assert not marker.exists()

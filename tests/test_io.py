@@ -1,6 +1,7 @@
 """torchlight/io.py: work-directory locks, stale temporaries, checked reads of text and arrays."""
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -59,3 +60,18 @@ def test_first_non_finite_row_across_chunks():
     x[513, 1, 2] = -np.inf
     x[600, 0, 0] = np.nan
     assert first_non_finite(x) == 513 and first_non_finite(x, chunk=7) == 513
+
+
+def test_safe_pickle_load_keeps_label_pickles_and_refuses_code(tmp_path, crafted):
+    from torchlight.config import ConfigError
+    from torchlight.io import safe_pickle_load
+    content = (["S001C001P001R001A001.skeleton", "b"], [np.int64(3), 4])
+    with open(tmp_path / "label.pkl", "wb") as f:
+        pickle.dump(content, f)
+    assert safe_pickle_load(str(tmp_path / "label.pkl")) == content
+    marker, payload = crafted
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump((["a"], [payload]), f)
+    with pytest.raises(ConfigError, match=r"evil.pkl: not a label pickle, not loaded \(it refers to io.open"):
+        safe_pickle_load(str(tmp_path / "evil.pkl"), "label pickle")
+    assert not marker.exists()

@@ -1,14 +1,18 @@
 """File helpers without torch: atomic outputs, a run logger, work-directory locks, checked reads, manifests."""
 import atexit
+import codecs
 import contextlib
 import json
 import os
+import pickle
 import re
 import socket
 import sys
 import time
 
 import numpy as np
+
+from .config import ConfigError
 
 
 @contextlib.contextmanager
@@ -74,6 +78,43 @@ def remove_stale_temps(folder):
             removed.append(name)
             print(f"removed {os.path.join(folder, name)}, left by an interrupted run")
     return removed
+
+
+# What a label or scores pickle of this project holds besides lists, tuples, dicts, strings and numbers:
+# numpy arrays and scalars. numpy 2 names its modules numpy._core, numpy 1 and older pickles numpy.core;
+# protocol 2 pickles carry an array's bytes through _codecs.encode, protocol 5 through _frombuffer.
+# Each of these only builds data.
+_NP_CORE = getattr(np, "_core", None) or np.core
+SAFE_PICKLE_GLOBALS = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                       ("_codecs", "encode"): codecs.encode}
+for _package in ("numpy._core", "numpy.core"):
+    SAFE_PICKLE_GLOBALS.update({(f"{_package}.multiarray", "_reconstruct"): _NP_CORE.multiarray._reconstruct,
+                                (f"{_package}.multiarray", "scalar"): _NP_CORE.multiarray.scalar,
+                                (f"{_package}.numeric", "_frombuffer"): _NP_CORE.numeric._frombuffer})
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that builds only data: any global outside SAFE_PICKLE_GLOBALS is refused."""
+
+    def find_class(self, module, name):
+        if (module, name) not in SAFE_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a data file never holds")
+        return SAFE_PICKLE_GLOBALS[module, name]
+
+
+def safe_pickle_load(path, what="pickle"):
+    """The lists, dicts, strings, numbers and numpy arrays pickled in `path`, never running its code.
+
+    A pickle that would import anything else (a crafted file) or is no pickle at all is a one-line
+    ConfigError naming the file.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} {path} not found")
+    try:
+        with open(path, "rb") as f:
+            return SafeUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise ConfigError(f"{path}: not a {what}, not loaded ({err})") from None
 
 
 def read_text_lines(path):

@@ -10,6 +10,7 @@ import pytest
 
 from feeder.demo_data import generate
 from feeder.ntu_gendata import is_training, main, read_skeleton
+from torchlight.io import temp_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = os.path.join(REPO, "tests", "data", "S001C001P001R001A001.skeleton")
@@ -239,8 +240,9 @@ def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path, capsys):
 def test_rerun_removes_temporaries_of_a_killed_run(tmp_path):
     data = copy_real(tmp_path / "raw", "S001C001P001R001A001.skeleton", "S001C002P002R001A002.skeleton")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / "out" / "xsub" / f"train_data.tmp{dead.stdout.strip()}.npy"
-    os.makedirs(stale.parent)
-    stale.write_bytes(b"\0" * 1000)
+    stale = temp_name(tmp_path / "out" / "xsub" / "train_data.npy", pid=int(dead.stdout))
+    os.makedirs(os.path.dirname(stale))
+    with open(stale, "wb") as f:
+        f.write(b"\0" * 1000)
     main(["--data_path", str(data), "--out_folder", str(tmp_path / "out"), "--benchmark", "xsub"])
     assert all_files(tmp_path / "out") == [f"xsub/{p}_{k}" for p in ("train", "val") for k in ("data.npy", "label.pkl")]

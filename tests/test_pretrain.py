@@ -24,7 +24,7 @@ def test_skelemixclr_plus_two_epochs_lower_the_loss(demo_arrays, tiny, tmp_path)
     assert state["epoch"] == 2 and state["config"]["model_args"]["swap_params"] == [[2, 3, 7, 11, 3, 1.0]]
     assert "encoder_q.fc.3.weight" in state["model"] and state["model"]["queue"].shape == (128, 8)
     assert os.path.isfile(tmp_path / "log.txt") and os.listdir(tmp_path / "tensorboard")
-    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    assert not [f for f in os.listdir(tmp_path) if ".partial-" in f]
 
 
 def test_resume_continues_exactly(demo_arrays, tiny, tmp_path):

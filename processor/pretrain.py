@@ -30,6 +30,7 @@ class Pretrain(Processor):
         if cfg["eval_interval"] > 0 and cfg["test_feeder_args"]:
             # SPEC §4b: the kNN bank is the train set without augmentation (clip_loader).
             self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
+            self.check_knn_bank(len(self.train_loader.dataset))  # before training, not at the first monitor
 
     def compile_targets(self):
         """The two encoders: SkeleMix's region draws and the queue pointer stay eager instead of recompiling

@@ -20,6 +20,7 @@ from feeder.augment import augment_batch
 from feeder.streams import to_stream
 from net.utils.layouts import model_layout
 from processor.metrics import knn_accuracies
+from processor.validate import validate
 from torchlight.checkpoint import check_state_dict, read_checkpoint, write_checkpoint
 from torchlight.config import ConfigError
 from torchlight.dist import (
@@ -135,14 +136,6 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def check_counts(cfg):
-    """Counts of the config are integers in range, checked before anything is built."""
-    for key, low in (("batch_size", 1), ("test_batch_size", 1), ("num_workers", 0), ("num_epoch", 0),
-                     ("save_interval", 1), ("eval_interval", 0), ("warm_up_epoch", 0)):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < low:
-            raise ConfigError(f"{key} must be an integer >= {low}, got {cfg[key]!r}")
-
-
 class NonFiniteError(ValueError):
     """A loss or score is NaN or infinite: the run stops instead of writing it."""
 
@@ -172,7 +165,7 @@ class Processor:
 
     def __init__(self, cfg):
         """Check the config, then build in this order: work_dir, model, optimizer, data, resume, config.yaml."""
-        check_counts(cfg)
+        validate(cfg)  # first: a refused value leaves nothing in the work_dir
         cfg["work_dir"] = cfg["work_dir"] or self.default_work_dir(cfg)
         self.cfg = cfg
         self.distributed = init_distributed(cfg["device"])
@@ -333,10 +326,18 @@ class Processor:
     def knn(self, encoder, return_features):
         """kNN top-1 (%) of the val clips against the training clips for every k of `knn_k`: the monitor's
         and the standalone protocol (SPEC §3.4, §4); pooled features or the encoder's output."""
+        self.check_knn_bank(len(self.clip_loader().dataset))
         bank, bank_labels = self.features(encoder, self.clip_loader(), return_features)
         feats, labels = self.features(encoder, self.val_loader, return_features)
         accs = knn_accuracies(feats, labels, bank, bank_labels, self.cfg["knn_k"])
         return {f"top1_k{k}": 100 * a for k, a in accs.items()}
+
+    def check_knn_bank(self, size):
+        """Every k of `knn_k` fits the bank of `size` training clips: a larger k is refused, not capped."""
+        too_large = [k for k in self.cfg["knn_k"] if k > size]
+        if too_large:
+            raise ConfigError(f"knn_k {too_large} is larger than the kNN bank of {size} training clips "
+                              f"({self.cfg['train_feeder_args'].get('data_path')}): choose knn_k <= {size}")
 
     @property
     def layout(self):

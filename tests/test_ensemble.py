@@ -25,3 +25,15 @@ def test_numpy_arrays_of_every_pickle_protocol_load(tmp_path):
         with open(tmp_path / "s.pkl", "wb") as f:
             pickle.dump({"x": np.array([1.0, 2.0], np.float32), "y": np.array([0.5, 0.0])}, f, protocol=protocol)
         assert ensemble.load_scores(str(tmp_path / "s.pkl"))["x"].tolist() == [1.0, 2.0]
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    with open(tmp_path / "s.pkl", "wb") as f:
+        pickle.dump({"x": np.array([1.0, 0.0])}, f)
+    with open(tmp_path / "label.pkl", "wb") as f:
+        pickle.dump((["x"], [0]), f)
+    scores = str(tmp_path / "s.pkl")
+    for bad in ("nan", "inf"):
+        with pytest.raises(SystemExit) as info:
+            ensemble.main([scores, scores, "--label", str(tmp_path / "label.pkl"), "--weights", "1", bad])
+        assert str(info.value) == f"error: --weights 1.0 {float(bad)}: every weight must be a finite number"

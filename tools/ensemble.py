@@ -81,6 +81,8 @@ def main(argv=None):
     try:
         if args.weights and len(args.weights) != len(args.scores):
             raise ValueError(f"{len(args.weights)} weights for {len(args.scores)} score files")
+        if args.weights and not np.isfinite(args.weights).all():
+            raise ValueError(f"--weights {' '.join(map(str, args.weights))}: every weight must be a finite number")
         dicts = [load_scores(path) for path in args.scores]
         classes = [len(next(iter(d.values()))) for d in dicts]
         if len(set(classes)) > 1:

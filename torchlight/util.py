@@ -131,4 +131,6 @@ def select_device(spec="auto", distributed=False):
         device = torch.device(spec)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"device {spec!r} (auto, cpu, cuda, cuda:1 or 1): {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r}: this machine has no CUDA device torch can use; use auto or cpu")
     return torch.device("cuda", local_rank()) if distributed and device.type == "cuda" else device

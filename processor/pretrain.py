@@ -14,6 +14,7 @@ def near_chance(loss_over_chance, keys_seen, queue_size, refills=20, margin=0.03
 class Pretrain(Processor):
     """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (SPEC §3.4)."""
 
+    is_monitor = True
     extra_defaults = dict(method=None, model="net.moco.MoCo", num_epoch=300, step=[300], knn_k=[10, 20, 40])
 
     def build_data(self):

@@ -1,6 +1,7 @@
 """Pretraining end to end on demo data with a tiny model: loss goes down, checkpoints resume exactly."""
 import os
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_run
@@ -138,3 +139,22 @@ def test_compile_targets_are_named_by_the_processor(demo_arrays, tiny, tmp_path)
     assert linear.compile_targets() == [linear.raw_model]
     assert (linear.train_clips.dataset is linear.train_loader.dataset  # the training clips built once
             and linear.cached is None and linear.stats == [] and linear.history == [])
+
+
+def test_a_failing_monitor_loses_no_checkpoint(demo_arrays, tiny, tmp_path):
+    import shutil
+    os.makedirs(tmp_path / "nan")
+    val = np.load(f"{demo_arrays}/val_position.npy")
+    val[3, 0, 0, 0, 0] = np.nan  # one validation clip
+    np.save(tmp_path / "nan" / "val_position.npy", val)
+    shutil.copy(f"{demo_arrays}/val_label.pkl", tmp_path / "nan" / "val_label.pkl")
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path / "run", num_epoch=2, eval_interval=1,
+                    save_interval=1, knn_k=[1], batch_size=8, model_args=dict(queue_size=16),
+                    test_feeder_args=dict(data_path=str(tmp_path / "nan" / "val_position.npy"),
+                                          label_path=str(tmp_path / "nan" / "val_label.pkl")))
+    cls(cfg).start()
+    assert {"epoch1_model.pt", "epoch2_model.pt"} <= set(os.listdir(tmp_path / "run"))
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert log.count("monitor failed, training goes on") == 2
+    assert f"warning: epoch 2: the Pretrain monitor failed, training goes on (last checkpoint " \
+           f"{tmp_path / 'run' / 'epoch2_model.pt'}): the encoder's outputs for 1 of" in log

@@ -246,3 +246,14 @@ def test_rerun_removes_temporaries_of_a_killed_run(tmp_path):
         f.write(b"\0" * 1000)
     main(["--data_path", str(data), "--out_folder", str(tmp_path / "out"), "--benchmark", "xsub"])
     assert all_files(tmp_path / "out") == [f"xsub/{p}_{k}" for p in ("train", "val") for k in ("data.npy", "label.pkl")]
+
+
+def test_a_file_without_frames_is_skipped_and_listed_not_a_zero_clip(tmp_path, capsys):
+    data = copy_real(tmp_path / "raw", "S001C001P001R001A001.skeleton", "S001C002P002R001A002.skeleton")
+    (data / "S001C001P001R001A003.skeleton").write_text("0\n")
+    main(["--data_path", str(data), "--out_folder", str(tmp_path / "out"), "--benchmark", "xsub"])
+    assert (f"warning: skipped 1 files with no frames, listed in {tmp_path / 'out' / 'empty_files.txt'}"
+            in capsys.readouterr().out)
+    assert (tmp_path / "out" / "empty_files.txt").read_text() == "S001C001P001R001A003.skeleton\n"
+    names = [pickle.load(open(tmp_path / "out" / "xsub" / f"{p}_label.pkl", "rb"))[0] for p in ("train", "val")]
+    assert "S001C001P001R001A003.skeleton" not in names[0] + names[1] and len(names[0] + names[1]) == 2

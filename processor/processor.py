@@ -602,5 +602,6 @@ class Processor:
     def later_checkpoints(self, epoch):
         """Names of this processor's checkpoints in the work_dir written after `epoch`, by epoch."""
         pattern = re.compile(re.escape(self.checkpoint_name).replace(r"\{\}", r"(\d+)"))
-        found = [(int(m.group(1)), n) for n in os.listdir(self.cfg["work_dir"]) if (m := pattern.fullmatch(n))]
+        names = os.listdir(self.cfg["work_dir"]) if os.path.isdir(self.cfg["work_dir"]) else []  # rank > 0: none
+        found = [(int(m.group(1)), n) for n in names if (m := pattern.fullmatch(n))]
         return [n for e, n in sorted(found) if e > epoch]

@@ -1,12 +1,11 @@
 """The one dataset over preprocessed arrays: evaluation clips, augmented views, labelled subsets."""
 import os
-import pickle
 
 import numpy as np
 import torch
 
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout
-from torchlight.io import first_non_finite, load_npy
+from torchlight.io import first_non_finite, load_npy, safe_pickle_load
 
 from .augment import augment_sample, center_crop, temporal_resize
 
@@ -20,11 +19,7 @@ def read_labels(path):
         if labels.ndim not in (1, 2) or labels.ndim == 2 and labels.shape[1] != 1:
             raise ValueError(f"{path}: expected labels of shape (N, 1), got {labels.shape}")
     else:
-        try:
-            with open(path, "rb") as f:
-                content = pickle.load(f)
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-            raise ValueError(f"{path}: not a label pickle ({err})") from None
+        content = safe_pickle_load(path, "label pickle")
         if not (isinstance(content, (tuple, list)) and len(content) == 2):
             raise ValueError(f"{path}: expected a pickled (names, labels) pair")
         names, labels = list(content[0]), np.asarray(content[1])

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from feeder.database import MAX_FLOAT32, write_database
-from torchlight.io import read_text_lines
+from torchlight.io import atomic_path, read_text_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +65,13 @@ def is_training(name, benchmark):
     """True when clip `name` belongs to the training part of `benchmark` (SPEC §1.2)."""
     _check_benchmark(benchmark)
     return SPLITS[benchmark](parse_name(name))
+
+
+class EmptySkeletonError(ValueError):
+    """A `.skeleton` file with no frame holding a body: skipped and listed, never converted."""
+
+
+EMPTY_LIST = "empty_files.txt"  # beside the arrays: the files skipped for having no frames
 
 
 def _count(lines, i, path, what):
@@ -122,9 +129,9 @@ def read_skeleton(path, max_frames=300, num_joints=25, max_bodies=2):
     while lines and not lines[-1].strip():
         lines.pop()
     blocks = _joint_blocks(lines, path, max_frames, num_joints, max_bodies)
+    if not blocks:  # never an all-zero clip: it would train as a real one
+        raise EmptySkeletonError(f"{path}: no frames with a body")
     data = np.zeros((3, max_frames, num_joints, max_bodies), np.float32)
-    if not blocks:
-        return data
     frame, body, start, count = (np.array(column) for column in zip(*blocks))
     joint = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
     rows = (np.repeat(start, count) + joint).tolist()
@@ -212,6 +219,9 @@ def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sam
         for name in tqdm(names, desc="gendata", unit="file"):
             try:
                 x = read_skeleton(os.path.join(data_path, name), max_frames, num_joints, num_person)
+            except EmptySkeletonError:
+                empty.append(name)
+                x = None
             except ValueError as err:
                 if bad is None:
                     raise
@@ -220,9 +230,15 @@ def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sam
             readable += x is not None
             yield name, x
         if not readable:  # raised inside the writer: nothing is written
-            raise ValueError(f"no readable clips in {data_path}; first bad file: {bad[0][1]}")
+            first = bad[0][1] if bad else f"{empty[0]} has no frames"
+            raise ValueError(f"no readable clips in {data_path}; first bad file: {first}")
 
+    empty = []
     sizes = write_database(out_folder, parts, clips(), (3, max_frames, num_joints, num_person))
+    if empty:
+        with atomic_path(os.path.join(out_folder, EMPTY_LIST)) as tmp, open(tmp, "w") as f:
+            f.write("\n".join(empty) + "\n")
+        print(f"warning: skipped {len(empty)} files with no frames, listed in {os.path.join(out_folder, EMPTY_LIST)}")
     for (benchmark, part), n in sizes.items():
         print(f"{benchmark}/{part}: {n} clips")
     return sizes, bad or []

@@ -67,7 +67,9 @@ class Demo:
     def prepare_data(self):
         """The synthetic clips as arrays (feeder/demo_arrays.py), each step skipped when its output exists."""
         cfg = self.cfg
-        root = os.path.join(cfg["data_dir"], f"nuisance{cfg['nuisance']}_timing{cfg['timing']}")
+        # Every setting that changes the data names its folder: another setting never reuses these clips.
+        root = os.path.join(cfg["data_dir"], f"files{cfg['num_files']}_seed{cfg['seed']}_nuisance{cfg['nuisance']}"
+                                             f"_timing{cfg['timing']}_frames{cfg['frames']}")
         self.log(f"synthetic data: {cfg['num_files']} clips in {root}")
         return demo_arrays(root, cfg["num_files"], cfg["frames"], cfg["seed"], cfg["nuisance"], cfg["timing"])
 

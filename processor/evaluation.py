@@ -50,6 +50,15 @@ def load_encoder(model, path, ignore_weights=()):
     return sorted(state), sorted(ignored), missing
 
 
+def unique_names(names):
+    """`names` with the k-th repeat of a name (k >= 2) as `name#k`: scores.pkl keeps one entry per clip."""
+    seen, out = {}, []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
 @torch.no_grad()
 def calibrate_batchnorm(model, inputs):
     """Random-init baseline: every BatchNorm's running statistics measured on `inputs` (issue 10 item 1).
@@ -159,7 +168,7 @@ class Classification(Evaluation):
         if not cfg["augment"]:  # the training clips in order are this same dataset: not built twice
             self.train_clips = self.loader(train, train=False)
         self.val_loader = self.loader(val, train=False)
-        self.names = self.val_loader.dataset.names
+        self.names = unique_names(val.subset_names())  # the clips evaluated, in order (label_fraction too)
         if cfg["train_feeder_args"].get("label_fraction") is not None and self.main:
             path = os.path.join(cfg["work_dir"], "labelled_subset.txt")
             with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -187,6 +196,15 @@ class Classification(Evaluation):
             self.best = result
         self.last_scores, self.last_labels = scores, labels
         return {"val/top1": result["top1"], "val/top5": result["top5"]}
+
+    def save_checkpoint(self, epoch, extra=None):
+        """With the evaluations so far: a resumed run's result.json keeps the whole history and its best."""
+        super().save_checkpoint(epoch, dict(extra or {}, history=self.history, best=self.best))
+
+    def resume(self, path):
+        state = super().resume(path)
+        self.history, self.best = list(state.get("history", [])), state.get("best")
+        return state
 
     def finish(self):
         if self.cfg["num_epoch"] > 0 and not self.history:  # eval_interval 0: still one final result

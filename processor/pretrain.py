@@ -19,6 +19,7 @@ def near_chance(loss_over_chance, keys_seen, queue_size, refills=20, margin=0.03
 class Pretrain(Processor):
     """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (SPEC §3.4)."""
 
+    is_monitor = True
     extra_defaults = dict(method=None, model="net.moco.MoCo", num_epoch=300, step=[300], knn_k=[10, 20, 40],
                           num_steps=None, momentum_schedule="constant", mix_warmup=0.0)
     extra_help = dict(method="skeletonclr | skelemixclr | skelemixclr_plus: its preset of model_args sits "
@@ -56,6 +57,7 @@ class Pretrain(Processor):
         if cfg["eval_interval"] > 0 and cfg["test_feeder_args"]:
             # SPEC §4b: the kNN bank is the train set without augmentation (clip_loader).
             self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
+            self.check_knn_bank(len(self.train_loader.dataset))  # before training, not at the first monitor
         if cfg["num_steps"] is not None:
             if not isinstance(cfg["num_steps"], int) or cfg["num_steps"] < 1:
                 raise ConfigError(f"num_steps must be an integer >= 1, got {cfg['num_steps']!r}")

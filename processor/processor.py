@@ -7,6 +7,7 @@ else lives here once.
 import contextlib
 import os
 import random
+import re
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ from feeder.augment import augment_batch
 from feeder.streams import to_stream
 from net.utils.layouts import model_layout
 from processor.metrics import knn_accuracies
+from processor.validate import validate
 from torchlight.checkpoint import check_state_dict, read_checkpoint, write_checkpoint
 from torchlight.config import ConfigError
 from torchlight.dist import (
@@ -130,6 +132,9 @@ HELP = dict(
 )
 
 
+# What makes a run: a resume with another value of these is another run (docs/errors.md).
+RESUME_KEYS = ("method", "model", "model_args", "batch_size", "stream")
+
 PROGRESS_SECONDS = 1.0  # least time between the progress bar's loss reads (each read waits for the device)
 
 
@@ -186,14 +191,6 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def check_counts(cfg):
-    """Counts of the config are integers in range, checked before anything is built."""
-    for key, low in (("batch_size", 1), ("test_batch_size", 1), ("num_workers", 0), ("num_epoch", 0),
-                     ("save_interval", 1), ("eval_interval", 0), ("warm_up_epoch", 0)):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < low:
-            raise ConfigError(f"{key} must be an integer >= {low}, got {cfg[key]!r}")
-
-
 class NonFiniteError(ValueError):
     """A loss or score is NaN or infinite: the run stops instead of writing it."""
 
@@ -217,6 +214,7 @@ class Processor:
     extra_help = {}                        # one line of meaning per key of extra_defaults not in HELP
     work_dir_name = "pretrain"             # default work_dir ./work_dir/<this> (evaluation: beside its weights)
     checkpoint_name = "epoch{}_model.pt"   # pretraining checkpoints; evaluations write other names
+    is_monitor = False                     # evaluate() only watches training: runs after the checkpoint
 
     @classmethod
     def default_config(cls):
@@ -228,7 +226,7 @@ class Processor:
 
     def __init__(self, cfg):
         """Check the config, then build in this order: work_dir, model, optimizer, data, resume, config.yaml."""
-        check_counts(cfg)
+        validate(cfg)  # first: a refused value leaves nothing in the work_dir
         cfg["work_dir"] = cfg["work_dir"] or self.default_work_dir(cfg)
         self.cfg = cfg
         self.distributed = init_distributed(cfg["device"])
@@ -392,10 +390,18 @@ class Processor:
     def knn(self, encoder, return_features):
         """kNN top-1 (%) of the val clips against the training clips for every k of `knn_k`: the monitor's
         and the standalone protocol (SPEC §3.4, §4); pooled features or the encoder's output."""
+        self.check_knn_bank(len(self.clip_loader().dataset))
         bank, bank_labels = self.features(encoder, self.clip_loader(), return_features)
         feats, labels = self.features(encoder, self.val_loader, return_features)
         accs = knn_accuracies(feats, labels, bank, bank_labels, self.cfg["knn_k"])
         return {f"top1_k{k}": 100 * a for k, a in accs.items()}
+
+    def check_knn_bank(self, size):
+        """Every k of `knn_k` fits the bank of `size` training clips: a larger k is refused, not capped."""
+        too_large = [k for k in self.cfg["knn_k"] if k > size]
+        if too_large:
+            raise ConfigError(f"knn_k {too_large} is larger than the kNN bank of {size} training clips "
+                              f"({self.cfg['train_feeder_args'].get('data_path')}): choose knn_k <= {size}")
 
     @property
     def layout(self):
@@ -436,6 +442,9 @@ class Processor:
             # A rank with no clips (fewer clips than ranks) sends None but still takes part in the gather.
             parts = [p for p in all_gather_object(local and [t.cpu() for t in local]) if p is not None]
             local = [torch.cat(t).to(self.device) for t in zip(*parts)]
+        if not local:
+            where = getattr(loader.dataset, "data_path", type(loader.dataset).__name__)
+            raise ValueError(f"{where} holds no clips to evaluate")
         feats, labels, indices = local
         order = torch.argsort(indices)
         check_finite(feats, loader.dataset)
@@ -457,13 +466,14 @@ class Processor:
             stats = self.train_epoch(epoch)
             self.check_loss()
             stats["lr"] = lr
-            if cfg["eval_interval"] > 0 and ((epoch + 1) % cfg["eval_interval"] == 0
-                                             or epoch + 1 == cfg["num_epoch"]):
-                stats.update(self.evaluate(epoch))
-            # After evaluating, so that a resumed run starts the next epoch with the random state of the
-            # uninterrupted one whatever evaluation draws.
+            evaluating = cfg["eval_interval"] > 0 and ((epoch + 1) % cfg["eval_interval"] == 0
+                                                       or epoch + 1 == cfg["num_epoch"])
+            if evaluating and not self.is_monitor:  # its result belongs in the checkpoint (history, best)
+                stats.update(self.evaluate_keeping_rng(epoch))
             if (epoch + 1) % cfg["save_interval"] == 0 or epoch + 1 == cfg["num_epoch"]:
                 self.save_checkpoint(epoch)
+            if evaluating and self.is_monitor:  # after the checkpoint: a failing monitor loses no epoch
+                stats.update(self.monitor(epoch))
             self.stats.append(stats)
             self.log(f"epoch {epoch + 1}/{cfg['num_epoch']} " +
                      " ".join(f"{k} {v:.4g}" for k, v in stats.items()))
@@ -471,6 +481,25 @@ class Processor:
                 for k, v in stats.items():
                     self.writer.add_scalar(k, v, epoch + 1)
         self.finish()
+
+    def evaluate_keeping_rng(self, epoch):
+        """`evaluate`, leaving every random state as it found it: a resumed run, whose checkpoint may be
+        written before or after an evaluation, starts the next epoch with the uninterrupted run's state."""
+        state = self.rng_state()
+        try:
+            return self.evaluate(epoch)
+        finally:
+            self.set_rng_state(state)
+
+    def monitor(self, epoch):
+        """The monitor's `evaluate`; its failure (NaN features, no validation clips) is one warning line and
+        training goes on: the epoch's checkpoint is already written."""
+        try:
+            return self.evaluate_keeping_rng(epoch)
+        except (NonFiniteError, ValueError) as err:
+            self.log(f"warning: epoch {epoch + 1}: the {type(self).__name__} monitor failed, training goes on "
+                     f"(last checkpoint {self.last_checkpoint}): {err}")
+            return {}
 
     def finish(self):
         if self.writer:
@@ -563,6 +592,14 @@ class Processor:
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
+    def set_rng_state(self, rng):
+        """Every random state from `rng` (as `rng_state` returns it)."""
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.generator.set_state(rng["generator"].cpu())
+        restore_cuda_rng(rng.get("cuda"), self.device)
+
     def save_checkpoint(self, epoch, extra=None):
         """Write `checkpoint_name` atomically: model, optimizer, epoch, config, RNG states and a checksum.
 
@@ -591,12 +628,7 @@ class Processor:
         self.start_epoch = state["epoch"]
         # Each rank continues its own random stream when the world size is unchanged.
         per_rank = state.get("rng_per_rank", [state["rng"]])
-        rng = per_rank[get_rank()] if len(per_rank) == self.world else state["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        self.generator.set_state(rng["generator"].cpu())
-        restore_cuda_rng(rng.get("cuda"), self.device)
+        self.set_rng_state(per_rank[get_rank()] if len(per_rank) == self.world else state["rng"])
         self.last_checkpoint = path
         self.log(f"resumed from {path} at epoch {self.start_epoch}")
         return state
@@ -611,8 +643,34 @@ class Processor:
         if state.get("processor", type(self).__name__) != type(self).__name__:
             raise ConfigError(f"resume checkpoint {path} was written by {state['processor']}; "
                               f"this run is {type(self).__name__}")
+        self.check_same_run(path, state.get("config") or {})
         check_state_dict(path, self.raw_model.state_dict(), state["model"])
         if state["epoch"] >= self.cfg["num_epoch"]:
             raise ConfigError(f"resume checkpoint {path} is at epoch {state['epoch']}, num_epoch is "
                               f"{self.cfg['num_epoch']}: nothing left to train (raise --num_epoch)")
+        later = self.later_checkpoints(state["epoch"])
+        if later and not self.cfg["overwrite"]:
+            raise ConfigError(f"resume checkpoint {path} is at epoch {state['epoch']} but {self.cfg['work_dir']} "
+                              f"holds later ones ({', '.join(later)}), which resuming would replace: resume "
+                              "the latest, or give --overwrite true to retrain over them")
         return state
+
+    def check_same_run(self, path, saved):
+        """The settings that make a run (RESUME_KEYS) match the checkpoint's config (older ones have none)."""
+        for key in RESUME_KEYS:
+            if key not in saved:
+                continue
+            ours, theirs = self.cfg.get(key), saved[key]
+            pairs = ({f"{key}.{k}": (ours.get(k), theirs.get(k)) for k in sorted({*ours, *theirs})}
+                     if isinstance(ours, dict) and isinstance(theirs, dict) else {key: (ours, theirs)})
+            for name, (mine, before) in pairs.items():
+                if mine != before:
+                    raise ConfigError(f"resume checkpoint {path} was trained with {name} {before!r}, this run has "
+                                      f"{mine!r}: resume with the checkpoint's value, or start a new --work_dir")
+
+    def later_checkpoints(self, epoch):
+        """Names of this processor's checkpoints in the work_dir written after `epoch`, by epoch."""
+        pattern = re.compile(re.escape(self.checkpoint_name).replace(r"\{\}", r"(\d+)"))
+        names = os.listdir(self.cfg["work_dir"]) if os.path.isdir(self.cfg["work_dir"]) else []  # rank > 0: none
+        found = [(int(m.group(1)), n) for n in names if (m := pattern.fullmatch(n))]
+        return [n for e, n in sorted(found) if e > epoch]

@@ -35,3 +35,20 @@ def tiny():
     def make(name, data, work_dir, **overrides):
         return configure(name, tiny_run(data, work_dir, **overrides))
     return make
+
+
+class Crafted:
+    """An object whose unpickling calls open(marker, 'w'): what a crafted data file runs on load."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.fixture
+def crafted(tmp_path):
+    """(marker path, Crafted object): after a safe load of a file holding the object, the marker must not exist."""
+    marker = tmp_path / "code_ran"
+    return marker, Crafted(marker)

@@ -42,3 +42,21 @@ def test_unreadable_files_are_one_line_errors(tmp_path, damage):
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="weights file not found: nope.pt"):
         read_checkpoint("nope.pt", "weights file")
+
+
+def test_a_real_checkpoint_loads_weights_only_with_numpy_rng_state_and_config(tmp_path):
+    path = tmp_path / "epoch1_model.pt"
+    write_checkpoint(dict(state(), rng=dict(numpy=np.random.get_state()), config=dict(model_args=dict(a=1)),
+                          scaler={}), path)
+    back = read_checkpoint(str(path), "resume checkpoint")
+    assert back["rng"]["numpy"][1].dtype == np.uint32 and back["config"] == dict(model_args=dict(a=1))
+
+
+def test_a_crafted_checkpoint_runs_nothing_and_names_the_file(tmp_path, crafted):
+    marker, payload = crafted
+    path = tmp_path / "evil.pt"
+    torch.save({"model": payload}, path)
+    with pytest.raises(ConfigError, match=f"weights file {path} refers to io.open, which no checkpoint "
+                                          "holds: not loaded, nothing of it run") as info:
+        read_checkpoint(str(path), "weights file")
+    assert "\n" not in str(info.value) and not marker.exists()

@@ -1,5 +1,6 @@
 """The README's main command, `python main.py demo`, at a reduced size, and the table it prints."""
 import json
+import os
 import subprocess
 import sys
 
@@ -43,7 +44,9 @@ def test_demo_end_to_end(tmp_path):
     assert probe["feature_norm"] and probe["train_feeder_args"]["label_fraction"] == 0.5
     assert pretrain["train_feeder_args"].get("label_fraction") is None
     # the synthetic clips were generated where the demo was told to put its data
-    assert len(list((tmp_path / "data" / "nuisance0.5_timing0.0" / "raw").iterdir())) == 90
+    [folder] = [p for p in (tmp_path / "data").iterdir() if p.is_dir()]
+    assert folder.name.startswith("files90_seed1_nuisance0.5_timing0.0_frames")
+    assert len(list((folder / "raw").iterdir())) == 90
 
 
 def test_table_mean_and_spread_by_hand(tmp_path):
@@ -68,3 +71,14 @@ def test_table_reads_finished_rows_back_and_overwrite_redoes_them(tmp_path):
     table.cfg["overwrite"] = True
     with pytest.raises(ConfigError, match="no/such/pretrain.yaml"):
         table.run_row(row, 2)
+
+
+def test_the_data_folder_is_keyed_by_every_setting_that_changes_the_data(tmp_path, monkeypatch):
+    import processor.demo as demo
+    roots = []
+    monkeypatch.setattr(demo, "demo_arrays", lambda root, *args: roots.append(os.path.basename(root)))
+    base = dict(demo.Demo.default_config(), work_dir=str(tmp_path / "wd"), data_dir=str(tmp_path / "data"))
+    changes = [{}, dict(num_files=50), dict(seed=2), dict(nuisance=0.0), dict(timing=1.0), dict(frames=16)]
+    for change in changes:
+        demo.Demo(dict(base, **change)).prepare_data()
+    assert roots[0] == "files1000_seed1_nuisance0.5_timing0.0_frames32" and len(set(roots)) == len(changes)

@@ -302,3 +302,30 @@ def test_normalised_probe_standardises_the_classifiers_input(demo_arrays, tiny, 
     # the checkpoint's keys are those of the paper protocol: the statistics are measured, not stored
     state = torch.load(tmp_path / "eval_epoch1.pt", weights_only=False)["model"]
     assert not any("norm" in k and k.startswith("fc") for k in state)
+
+
+def test_a_resumed_evaluation_keeps_its_history_and_best(tiny, tmp_path):
+    data = toy_dataset(tmp_path)
+    args = dict(num_epoch=3, eval_interval=1, save_interval=1, batch_size=8)
+    linear(tiny, tmp_path, data, **dict(args, num_epoch=2)).start()
+    linear(tiny, tmp_path, data, **args, resume=str(tmp_path / "lin" / "eval_epoch2.pt")).start()
+    result = json.loads((tmp_path / "lin" / "result.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    assert result["best_on_val"] == max(result["history"], key=lambda h: h["top1"])
+
+
+def test_scores_pkl_holds_every_counted_clip_under_its_own_name(tiny, tmp_path):
+    data = toy_dataset(tmp_path, n=24)
+    with open(tmp_path / "y.pkl", "wb") as f:  # repeated names: two recordings named alike
+        pickle.dump(([f"clip{i % 20}" for i in range(24)], (np.arange(24) % 2).tolist()), f)
+    val = dict(data, label_fraction=0.5)  # a labelled subset of the validation clips
+    cls, cfg = tiny("linear_evaluation", "unused", tmp_path / "lin", train_feeder_args=data, test_feeder_args=val,
+                    model_args=dict(num_class=2), num_epoch=1, batch_size=8)
+    cls(cfg).start()
+    with open(tmp_path / "lin" / "scores.pkl", "rb") as f:
+        scores = pickle.load(f)
+    result = json.loads((tmp_path / "lin" / "result.json").read_text())
+    assert len(scores) == sum(map(sum, result["confusion"])) == 12
+    from feeder.feeder import Feeder
+    subset = Feeder(**val).subset_names()
+    assert [n.split("#")[0] for n in scores] == subset and len(set(scores)) == 12

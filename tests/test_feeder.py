@@ -165,3 +165,14 @@ def test_bodies_keeps_the_first_bodies_of_every_clip(tmp_path):
     assert Feeder(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))[1][0].shape == (3, 4, 25, 2)
     with pytest.raises(ValueError, match="bodies must be an integer >= 1, got 0"):
         Feeder(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), bodies=0)
+
+
+def test_a_crafted_label_pickle_runs_nothing(tmp_path, crafted):
+    from feeder.feeder import read_labels
+    from torchlight.config import ConfigError
+    marker, payload = crafted
+    with open(tmp_path / "train_label.pkl", "wb") as f:
+        pickle.dump((["a"], payload), f)
+    with pytest.raises(ConfigError, match=r"train_label.pkl: not a label pickle, not loaded"):
+        read_labels(str(tmp_path / "train_label.pkl"))
+    assert not marker.exists()

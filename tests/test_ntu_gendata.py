@@ -10,6 +10,7 @@ import pytest
 
 from feeder.demo_data import generate
 from feeder.ntu_gendata import count_warnings, is_training, main, read_skeleton
+from torchlight.io import temp_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = os.path.join(REPO, "tests", "data", "S001C001P001R001A001.skeleton")
@@ -252,8 +253,20 @@ def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path, capsys):
 def test_rerun_removes_temporaries_of_a_killed_run(tmp_path):
     data = copy_real(tmp_path / "raw", "S001C001P001R001A001.skeleton", "S001C002P002R001A002.skeleton")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / "out" / "xsub" / f"train_data.tmp{dead.stdout.strip()}.npy"
-    os.makedirs(stale.parent)
-    stale.write_bytes(b"\0" * 1000)
+    stale = temp_name(tmp_path / "out" / "xsub" / "train_data.npy", pid=int(dead.stdout))
+    os.makedirs(os.path.dirname(stale))
+    with open(stale, "wb") as f:
+        f.write(b"\0" * 1000)
     main(["--data_path", str(data), "--out_folder", str(tmp_path / "out"), "--benchmark", "xsub"])
     assert all_files(tmp_path / "out") == [f"xsub/{p}_{k}" for p in ("train", "val") for k in ("data.npy", "label.pkl")]
+
+
+def test_a_file_without_frames_is_skipped_and_listed_not_a_zero_clip(tmp_path, capsys):
+    data = copy_real(tmp_path / "raw", "S001C001P001R001A001.skeleton", "S001C002P002R001A002.skeleton")
+    (data / "S001C001P001R001A003.skeleton").write_text("0\n")
+    main(["--data_path", str(data), "--out_folder", str(tmp_path / "out"), "--benchmark", "xsub"])
+    assert (f"warning: skipped 1 files with no frames, listed in {tmp_path / 'out' / 'empty_files.txt'}"
+            in capsys.readouterr().out)
+    assert (tmp_path / "out" / "empty_files.txt").read_text() == "S001C001P001R001A003.skeleton\n"
+    names = [pickle.load(open(tmp_path / "out" / "xsub" / f"{p}_label.pkl", "rb"))[0] for p in ("train", "val")]
+    assert "S001C001P001R001A003.skeleton" not in names[0] + names[1] and len(names[0] + names[1]) == 2

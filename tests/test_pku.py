@@ -116,7 +116,7 @@ def test_report_names_skips_cuts_and_truncations(raw, tmp_path, capsys):
     assert "skipped 1 videos of the split files without skeleton or label file: 0009-R" in report
     assert "1 actions cut at the end of their skeleton file" in report
     assert f"1 actions truncated to {MAX_FRAMES} frames" in report
-    assert not [f for _, _, files in os.walk(tmp_path) for f in files if ".tmp" in f]
+    assert not [f for _, _, files in os.walk(tmp_path) for f in files if ".partial-" in f]
 
 
 def test_feeder_end_to_end(raw, database, tmp_path):

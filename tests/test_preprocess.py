@@ -9,6 +9,7 @@ import pytest
 from reference import resize_loop
 
 from feeder.preprocess_ntu import main, preprocess_clip
+from torchlight.io import temp_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +124,7 @@ def test_cli_processes_every_benchmark(tmp_path):
     assert (out / "xsub" / "train_label.pkl").read_bytes() == (gen / "xsub" / "train_label.pkl").read_bytes()
     assert np.load(out / "xsub" / "val_position.npy").shape == (1, 3, 16, 25, 2)
     assert np.load(out / "xview" / "train_label.npy").tolist() == [[3], [1]]
-    assert not [f for f in os.listdir(out / "xsub") if ".tmp" in f]
+    assert not [f for f in os.listdir(out / "xsub") if ".partial-" in f]
 
 
 @pytest.mark.parametrize("how", [["feeder/preprocess_ntu.py"], ["-m", "feeder.preprocess_ntu"]])
@@ -174,12 +175,13 @@ def test_rerun_removes_stale_temporaries_and_refuses_other_settings(tmp_path):
     # A killed run's temporary (its pid no longer runs) is removed; a running writer's is left alone.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     os.makedirs(tmp_path / "out" / "xsub")
-    stale = tmp_path / "out" / "xsub" / f"val_position.tmp{dead.stdout.strip()}.npy"
-    live = tmp_path / "out" / "xsub" / f"val_motion.tmp{os.getppid()}.npy"
-    stale.write_bytes(b"x" * 100)
-    live.write_bytes(b"x")
+    stale = temp_name(tmp_path / "out" / "xsub" / "val_position.npy", pid=int(dead.stdout))
+    live = temp_name(tmp_path / "out" / "xsub" / "val_motion.npy", pid=os.getppid())
+    for path, size in ((stale, 100), (live, 1)):
+        with open(path, "wb") as f:
+            f.write(b"x" * size)
     main(argv)
-    assert not stale.exists() and live.exists()
+    assert not os.path.exists(stale) and os.path.exists(live)
     manifest = (tmp_path / "out" / "xsub" / "manifest.json").read_text()
     assert '"frames": 16' in manifest and '"layout": "ntu-rgb+d"' in manifest
     before = np.load(tmp_path / "out" / "xsub" / "val_position.npy")

@@ -2,6 +2,7 @@
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_run
@@ -25,7 +26,7 @@ def test_skelemixclr_plus_two_epochs_lower_the_loss(demo_arrays, tiny, tmp_path)
     assert state["epoch"] == 2 and state["config"]["model_args"]["swap_params"] == [[2, 3, 7, 11, 3, 1.0]]
     assert "encoder_q.fc.3.weight" in state["model"] and state["model"]["queue"].shape == (128, 8)
     assert os.path.isfile(tmp_path / "log.txt") and os.listdir(tmp_path / "tensorboard")
-    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    assert not [f for f in os.listdir(tmp_path) if ".partial-" in f]
 
 
 def test_resume_continues_exactly(demo_arrays, tiny, tmp_path):
@@ -177,3 +178,22 @@ def test_mix_warmup_weighs_the_mixes_losses_by_progress(demo_arrays, tiny, tmp_p
         weight = min(1.0, i / total / 0.5)
         torch.testing.assert_close(out["loss"], out["loss_ins"] + weight * out["loss_mix"])
     assert seen[0]["loss"] == seen[0]["loss_ins"] and total == 2 * len(proc.train_loader)
+
+
+def test_a_failing_monitor_loses_no_checkpoint(demo_arrays, tiny, tmp_path):
+    import shutil
+    os.makedirs(tmp_path / "nan")
+    val = np.load(f"{demo_arrays}/val_position.npy")
+    val[3, 0, 0, 0, 0] = np.nan  # one validation clip
+    np.save(tmp_path / "nan" / "val_position.npy", val)
+    shutil.copy(f"{demo_arrays}/val_label.pkl", tmp_path / "nan" / "val_label.pkl")
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path / "run", num_epoch=2, eval_interval=1,
+                    save_interval=1, knn_k=[1], batch_size=8, model_args=dict(queue_size=16),
+                    test_feeder_args=dict(data_path=str(tmp_path / "nan" / "val_position.npy"),
+                                          label_path=str(tmp_path / "nan" / "val_label.pkl")))
+    cls(cfg).start()
+    assert {"epoch1_model.pt", "epoch2_model.pt"} <= set(os.listdir(tmp_path / "run"))
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert log.count("monitor failed, training goes on") == 2
+    assert f"warning: epoch 2: the Pretrain monitor failed, training goes on (last checkpoint " \
+           f"{tmp_path / 'run' / 'epoch2_model.pt'}): the encoder's outputs for 1 of" in log

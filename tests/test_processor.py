@@ -1,16 +1,14 @@
 """processor/processor.py: work-directory ownership, non-finite losses, exact resume, checkpoints, bad config."""
-import json
 import os
 import pickle
 import shutil
 import socket
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from test_io import hold_lock
 
 from processor import configure
 from processor.processor import NonFiniteError, Processor, progress_due, step_lr
@@ -61,7 +59,7 @@ def pretrain(tiny, data, work_dir, **overrides):
 def test_a_run_owns_its_work_dir(small, tiny, tmp_path):
     pretrain(tiny, small, tmp_path / "run")
     assert not (tmp_path / "run" / "run.lock").exists()  # removed when the run ends
-    with pytest.raises(WorkDirError, match="holds another run's files .config.yaml, epoch1_model.pt."):
+    with pytest.raises(WorkDirError, match="holds another run's files .epoch1_model.pt."):
         pretrain(tiny, small, tmp_path / "run", seed=2)
     before = (tmp_path / "run" / "epoch1_model.pt").read_bytes()
     resumed = pretrain(tiny, small, tmp_path / "run", num_epoch=2,
@@ -72,13 +70,9 @@ def test_a_run_owns_its_work_dir(small, tiny, tmp_path):
 
 
 def test_a_concurrent_second_run_fails_at_once_naming_the_holder(small, tiny, tmp_path):
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = hold_lock(tmp_path / "run")
     try:
-        os.makedirs(tmp_path / "run")
-        (tmp_path / "run" / "run.lock").write_text(json.dumps(dict(pid=other.pid, host=socket.gethostname(),
-                                                                   start="2026-12-02 10:00:00")))
-        with pytest.raises(WorkDirError, match=f"in use by pid {other.pid} on {socket.gethostname()} since "
-                                               "2026-12-02 10:00:00"):
+        with pytest.raises(WorkDirError, match=f"in use by pid {other.pid} on {socket.gethostname()} since "):
             build(tiny, PRETRAIN, small, tmp_path / "run", **SMALL)
     finally:
         other.kill()
@@ -195,9 +189,8 @@ def test_damaged_or_foreign_checkpoints_are_one_line_errors(small, tiny, tmp_pat
             pretrain(tiny, small, tmp_path / "a", num_epoch=2, resume=str(path))
         with pytest.raises(ConfigError, match=f"weights file {path}"):
             build(tiny, "linear_evaluation", small, tmp_path / "b", weights=str(path))
-    with pytest.raises(ConfigError, match=r"does not hold this model: missing \[.*\], unexpected \[.*\]"):
-        pretrain(tiny, small, tmp_path / "c", num_epoch=2, resume=str(good),
-                 model_args=dict(hidden_channels=8))
+    with pytest.raises(ConfigError, match="was trained with model_args.hidden_channels 4, this run has 8"):
+        pretrain(tiny, small, tmp_path / "c", num_epoch=2, resume=str(good), model_args=dict(hidden_channels=8))
     with pytest.raises(ConfigError, match=f"resume checkpoint {good} is at epoch 1, num_epoch is 1: nothing left"):
         pretrain(tiny, small, tmp_path / "d", resume=str(good))
     cls, cfg = tiny("linear_evaluation", small, tmp_path / "lin", weights=str(good), num_epoch=1,
@@ -251,3 +244,32 @@ def test_release_style_finetune_and_semi_configs_differ_from_ours_only_as_the_re
     release = finetune("semi/semi1_skelemixclr_multi_swap_ntu60_xsub_release")
     assert ours["weight_decay"] == 1e-4 and release["weight_decay"] == 0.0
     assert {k for k in ours if ours[k] != release[k]} == {"weight_decay", "work_dir"}
+
+
+def test_resuming_an_older_checkpoint_refuses_to_replace_later_ones(small, tiny, tmp_path):
+    pretrain(tiny, small, tmp_path / "run", num_epoch=3, save_interval=1)
+    later = (tmp_path / "run" / "epoch3_model.pt").read_bytes()
+    first = str(tmp_path / "run" / "epoch1_model.pt")
+    with pytest.raises(ConfigError, match=f"resume checkpoint {first} is at epoch 1 but {tmp_path / 'run'} holds "
+                                          r"later ones \(epoch2_model.pt, epoch3_model.pt\), which resuming would "
+                                          "replace: resume the latest, or give --overwrite true"):
+        pretrain(tiny, small, tmp_path / "run", num_epoch=3, save_interval=1, resume=first)
+    assert (tmp_path / "run" / "epoch3_model.pt").read_bytes() == later
+    pretrain(tiny, small, tmp_path / "run", num_epoch=2, resume=first, overwrite=True)  # asked for: retrained
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(model_args=dict(hidden_channels=8)), "model_args.hidden_channels 4, this run has 8"),
+    (dict(batch_size=16, model_args=dict(queue_size=16)), "batch_size 8, this run has 16"),
+    (dict(method="skeletonclr"), "method 'skelemixclr', this run has 'skeletonclr'"),
+])
+def test_resuming_with_another_method_width_or_batch_is_refused(small, tiny, tmp_path, overrides, message):
+    pretrain(tiny, small, tmp_path / "run")
+    path = str(tmp_path / "run" / "epoch1_model.pt")
+    name = "pretrain" if "method" in overrides else PRETRAIN
+    cls, cfg = tiny(name, small, tmp_path / "run", **{**SMALL, "num_epoch": 2, "resume": path, **overrides,
+                                                      "model_args": {**SMALL["model_args"],
+                                                                     **overrides.get("model_args", {})}})
+    with pytest.raises(ConfigError, match=f"resume checkpoint {path} was trained with {message}: resume with the "
+                                          "checkpoint's value, or start a new --work_dir"):
+        cls(cfg)

@@ -98,7 +98,7 @@ def test_short_clips_are_skipped_and_reported(raw, tmp_path, capsys):
             in report)
     names = load(str(tmp_path), "train")[1] + load(str(tmp_path), "val")[1]
     assert not [n for n in names if "_s09_" in n]
-    assert not [f for _, _, files in os.walk(tmp_path) for f in files if ".tmp" in f]
+    assert not [f for _, _, files in os.walk(tmp_path) for f in files if ".partial-" in f]
 
 
 def test_ntu_layout_option_maps_onto_25_joints(raw, tmp_path):

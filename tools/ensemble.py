@@ -3,10 +3,14 @@
 python tools/ensemble.py joint/scores.pkl motion/scores.pkl bone/scores.pkl --label val_label.pkl
 """
 import argparse
-import pickle
 import sys
 
-import numpy as np
+if not __package__:
+    import _bootstrap  # noqa: F401
+
+import numpy as np  # noqa: E402
+
+from torchlight.io import safe_pickle_load  # noqa: E402
 
 
 def softmax(x):
@@ -15,17 +19,13 @@ def softmax(x):
 
 
 def unpickle(path, what):
-    """The object pickled in `path`; a file of another kind (JSON, truncated) is an error naming it."""
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
-        raise ValueError(f"{path}: not {what} ({err})") from None
+    """The data pickled in `path` (torchlight.io.safe_pickle_load: it runs no code); any other file names it."""
+    return safe_pickle_load(path, what)
 
 
 def load_scores(path):
     """{clip name: 1-D finite scores} of a scores.pkl, all of one length; anything else names the file."""
-    scores = unpickle(path, "a scores pickle of linear/fine-tune evaluation")
+    scores = unpickle(path, "scores pickle of linear/fine-tune evaluation")
     if not isinstance(scores, dict) or not scores:
         raise ValueError(f"{path}: expected a pickled {{clip name: scores}} dict, got {type(scores).__name__}")
     try:
@@ -64,7 +64,7 @@ def topk(fused, labels, k):
 
 def load_labels(path):
     """{clip name: label} from a `<part>_label.pkl` of gendata (names with or without '.skeleton')."""
-    content = unpickle(path, "a gendata label pickle")
+    content = unpickle(path, "gendata label pickle")
     if not (isinstance(content, (tuple, list)) and len(content) == 2):
         raise ValueError(f"{path}: expected a pickled (names, labels) pair")
     names, labels = content
@@ -81,6 +81,8 @@ def main(argv=None):
     try:
         if args.weights and len(args.weights) != len(args.scores):
             raise ValueError(f"{len(args.weights)} weights for {len(args.scores)} score files")
+        if args.weights and not np.isfinite(args.weights).all():
+            raise ValueError(f"--weights {' '.join(map(str, args.weights))}: every weight must be a finite number")
         dicts = [load_scores(path) for path in args.scores]
         classes = [len(next(iter(d.values()))) for d in dicts]
         if len(set(classes)) > 1:

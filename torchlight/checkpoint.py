@@ -1,12 +1,19 @@
 """Checkpoint files: written atomically with a content checksum, read back with one-line errors."""
 import hashlib
 import os
+import pickle
+import re
 
 import numpy as np
 import torch
 
 from .config import ConfigError
-from .io import atomic_path
+from .io import SAFE_PICKLE_GLOBALS, atomic_path
+
+# Besides tensors and plain data, our checkpoints hold numpy's RNG state (np.random.get_state()): a
+# uint32 array. torch.load(weights_only=True) builds nothing else, so a crafted checkpoint runs no code.
+CHECKPOINT_GLOBALS = sorted({*SAFE_PICKLE_GLOBALS.values(), *(type(np.dtype(c)) for c in "?bBhHiIlLqQefdFD")},
+                            key=repr)
 
 
 def content_checksum(state):
@@ -45,13 +52,19 @@ def write_checkpoint(state, path):
 def read_checkpoint(path, what, map_location="cpu"):
     """The object saved in `path`; a missing, unreadable or damaged file is a ConfigError naming it.
 
-    Files without a checksum (the original release's, bare state dicts) are read unchecked.
+    Files without a checksum (the original release's, bare state dicts) are read unchecked. Only tensors,
+    plain data and numpy arrays are built (weights_only): loading a file runs none of its code.
     """
     if not os.path.isfile(path):
         raise ConfigError(f"{what} not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # damaged bytes fail anywhere: the zip reader, the unpickler, a class lookup
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # the weights-only unpickler refused to build it
+        if isinstance(err, pickle.UnpicklingError) and found:
+            raise ConfigError(f"{what} {path} refers to {found.group(1)}, which no checkpoint holds: "
+                              "not loaded, nothing of it run") from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{what} {path} is not a readable checkpoint ({reason[:200]})") from None
     if isinstance(state, dict) and "checksum" in state:

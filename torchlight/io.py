@@ -1,8 +1,11 @@
 """File helpers without torch: atomic outputs, a run logger, work-directory locks, checked reads, manifests."""
 import atexit
+import codecs
 import contextlib
+import fcntl
 import json
 import os
+import pickle
 import re
 import socket
 import sys
@@ -10,18 +13,32 @@ import time
 
 import numpy as np
 
+from .config import ConfigError
+
+
+def temp_name(path, pid=None):
+    """The name `atomic_path` writes `path` under first: `<dir>/.<stem>.partial-<pid>-<random><ext>`.
+
+    Hidden, and of a pattern no user file has, so `remove_stale_temps` deletes only what this project's
+    writer left; the extension stays, so numpy/torch writers do not append another.
+    """
+    folder, name = os.path.split(os.fspath(path))
+    stem, ext = os.path.splitext(name)
+    return os.path.join(folder, f".{stem}.partial-{os.getpid() if pid is None else pid}-{os.urandom(4).hex()}{ext}")
+
+
+TMP_NAME = re.compile(r"^\..+\.partial-(\d+)-[0-9a-f]{8}(\.[^.]*)?$")
+
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     An interrupted or failing writer therefore never leaves a file that looks finished.
-    The temporary name keeps the extension so numpy/torch writers do not append another.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    tmp = temp_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -61,19 +78,55 @@ def pid_alive(pid):
 
 
 MANIFEST = "manifest.json"  # settings of a folder of outputs, written last
-TMP_NAME = re.compile(r"\.tmp(\d+)(\.[^.]*)?$")
 
 
 def remove_stale_temps(folder):
     """Delete `atomic_path` temporaries in `folder` whose writer is gone (killed runs); returns their names."""
     removed = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        match = TMP_NAME.search(name)
+        match = TMP_NAME.match(name)
         if match and not pid_alive(int(match.group(1))):
             os.remove(os.path.join(folder, name))
             removed.append(name)
             print(f"removed {os.path.join(folder, name)}, left by an interrupted run")
     return removed
+
+
+# What a label or scores pickle of this project holds besides lists, tuples, dicts, strings and numbers:
+# numpy arrays and scalars. numpy 2 names its modules numpy._core, numpy 1 and older pickles numpy.core;
+# protocol 2 pickles carry an array's bytes through _codecs.encode, protocol 5 through _frombuffer.
+# Each of these only builds data.
+_NP_CORE = getattr(np, "_core", None) or np.core
+SAFE_PICKLE_GLOBALS = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                       ("_codecs", "encode"): codecs.encode}
+for _package in ("numpy._core", "numpy.core"):
+    SAFE_PICKLE_GLOBALS.update({(f"{_package}.multiarray", "_reconstruct"): _NP_CORE.multiarray._reconstruct,
+                                (f"{_package}.multiarray", "scalar"): _NP_CORE.multiarray.scalar,
+                                (f"{_package}.numeric", "_frombuffer"): _NP_CORE.numeric._frombuffer})
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that builds only data: any global outside SAFE_PICKLE_GLOBALS is refused."""
+
+    def find_class(self, module, name):
+        if (module, name) not in SAFE_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a data file never holds")
+        return SAFE_PICKLE_GLOBALS[module, name]
+
+
+def safe_pickle_load(path, what="pickle"):
+    """The lists, dicts, strings, numbers and numpy arrays pickled in `path`, never running its code.
+
+    A pickle that would import anything else (a crafted file) or is no pickle at all is a one-line
+    ConfigError naming the file.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} {path} not found")
+    try:
+        with open(path, "rb") as f:
+            return SafeUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise ConfigError(f"{path}: not a {what}, not loaded ({err})") from None
 
 
 def read_text_lines(path):
@@ -131,33 +184,60 @@ class WorkDirError(ValueError):
     """The work directory belongs to another run."""
 
 
-class WorkDirLock:
-    """`<work_dir>/run.lock` naming pid, host and start time while a run writes there (README: work directories).
+def unwritable(folder, err):
+    """The one-line error for a folder this run cannot write: read-only, not ours, or a full disk."""
+    return ConfigError(f"work_dir {folder} is not writable ({err.strerror or err}): free space or choose "
+                       "another --work_dir")
 
-    Created exclusively, so of two runs starting at once one fails. A lock left by a process that no longer
-    runs on this host, or by this very process (an earlier run in it that raised), is taken over; any other
-    holder is a one-line error naming it.
+
+class WorkDirLock:
+    """`<work_dir>/run.lock`, flock-ed for the run's life, naming pid, host and start time (docs/errors.md).
+
+    The kernel holds the lock, not the file: it drops it when the process ends however it ends, so a
+    lock file left by a killed run is free to take, and of several runs starting at once exactly one gets
+    it. A lock held by another process is a one-line error naming it; one held by this very process (an
+    earlier run in it that raised) is taken over.
     """
 
     NAME = "run.lock"
+    held = {}  # absolute lock path -> this process's WorkDirLock on it
 
     def __init__(self, work_dir):
         self.path = os.path.join(work_dir, self.NAME)
-        os.makedirs(work_dir, exist_ok=True)
-        me = dict(pid=os.getpid(), host=socket.gethostname(), start=time.strftime("%Y-%m-%d %H:%M:%S"))
-        for _ in range(2):  # the second try follows the removal of a stale lock
+        self.fd = None
+        previous = self.held.get(os.path.abspath(self.path))
+        if previous is not None:
+            previous.release()
+        try:
+            os.makedirs(work_dir, exist_ok=True)
+            self.acquire(work_dir)
+            me = dict(pid=os.getpid(), host=socket.gethostname(), start=time.strftime("%Y-%m-%d %H:%M:%S"))
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, json.dumps(me).encode())
+        except OSError as err:  # a full or read-only disk: no empty lock stays behind
+            self.release()
+            raise unwritable(work_dir, err) from None
+        self.held[os.path.abspath(self.path)] = self
+        atexit.register(self.release)
+
+    def acquire(self, work_dir):
+        """flock the lock file; retried when the file we locked was removed by its releasing holder meanwhile."""
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                self.check_stale(work_dir)
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            atexit.register(self.release)
-            return
-        raise WorkDirError(f"work_dir {work_dir}: another run took {self.path} at the same moment")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self.in_use(work_dir) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return
+            os.close(fd)
+        raise WorkDirError(f"work_dir {work_dir}: {self.path} keeps changing; another run is starting there")
 
     def holder(self):
         try:
@@ -166,33 +246,45 @@ class WorkDirLock:
         except (OSError, ValueError):
             return None
 
-    def check_stale(self, work_dir):
-        """Return if the existing lock's holder is gone (or is this process); else the error naming it."""
+    def in_use(self, work_dir):
+        """The error naming the live holder of the lock."""
         holder = self.holder()
-        if holder is None:  # being written this instant, or damaged
-            raise WorkDirError(f"work_dir {work_dir} is locked by {self.path}, which cannot be read "
-                               "(remove it if no run uses this directory)")
-        if holder.get("host") == socket.gethostname() and (holder.get("pid") == os.getpid()
-                                                         or not pid_alive(holder.get("pid", -1))):
-            return
-        raise WorkDirError(f"work_dir {work_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} since "
-                           f"{holder.get('start')} (remove {self.path} if that run is gone)")
+        if holder is None:  # being written this instant
+            return WorkDirError(f"work_dir {work_dir} is locked by a run that is starting ({self.path})")
+        return WorkDirError(f"work_dir {work_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+                            f"since {holder.get('start')}")
 
     def release(self):
-        holder = self.holder()
-        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.remove(self.path)  # before unlocking: a run that opened it meanwhile sees the change and retries
+        os.close(self.fd)
+        self.fd = None
+        if self.held.get(os.path.abspath(self.path)) is self:
+            del self.held[os.path.abspath(self.path)]
+
+
+CHECKPOINT_SUFFIX = ".pt"
+RESULT_FILES = ("result.json", "knn.json", "scores.pkl")  # a finished evaluation's outputs
+
+
+def finished_outputs(work_dir):
+    """What makes `work_dir` another run's: its checkpoints and result files (not a log or a config alone)."""
+    return sorted(n for n in os.listdir(work_dir) if not TMP_NAME.match(n)
+                  and (n.endswith(CHECKPOINT_SUFFIX) or n in RESULT_FILES))
 
 
 def claim_work_dir(work_dir, resume=None, overwrite=False):
-    """Lock `work_dir` for this run (a WorkDirLock). A `config.yaml` or checkpoint there belongs to another
-    run and is an error unless this run resumes a checkpoint of that directory or `overwrite` is set.
+    """Lock `work_dir` for this run (a WorkDirLock) and remove the temporaries of killed writers there.
 
-    Only those count: a start that failed before writing its config leaves a log, not a run.
+    A checkpoint or result file there belongs to another run and is an error unless this run resumes a
+    checkpoint of that directory or `overwrite` is set. Only those count: a run that failed before its
+    first checkpoint leaves a log and a config, and its corrected rerun may use the folder.
     """
     lock = WorkDirLock(work_dir)
-    others = sorted(n for n in os.listdir(work_dir) if n == "config.yaml" or n.endswith(".pt"))
+    remove_stale_temps(work_dir)
+    others = finished_outputs(work_dir)
     own = bool(resume) and os.path.abspath(os.path.dirname(os.path.abspath(resume))) == os.path.abspath(work_dir)
     if others and not (own or overwrite):
         lock.release()

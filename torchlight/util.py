@@ -11,14 +11,25 @@ import torch
 
 from .config import ConfigError, check_type
 
+# A config names classes of this project, or torch's own (torch.nn.Linear); nothing else is imported,
+# so a config cannot call an arbitrary function (`model: subprocess.run` would run a command).
+IMPORTABLE_PACKAGES = ("feeder", "net", "processor", "torchlight", "tools")
+
 
 def import_class(name):
-    """The object at dotted path `name`, e.g. 'net.st_gcn.Model'."""
-    module, _, attr = name.rpartition(".")
+    """The object at dotted path `name`, e.g. 'net.st_gcn.Model': of this project, or a torch class."""
+    module, _, attr = str(name).rpartition(".")
+    package = module.split(".")[0]
+    if package not in (*IMPORTABLE_PACKAGES, "torch"):
+        raise ConfigError(f"{name!r} is not importable from a config: only {', '.join(IMPORTABLE_PACKAGES)} "
+                          "and torch classes are")
     try:
-        return getattr(importlib.import_module(module), attr)
+        obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError):
         raise ConfigError(f"cannot import {name!r}") from None
+    if package == "torch" and not inspect.isclass(obj):  # torch.load, torch.hub.load: functions that run files
+        raise ConfigError(f"{name!r} is not importable from a config: of torch only classes are")
+    return obj
 
 
 def instantiate(name, kwargs, what):
@@ -120,4 +131,6 @@ def select_device(spec="auto", distributed=False):
         device = torch.device(spec)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"device {spec!r} (auto, cpu, cuda, cuda:1 or 1): {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r}: this machine has no CUDA device torch can use; use auto or cpu")
     return torch.device("cuda", local_cuda_index()) if distributed and device.type == "cuda" else device

@@ -1,0 +1,23 @@
+"""feeder/demo_arrays.py: a step that a killed run left unfinished is rebuilt, a finished one reused."""
+import os
+
+import numpy as np
+
+from feeder.demo_arrays import demo_arrays
+
+
+def test_a_partial_folder_is_rebuilt_and_a_finished_one_reused(tmp_path):
+    xsub = demo_arrays(str(tmp_path), num_files=30, frames=8, seed=0, quiet=True)
+    before = np.load(os.path.join(xsub, "train_position.npy"))
+    raw = tmp_path / "raw"
+    os.remove(tmp_path / "raw.done")  # as if generation had been killed after a few files
+    for name in sorted(os.listdir(raw))[5:]:
+        os.remove(raw / name)
+    os.remove(tmp_path / "gendata.done")
+    os.remove(tmp_path / "frame8.done")
+    demo_arrays(str(tmp_path), num_files=30, frames=8, seed=0, quiet=True)
+    assert len(os.listdir(raw)) == 30
+    assert np.array_equal(np.load(os.path.join(xsub, "train_position.npy")), before)
+    mtime = os.path.getmtime(os.path.join(xsub, "train_position.npy"))
+    demo_arrays(str(tmp_path), num_files=30, frames=8, seed=0, quiet=True)  # finished: nothing redone
+    assert os.path.getmtime(os.path.join(xsub, "train_position.npy")) == mtime

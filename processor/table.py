@@ -68,6 +68,13 @@ class Table:
         for row in cfg["rows"]:
             if not isinstance(row, dict) or "name" not in row or "linear" not in row:
                 raise ConfigError(f"table row {row!r} needs a name and a linear config")
+            # Every file a row names is read before the first run: a typo in the last row fails now, not
+            # after the first rows have trained.
+            pretrain = row.get("pretrain")
+            if pretrain is not None and not (isinstance(pretrain, list) and len(pretrain) == 2):
+                raise ConfigError(f"table row {row['name']!r}: pretrain must be [processor, config file]")
+            for config_file in [row["linear"]] + ([pretrain[1]] if pretrain else []):
+                load_yaml(config_file)
         init_distributed(cfg["device"])  # under torchrun every rank runs every row; rank 0 writes
         self.log = Logger(cfg["work_dir"], enabled=is_main_process())
 

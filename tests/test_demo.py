@@ -65,11 +65,12 @@ def test_table_reads_finished_rows_back_and_overwrite_redoes_them(tmp_path):
     finished = dict(loss_over_chance=0.5, paper=dict(top1=61.0, top5=90.0), probe=dict(top1=70.0, top5=95.0))
     (tmp_path / "skeletonclr" / "seed2").mkdir(parents=True)
     (tmp_path / "skeletonclr" / "seed2" / "result.json").write_text(json.dumps(finished))
-    row = dict(name="SkeletonCLR", linear="no/such/linear.yaml", pretrain=["pretrain", "no/such/pretrain.yaml"])
+    (tmp_path / "pre.yaml").write_text("method: skeletonclr\nnum_epoch: 0\n")  # would fail if run
+    row = dict(name="SkeletonCLR", linear=str(tmp_path / "pre.yaml"), pretrain=["pretrain", str(tmp_path / "pre.yaml")])
     table = Table(dict(Table.default_config(), seeds=[2], work_dir=str(tmp_path), rows=[row]))
     assert table.run_row(row, 2) == finished
     table.cfg["overwrite"] = True
-    with pytest.raises(ConfigError, match="no/such/pretrain.yaml"):
+    with pytest.raises(ConfigError):
         table.run_row(row, 2)
 
 
@@ -82,3 +83,12 @@ def test_the_data_folder_is_keyed_by_every_setting_that_changes_the_data(tmp_pat
     for change in changes:
         demo.Demo(dict(base, **change)).prepare_data()
     assert roots[0] == "files1000_seed1_nuisance0.5_timing0.0_frames32" and len(set(roots)) == len(changes)
+
+
+def test_table_reads_every_config_file_before_its_first_run(tmp_path):
+    (tmp_path / "lin.yaml").write_text("num_epoch: 1\n")
+    rows = [dict(name="raw joints", linear=str(tmp_path / "lin.yaml")),
+            dict(name="SkeletonCLR", linear=str(tmp_path / "lin.yaml"), pretrain=["pretrain", "typo.yaml"])]
+    with pytest.raises(ConfigError, match="config file not found: typo.yaml"):
+        Table(dict(Table.default_config(), work_dir=str(tmp_path / "t"), rows=rows))
+    assert not (tmp_path / "t").exists()  # nothing written

@@ -54,13 +54,13 @@ def labelled_subset(labels, fraction, seed):
 
 
 class Feeder(torch.utils.data.Dataset):
-    """Clips of `data_path` (N, 3, T, V, M) with labels (SPEC §1.5, §4).
+    """Clips of `data_path` (N, 3, T, V, M) with labels (docs/method.md §1.5, §4).
 
     views=0 gives (clip, label, index) for evaluation, center-cropped to `window_size`;
     views=k gives ([k views], label, index), each view augmented by `augment_sample`, or, with
-    augment=False, [the clip resized to `frames`] once: the k views are made of it on the device. `index` is the
-    position in this dataset (in the labelled subset when `label_fraction` is set). `check_finite` reads the
-    whole array once on load and refuses NaN or inf, naming the clip.
+    augment=False, k copies of the clip resized to `frames` (the processor asks for one and makes the views of it
+    on the device). `index` is the position in this dataset (in the labelled subset when `label_fraction` is
+    set). `check_finite` reads the whole array once on load and refuses NaN or inf, naming the clip.
 
     Args:
         data_path: the *_position.npy array (N, 3, T, V, M)
@@ -154,8 +154,8 @@ class Feeder(torch.utils.data.Dataset):
         label = int(self.labels[clip])
         if self.views == 0:
             return (center_crop(x, self.window_size) if self.window_size else x), label, index
-        if not self.augment:  # one copy through the loader, not `views` identical ones
-            return [temporal_resize(x, self.frames)], label, index
+        if not self.augment:
+            return [temporal_resize(x, self.frames)] * self.views, label, index
         # Seeded by (seed, epoch, index): reproducible, and independent of worker count and order.
         rng = np.random.default_rng([self.seed, self.epoch, index])
         views = [augment_sample(x, rng, self.frames, **self.augment_args) for _ in range(self.views)]

@@ -11,7 +11,7 @@ from .augment import augment_sample, center_crop, temporal_resize
 
 
 def read_labels(path):
-    """(names or None, int64 labels (N,)) from a `.pkl` (names, labels) or `.npy` (N, 1), SPEC §1.2/§1.3."""
+    """(names or None, int64 labels (N,)) from a `.pkl` (names, labels) or `.npy` (N, 1), docs/method.md §1.2/§1.3."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"label file {path} not found")
     if path.endswith(".npy"):
@@ -41,9 +41,9 @@ def class_indices(labels, path):
 
 
 def labelled_subset(labels, fraction, seed):
-    """Sorted indices of round(fraction · n_c) clips of every class c, drawn with `seed` (SPEC §4, semi).
+    """Sorted indices of round(fraction · n_c) clips of every class c, drawn with `seed` (docs/method.md §4, semi).
 
-    Python's round (half to even), exactly as the SPEC writes it: a small enough class gets no clip.
+    Python's round (half to even), exactly as docs/method.md writes it: a small enough class gets no clip.
     """
     rng = np.random.default_rng(seed)
     chosen = []
@@ -130,7 +130,7 @@ class Feeder(torch.utils.data.Dataset):
 
     @property
     def augment_args(self):
-        """The augmentation's settings (SPEC §1.5), for `augment_sample` here or `augment_batch` on the device."""
+        """The augmentation's settings (docs/method.md §1.5): `augment_sample` here, `augment_batch` on the device."""
         return dict(shear_amplitude=self.shear_amplitude, padding_ratio=self.padding_ratio)
 
     def __len__(self):
@@ -141,7 +141,7 @@ class Feeder(torch.utils.data.Dataset):
         return int(self._epoch)
 
     def set_epoch(self, epoch):
-        """Use a new set of augmentations in `epoch` (SPEC §4b: workers must not repeat them)."""
+        """Use a new set of augmentations in `epoch` (docs/method.md §4b: workers must not repeat them)."""
         self._epoch.fill_(epoch)
 
     def subset_names(self):

@@ -11,7 +11,7 @@ from .augment import augment_sample, center_crop, temporal_resize
 
 
 def read_labels(path):
-    """(names or None, int64 labels (N,)) from a `.pkl` (names, labels) or `.npy` (N, 1), SPEC §1.2/§1.3."""
+    """(names or None, int64 labels (N,)) from a `.pkl` (names, labels) or `.npy` (N, 1), docs/method.md §1.2/§1.3."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"label file {path} not found")
     if path.endswith(".npy"):
@@ -41,9 +41,9 @@ def class_indices(labels, path):
 
 
 def labelled_subset(labels, fraction, seed):
-    """Sorted indices of round(fraction · n_c) clips of every class c, drawn with `seed` (SPEC §4, semi).
+    """Sorted indices of round(fraction · n_c) clips of every class c, drawn with `seed` (docs/method.md §4, semi).
 
-    Python's round (half to even), exactly as the SPEC writes it: a small enough class gets no clip.
+    Python's round (half to even), exactly as docs/method.md writes it: a small enough class gets no clip.
     """
     rng = np.random.default_rng(seed)
     chosen = []
@@ -54,13 +54,13 @@ def labelled_subset(labels, fraction, seed):
 
 
 class Feeder(torch.utils.data.Dataset):
-    """Clips of `data_path` (N, 3, T, V, M) with labels (SPEC §1.5, §4).
+    """Clips of `data_path` (N, 3, T, V, M) with labels (docs/method.md §1.5, §4).
 
     views=0 gives (clip, label, index) for evaluation, center-cropped to `window_size`;
     views=k gives ([k views], label, index), each view augmented by `augment_sample`, or, with
-    augment=False, [the clip resized to `frames`] once: the k views are made of it on the device. `index` is the
-    position in this dataset (in the labelled subset when `label_fraction` is set). `check_finite` reads the
-    whole array once on load and refuses NaN or inf, naming the clip.
+    augment=False, k copies of the clip resized to `frames` (the processor asks for one and makes the views of it
+    on the device). `index` is the position in this dataset (in the labelled subset when `label_fraction` is
+    set). `check_finite` reads the whole array once on load and refuses NaN or inf, naming the clip.
 
     Args:
         data_path: the *_position.npy array (N, 3, T, V, M)
@@ -130,7 +130,7 @@ class Feeder(torch.utils.data.Dataset):
 
     @property
     def augment_args(self):
-        """The augmentation's settings (SPEC §1.5), for `augment_sample` here or `augment_batch` on the device."""
+        """The augmentation's settings (docs/method.md §1.5): `augment_sample` here, `augment_batch` on the device."""
         return dict(shear_amplitude=self.shear_amplitude, padding_ratio=self.padding_ratio)
 
     def __len__(self):
@@ -141,7 +141,7 @@ class Feeder(torch.utils.data.Dataset):
         return int(self._epoch)
 
     def set_epoch(self, epoch):
-        """Use a new set of augmentations in `epoch` (SPEC §4b: workers must not repeat them)."""
+        """Use a new set of augmentations in `epoch` (docs/method.md §4b: workers must not repeat them)."""
         self._epoch.fill_(epoch)
 
     def subset_names(self):
@@ -154,8 +154,8 @@ class Feeder(torch.utils.data.Dataset):
         label = int(self.labels[clip])
         if self.views == 0:
             return (center_crop(x, self.window_size) if self.window_size else x), label, index
-        if not self.augment:  # one copy through the loader, not `views` identical ones
-            return [temporal_resize(x, self.frames)], label, index
+        if not self.augment:
+            return [temporal_resize(x, self.frames)] * self.views, label, index
         # Seeded by (seed, epoch, index): reproducible, and independent of worker count and order.
         rng = np.random.default_rng([self.seed, self.epoch, index])
         views = [augment_sample(x, rng, self.frames, **self.augment_args) for _ in range(self.views)]

@@ -1,29 +1,15 @@
 """Processor registry: `python main.py <name> ...` runs PROCESSORS[name].
 
-The three pretraining methods are one processor configured by the config's `method` key (SPEC §3):
-METHODS holds each method's preset, which sits between the code defaults and the YAML file, so a config
-can still change any of it. The release's subcommands stay as aliases of `pretrain` that name a method.
+The three pretraining methods are one processor configured by the config's `method` key (docs/method.md §3);
+net/methods.py holds each method's preset and names. The release's subcommands stay as aliases of `pretrain`
+that name a method.
 """
-SKELEMIX = dict(head="mlp_bn", temperature=0.2)
-
-# method name -> preset (a new method is one entry here and its YAML)
-METHODS = {
-    "skeletonclr": dict(model_args=dict(head="mlp", temperature=0.07, swap_params=None)),
-    "skelemixclr": dict(model_args=dict(SKELEMIX, swap_params=[[2, 3, 7, 11, 1, 1.0]])),
-    "skelemixclr_plus": dict(model_args=dict(SKELEMIX, swap_params=[[2, 3, 7, 11, 3, 1.0]])),
-}
-
-# the release's subcommands (SPEC §6) -> the method they pretrain
-ALIASES = {
-    "pretrain_skeletonclr": "skeletonclr",
-    "pretrain_skeletonclr_swap": "skelemixclr",
-    "pretrain_skeletonclr_multi_swapv2": "skelemixclr_plus",
-}
+from net.methods import METHODS, SUBCOMMANDS, preset
 
 PROCESSORS = {
     "pretrain": "processor.pretrain.Pretrain",
-    **{alias: "processor.pretrain.Pretrain" for alias in ALIASES},
-    "linear_evaluation": "processor.evaluation.LinearEvaluation",
+    **{alias: "processor.pretrain.Pretrain" for alias in SUBCOMMANDS},
+    "linear_evaluation": "processor.linear.LinearEvaluation",
     "finetune_evaluation": "processor.evaluation.FinetuneEvaluation",
     "knn_evaluation": "processor.evaluation.KNNEvaluation",
     "table": "processor.table.Table",
@@ -35,7 +21,7 @@ def pretraining_method(name, config, overrides, source):
     """The method a pretraining run trains: the config's `method`, which an alias subcommand must agree with."""
     from torchlight.config import ConfigError
     method = overrides.get("method", config.get("method"))
-    alias = ALIASES.get(name)
+    alias = SUBCOMMANDS.get(name)
     if method is None and alias is None:
         raise ConfigError(f"{source} names no method: set method to one of {', '.join(METHODS)}")
     if method is not None and method not in METHODS:
@@ -57,7 +43,7 @@ def fast_settings(device, sync_bn):
 
     import torch
 
-    from processor.processor import cpu_amp_is_fast
+    from torchlight.util import cpu_amp_is_fast
     cuda = str(device).startswith("cuda") or (device in (None, "auto") and torch.cuda.is_available())
     fast = dict(tf32=True, device_augment=True, num_workers=min(8, os.cpu_count() or 1))
     if cuda or cpu_amp_is_fast("bf16"):
@@ -79,12 +65,12 @@ def configure(name, config=None, overrides=None, source="config", need_method=Tr
         raise ConfigError(f"unknown processor {name!r}; known: {', '.join(PROCESSORS)}")
     config, overrides = config or {}, overrides or {}
     cls = import_class(PROCESSORS[name])
-    preset = {}
+    method_preset = {}
     if "method" in cls.default_config() and (need_method or overrides.get("method", config.get("method"))
-                                             or name in ALIASES):
+                                             or name in SUBCOMMANDS):
         method = pretraining_method(name, config, overrides, source)
-        preset = dict(METHODS[method], method=method)
-    defaults = merge(cls.default_config(), preset, {}, source="preset")
+        method_preset = preset(method)
+    defaults = merge(cls.default_config(), method_preset, {}, source="preset")
     cfg = merge(defaults, config, overrides, source=source)
     if cfg.get("speed", "exact") not in SPEEDS:
         raise ConfigError(f"speed must be exact or fast, not {cfg['speed']!r}")

@@ -1,4 +1,5 @@
-"""Evaluation protocols: linear, fine-tune / semi-supervised and kNN (SPEC §4)."""
+"""Evaluation protocols: what they share, fine-tune / semi-supervised and kNN (docs/method.md §4); linear
+evaluation is processor/linear.py."""
 import json
 import math
 import os
@@ -17,12 +18,9 @@ from torchlight.config import ConfigError
 from torchlight.io import atomic_path
 from torchlight.util import release_freed_host_memory
 
-# The normalised probe (docs/method.md): linear evaluation on standardised features, at an lr for
-# standardised inputs. It trains every row, raw joints and random encoder included, the same way.
-PROBE = dict(feature_norm=True, base_lr=0.1)
 # The classifier is trained anew; everything else of the encoder must come from the checkpoint.
 CLASSIFIER_KEYS = {"fc.weight", "fc.bias"}
-# What an evaluation drops from a pretraining checkpoint: projection head, key encoder and queue (SPEC §4).
+# What an evaluation drops from a pretraining checkpoint: projection head, key encoder and queue (docs/method.md §4).
 IGNORE_WEIGHTS = ["encoder_q.fc", "encoder_k", "queue"]
 
 
@@ -131,7 +129,7 @@ class Evaluation(Processor):
         """Without `weights`, the frozen encoder is a random one with BN statistics of the training clips:
         all of them, labelled or not (with `label_fraction` pretraining saw them all too)."""
         # In fp32 (no autocast): statistics, not speed, are what this pass is for.
-        loader = self.clip_loader()
+        loader = self.ordered_train_loader
         if self.world > 1 or self.cfg["train_feeder_args"].get("label_fraction") is not None:
             # every training clip, in one order on every rank: what one process without labels would measure
             clips = self.dataset(dict(self.cfg["train_feeder_args"], views=0, label_fraction=None), "train_feeder_args")
@@ -146,7 +144,7 @@ class Classification(Evaluation):
     """Supervised training of an encoder + classifier with top-1/top-5 evaluation and a result file."""
 
     extra_defaults = dict(Evaluation.extra_defaults,
-                          augment=False)  # train on SPEC §1.5's crop + shear (SPEC §4 trains without)
+                          augment=False)  # train on the crop + shear of docs/method.md §1.5 (§4 trains without)
     extra_help = dict(Evaluation.extra_help, augment="train on cropped and sheared clips (the protocol: without)")
     checkpoint_name = "eval_epoch{}.pt"  # never a pretraining checkpoint's name: it may sit beside one
 
@@ -166,7 +164,7 @@ class Classification(Evaluation):
             dataset.check_labels(self.raw_model.fc.out_features)
         self.train_loader = self.loader(train, train=True)
         if not cfg["augment"]:  # the training clips in order are this same dataset: not built twice
-            self.train_clips = self.loader(train, train=False)
+            self.ordered_train_loader = self.loader(train, train=False)
         self.val_loader = self.loader(val, train=False)
         self.names = unique_names(val.subset_names())  # the clips evaluated, in order (label_fraction too)
         if cfg["train_feeder_args"].get("label_fraction") is not None and self.main:
@@ -188,7 +186,7 @@ class Classification(Evaluation):
         return {"loss": F.cross_entropy(self.model(x).float(), y)}
 
     def evaluate(self, epoch):
-        scores, labels = self.features(self.raw_model, self.val_loader, return_features=False)
+        scores, labels = self.encode(self.raw_model, self.val_loader, pooled=False)
         result = dict(epoch=epoch + 1, top1=100 * topk_accuracy(scores, labels, 1),
                       top5=100 * topk_accuracy(scores, labels, 5))
         self.history.append(result)
@@ -231,127 +229,15 @@ class Classification(Evaluation):
 
 
 class FinetuneEvaluation(Classification):
-    """Fine-tuning and semi-supervised learning: the whole network trains, gradient norm clipped (SPEC §4)."""
+    """Fine-tuning and semi-supervised learning: the whole network trains, gradient norm clipped (docs/method.md §4)."""
 
     extra_defaults = dict(Classification.extra_defaults, base_lr=0.1, step=[50, 70, 90], num_epoch=110,
                           grad_clip=5.0, weight_decay=1e-4)
     work_dir_name = "finetune"
 
 
-class LinearEvaluation(Classification):
-    """Frozen encoder in eval mode, a new linear classifier (SPEC §4).
-
-    With un-augmented training clips the encoder's output per clip never changes, so by default
-    (`cache_features`) it is computed once and the classifier trains on the cached features in the
-    shared loop, with the same optimiser, schedule and batch order as the full path. With `augment`
-    every epoch sees new clips, and the encoder runs every step (the full path).
-    """
-
-    extra_defaults = dict(Classification.extra_defaults, base_lr=3.0, weight_decay=0.0, step=[80],
-                          num_epoch=150, cache_features=True, feature_norm=False)
-    extra_help = dict(Classification.extra_help, cache_features="without augment: encode the training clips once",
-                      feature_norm="the normalised probe: the classifier's input standardised with the training "
-                                   "clips' feature statistics (docs/method.md §4)")
-    work_dir_name = "linear"
-
-    def __init__(self, cfg):
-        self.cached = None  # (features, labels) of the training clips, on the cached path
-        self.feature_stats = None  # (mean, 1/std) of the training clips' features, with feature_norm
-        self.frozen = {}    # the encoder's state before training: finish() checks that none of it moved
-        super().__init__(cfg)
-
-    def build_model(self):
-        model = super().build_model()
-        for name, p in model.named_parameters():
-            p.requires_grad = name in CLASSIFIER_KEYS
-        return model
-
-    def set_train_mode(self):
-        self.model.eval()  # BN statistics and dropout of the frozen encoder stay fixed (SPEC §4)
-
-    def start(self):
-        if not self.cfg["weights"] and not self.start_epoch:
-            self.calibrate_random_encoder(self.raw_model)
-        if self.cfg["feature_norm"]:
-            self.standardize_features()
-        # a resumed run's come from its checkpoint
-        self.frozen = {k: v.clone() for k, v in self.raw_model.state_dict().items() if k not in CLASSIFIER_KEYS}
-        super().start()
-
-    def training_features(self):
-        """(features, labels) of every training clip, un-augmented: computed once and kept on the cached path."""
-        if self.cached is not None:
-            return self.cached
-        features = self.features(self.raw_model, self.clip_loader(), return_features=True)
-        if self.uses_cache:
-            self.cached = features
-        return features
-
-    def standardize_features(self):
-        """The normalised probe: the classifier sees each feature standardised with the mean and variance of
-        the training clips' features, a BatchNorm without affine parameters measured once (MAE's linear
-        probe; docs/method.md). Every row, raw joints and random encoder included, trains the same way.
-
-        Done by a forward pre-hook on `fc`, so the cached path, the full path and evaluation all see it and
-        the checkpoint's keys stay those of the paper protocol; the statistics are measured again on resume.
-        """
-        features, _ = self.training_features()
-        mean, var = features.mean(0), features.var(0, correction=0)
-        self.feature_stats = mean, torch.rsqrt(var + 1e-6)
-        self.raw_model.fc.register_forward_pre_hook(lambda _, args: ((args[0] - mean) * self.feature_stats[1],))
-        self.log(f"feature_norm: the classifier's {len(mean)} input features standardised with the training "
-                 "clips' statistics (normalised probe)")
-
-    @property
-    def uses_cache(self):
-        return self.cfg["cache_features"] and not self.cfg["augment"]
-
-    def build_data(self):
-        super().build_data()
-        if self.cfg["cache_features"] and not self.uses_cache:
-            self.log("augment is on: the encoder runs on every batch (no feature cache)")
-
-    def train_batches(self, epoch):
-        """Cached path: (features, labels, indices) of the global batches the full path would visit."""
-        if not self.uses_cache:
-            return super().train_batches(epoch)
-        feats, labels = self.training_features()
-        # Every rank holds all features and runs the global batch, so no gradient sync is needed.
-        order = torch.as_tensor(self.global_order(epoch), device=self.device)
-        batch = self.cfg["batch_size"]
-        return [(feats[i], labels[i], i) for i in order[:len(order) // batch * batch].split(batch)]
-
-    def prepare(self, batch):
-        return batch[:2] if self.uses_cache else super().prepare(batch)
-
-    def train_step(self, inputs):
-        if not self.uses_cache:
-            return super().train_step(inputs)
-        x, y = inputs
-        return {"loss": F.cross_entropy(self.raw_model.fc(x).float(), y)}
-
-    def global_order(self, epoch):
-        """The indices the full path visits in `epoch`, all ranks' batches interleaved as one global batch."""
-        per_rank = []
-        for rank in range(self.world):
-            s = type(self.train_loader.sampler)(self.train_loader.dataset, num_replicas=self.world, rank=rank,
-                                                shuffle=True, seed=self.cfg["seed"], drop_last=True)
-            s.set_epoch(epoch)
-            per_rank.append(list(s))
-        b = self.cfg["batch_size"] // self.world
-        n_batches = len(per_rank[0]) // b
-        return [i for j in range(n_batches) for r in per_rank for i in r[j * b:(j + 1) * b]]
-
-    def finish(self):
-        moved = [k for k, v in self.raw_model.state_dict().items()
-                 if k in self.frozen and not torch.equal(v.cpu(), self.frozen[k].cpu())]
-        if moved:
-            raise RuntimeError(f"frozen encoder weights changed during linear evaluation: {moved[:5]}")
-        super().finish()
-
-
 class KNNEvaluation(Evaluation):
-    """Standalone kNN evaluation of a pretrained encoder, the protocol of the pretraining monitor (SPEC §4).
+    """Standalone kNN evaluation of a pretrained encoder, the protocol of the pretraining monitor (docs/method.md §4).
 
     `knn_features`: `pooled` (default), the 256-d pooled backbone features linear evaluation sees; `head`,
     the projection head's output as in the pretraining monitor (the release's), which needs the head: the
@@ -390,7 +276,7 @@ class KNNEvaluation(Evaluation):
     def start(self):
         if not self.cfg["weights"]:
             self.calibrate_random_encoder(self.raw_model)
-        accs = self.knn(self.raw_model, return_features=self.cfg["knn_features"] == "pooled")
+        accs = self.knn(self.raw_model, pooled=self.cfg["knn_features"] == "pooled")
         self.log("kNN " + " ".join(f"{k} {v:.2f}" for k, v in accs.items()))
         self.write_json(self.cfg["result_file"], dict(accs, weights=self.cfg["weights"], stream=self.cfg["stream"],
                                                       knn_features=self.cfg["knn_features"]))

@@ -1,4 +1,4 @@
-"""Accuracy measures shared by every processor: top-k, per-class, confusion matrix and kNN (SPEC §3.4, §4)."""
+"""Accuracy measures shared by every processor: top-k, per-class, confusion matrix and kNN (docs/method.md §3.4, §4)."""
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +21,8 @@ def per_class_accuracy(confusion):
 
 
 def knn_predict(feats, bank, bank_labels, num_classes, k, temperature=0.1):
-    """Class scores from the k most cosine-similar bank features, votes weighted by exp(sim/0.1) (SPEC §3.4)."""
+    """Class scores from the k most cosine-similar bank features, votes weighted by exp(sim/0.1)
+    (docs/method.md §3.4)."""
     sim = F.normalize(feats, dim=1) @ F.normalize(bank, dim=1).T
     sim, idx = sim.topk(min(k, len(bank)), dim=1)
     votes = F.one_hot(bank_labels[idx], num_classes).float() * (sim / temperature).exp()[..., None]

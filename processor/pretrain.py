@@ -1,7 +1,8 @@
-"""Self-supervised pretraining: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ share this processor (SPEC §3)."""
+"""Self-supervised pretraining: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ share this processor (docs/method.md §3)."""
 import math
 
 from net.moco import auto_queue_size, cosine_momentum
+from processor.features import check_knn_bank
 from processor.processor import Processor
 from torchlight.config import ConfigError
 
@@ -17,7 +18,7 @@ def near_chance(loss_over_chance, keys_seen, queue_size, refills=20, margin=0.03
 
 
 class Pretrain(Processor):
-    """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (SPEC §3.4)."""
+    """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (docs/method.md §3.4)."""
 
     is_monitor = True
     extra_defaults = dict(method=None, model="net.moco.MoCo", num_epoch=300, step=[300], knn_k=[10, 20, 40],
@@ -49,15 +50,17 @@ class Pretrain(Processor):
         if not isinstance(queue, int) or queue < batch:
             raise ConfigError(f"model_args.queue_size {queue!r} must be at least the global batch_size {batch}")
         if queue % batch:
-            # Every rank enqueues the keys of the whole global batch (SPEC §3, §4b).
+            # Every rank enqueues the keys of the whole global batch (docs/method.md §3, §4b).
             raise ConfigError(f"model_args.queue_size {queue} is not divisible by the global batch_size {batch} "
                               f"({self.world} rank(s) x {batch // self.world})")
-        args = self.augmented_train_args(self.raw_model.num_queries + 1)
+        self.views_per_clip = self.raw_model.num_queries + 1  # the query views and the key view of every clip
+        args = self.augmented_train_args(self.views_per_clip)
         self.train_loader = self.loader(self.dataset(args, "train_feeder_args"), train=True)
         if cfg["eval_interval"] > 0 and cfg["test_feeder_args"]:
-            # SPEC §4b: the kNN bank is the train set without augmentation (clip_loader).
+            # docs/method.md §4b: the kNN bank is the train set without augmentation (ordered_train_loader).
             self.val_loader = self.loader(self.dataset(cfg["test_feeder_args"], "test_feeder_args"), train=False)
-            self.check_knn_bank(len(self.train_loader.dataset))  # before training, not at the first monitor
+            # Before training, not at the first monitor.
+            check_knn_bank(cfg["knn_k"], len(self.train_loader.dataset), cfg["train_feeder_args"].get("data_path"))
         if cfg["num_steps"] is not None:
             if not isinstance(cfg["num_steps"], int) or cfg["num_steps"] < 1:
                 raise ConfigError(f"num_steps must be an integer >= 1, got {cfg['num_steps']!r}")
@@ -72,12 +75,12 @@ class Pretrain(Processor):
     def prepare(self, batch):
         views = batch[0]
         if self.cfg["device_augment"]:  # the feeder sent each clip once: one copy, every view made here
-            views = [views[0].to(self.device, non_blocking=True)] * (self.raw_model.num_queries + 1)
+            views = [views[0].to(self.device, non_blocking=True)] * self.views_per_clip
         return [self.to_input(v, augment=self.cfg["device_augment"]) for v in views]
 
     def train_step(self, views):
         steps = len(self.train_loader)
-        progress = (self.epoch * steps + self.step) / (self.cfg["num_epoch"] * steps)
+        progress = (self.epoch * steps + self.step_in_epoch) / (self.cfg["num_epoch"] * steps)
         if self.cfg["momentum_schedule"] == "cosine":
             self.raw_model.momentum = cosine_momentum(self.base_momentum, progress)
         losses = self.model(views, generator=self.generator)
@@ -101,8 +104,8 @@ class Pretrain(Processor):
 
     def evaluate(self, epoch):
         """kNN monitor on the query encoder's output after the projection head, as the release's monitor
-        (SPEC §3.4): its logs compare with the release's."""
+        (docs/method.md §3.4): its logs compare with the release's."""
         if self.val_loader is None:
             return {}
-        accs = self.knn(self.raw_model.encoder_q, return_features=False)
+        accs = self.knn(self.raw_model.encoder_q, pooled=False)
         return {f"knn/{k}": v for k, v in accs.items()}

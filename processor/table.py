@@ -10,8 +10,9 @@ import json
 import os
 import statistics
 
+from net.methods import method_name
 from processor import configure
-from processor.evaluation import PROBE
+from processor.linear import PROBE
 from torchlight.config import ConfigError, deep_merge, load_yaml
 from torchlight.dist import barrier, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
@@ -46,8 +47,9 @@ PROTOCOLS = ("paper", "probe")  # each row's linear evaluation: as its config sa
 
 
 def slug(name):
-    """A row's folder name: 'SkeleMixCLR+' -> 'skelemixclr_plus', 'random init' -> 'random_init'."""
-    return name.lower().replace("+", "_plus").replace(" ", "_")
+    """A row's folder name: a method's own name for any of its names ('SkeleMixCLR+' -> 'skelemixclr_plus',
+    net/methods.py), else the name in lower case with `_` for spaces ('random init' -> 'random_init')."""
+    return method_name(name) or name.lower().replace("+", "_plus").replace(" ", "_")
 
 
 def mean_std(values):

@@ -40,6 +40,9 @@ def check_ranges(cfg):
         raise ConfigError(f"model_args.momentum (the key encoder's) must be in [0, 1], got {args['momentum']!r}")
     if "feature_dim" in args and not (isinstance(args["feature_dim"], int) and args["feature_dim"] > 0):
         raise ConfigError(f"model_args.feature_dim must be an integer >= 1, got {args['feature_dim']!r}")
+    if cfg["sync_bn"] and cfg["compile"]:
+        raise ConfigError("sync_bn and compile are both true: SyncBatchNorm does not trace under "
+                          "torch.compile (a graph break at every BatchNorm); set one of them false")
     for key, choices in CHOICES.items():
         if cfg[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {cfg[key]!r}")

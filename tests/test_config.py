@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 import main
-from processor import ALIASES, configure
+from net.methods import SUBCOMMANDS
+from processor import configure
 from torchlight.config import ConfigError, load_yaml, merge, parse_overrides
 
 
@@ -112,8 +113,8 @@ def test_every_pretraining_config_names_the_method_of_its_command():
     for path in glob.glob("config/**/*.yaml", recursive=True):
         text = open(path).read()
         command = re.search(r"main\.py (pretrain\w*) ", text)
-        if command and command.group(1) in ALIASES:
-            assert load_yaml(path)["method"] == ALIASES[command.group(1)], path
+        if command and command.group(1) in SUBCOMMANDS:
+            assert load_yaml(path)["method"] == SUBCOMMANDS[command.group(1)], path
     release = "config/CrosSCLR/skelemixclr_multi_swap_ntu.yaml"
     assert os.path.realpath(release) == os.path.realpath("config/CrosSCLR/skelemixclr_multi_swap_ntu60_xview.yaml")
     assert "xview" in load_yaml(release)["train_feeder_args"]["data_path"]
@@ -197,7 +198,7 @@ def test_help_lists_every_key_with_its_default_and_meaning(capsys):
         assert line + "\n" in out
 
 
-@pytest.mark.parametrize("name", [n for n in main.PROCESSORS if n not in ALIASES])
+@pytest.mark.parametrize("name", [n for n in main.PROCESSORS if n not in SUBCOMMANDS])
 def test_every_key_and_argument_has_a_meaning(name, capsys):
     main.main([name, "--help"])  # `pretrain` without a method too
     lines = capsys.readouterr().out.splitlines()
@@ -227,7 +228,7 @@ def test_print_config_prints_the_merged_config_and_creates_nothing(capsys, tmp_p
 def test_speed_fast_sets_the_gpu_speed_keys_unless_named(monkeypatch):
     """speed: fast on a GPU: bf16, TF32, device augmentation, min(8, CPUs) workers, compile; keys named in
     the config or on the command line keep their values; speed: exact changes nothing."""
-    import processor.processor
+    import torchlight.util
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     exact = configure("pretrain", {"method": "skeletonclr"})[1]
@@ -241,7 +242,7 @@ def test_speed_fast_sets_the_gpu_speed_keys_unless_named(monkeypatch):
     assert (named["amp"], named["num_workers"], named["tf32"]) == ("off", 3, True)
     synced = configure("pretrain", {"method": "skeletonclr", "speed": "fast", "sync_bn": True})[1]
     assert synced["compile"] is False  # SyncBatchNorm does not trace under compile
-    monkeypatch.setattr(processor.processor, "cpu_amp_is_fast", lambda amp: False)
+    monkeypatch.setattr(torchlight.util, "cpu_amp_is_fast", lambda amp: False)
     cpu = configure("linear_evaluation", {"speed": "fast", "device": "cpu"})[1]
     assert (cpu["amp"], cpu["compile"], cpu["tf32"]) == ("off", False, True)  # no slow bf16, no compile on CPU
     with pytest.raises(ConfigError, match="speed must be exact or fast, not 'quick'"):

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from net.moco import MoCo
 from processor import configure
-from processor.processor import NonFiniteError
+from processor.nonfinite import NonFiniteError
 from torchlight.config import ConfigError
 from torchlight.dist import concat_all_gather, get_rank, get_world_size, init_distributed
 from torchlight.util import select_device
@@ -474,7 +474,7 @@ def nan_loss_worker(rank, data, root):
 
     def nan_on_rank1(inputs):
         losses = train_step(inputs)
-        if rank == 1 and proc.epoch == 1 and proc.step == 1:  # proc.step counts the steps already taken
+        if rank == 1 and proc.epoch == 1 and proc.step_in_epoch == 1:  # it counts the steps already taken
             losses["loss"] = losses["loss"] + torch.tensor(float("nan"))
         return losses
 

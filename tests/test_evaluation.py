@@ -278,9 +278,8 @@ def test_knn_monitor_reads_the_projection_heads_output(demo_arrays, tiny, tmp_pa
     cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=1, eval_interval=1, knn_k=[1],
                     model_args=dict(queue_size=32))
     proc = cls(cfg)
-    calls, features = [], proc.features
-    proc.features = lambda encoder, loader, return_features=True: (
-        calls.append((encoder, return_features)) or features(encoder, loader, return_features))
+    calls, encode = [], proc.encode
+    proc.encode = lambda encoder, loader, pooled: calls.append((encoder, pooled)) or encode(encoder, loader, pooled)
     assert set(proc.evaluate(0)) == {"knn/top1_k1"}
     assert calls == [(proc.raw_model.encoder_q, False)] * 2  # the bank and the val clips, after the head
 
@@ -291,10 +290,10 @@ def test_normalised_probe_standardises_the_classifiers_input(demo_arrays, tiny, 
                     model_args=dict(num_class=12))
     proc = cls(cfg)
     proc.start()
-    feats, _ = proc.features(proc.raw_model, proc.clip_loader(), return_features=True)
+    feats, _ = proc.encode(proc.raw_model, proc.ordered_train_loader, pooled=True)
     seen = []
     hook = proc.raw_model.fc.register_forward_hook(lambda _, args, out: seen.append(args[0]))
-    proc.features(proc.raw_model, proc.clip_loader(), return_features=False)  # the encoder's own fc call
+    proc.encode(proc.raw_model, proc.ordered_train_loader, pooled=False)  # the encoder's own fc call
     hook.remove()
     expected = (feats - feats.mean(0)) / torch.sqrt(feats.var(0, correction=0) + 1e-6)
     torch.testing.assert_close(torch.cat(seen), expected, rtol=1e-4, atol=1e-4)

@@ -50,11 +50,12 @@ def test_pretraining_views(files):
     assert len(views) == 3 and views[2].shape == (3, 32, 25, 2)
 
 
-def test_views_without_augmentation_are_one_raw_copy(files):
+def test_views_without_augmentation_are_raw_copies(files):
     data_path, label_path, data = files
     views, _, _ = Feeder(data_path, label_path, views=2, augment=False)[4]
-    assert len(views) == 1  # the views are made on the device
+    assert len(views) == 2  # as many as asked for: the processor asks for one when the device augments
     np.testing.assert_array_equal(views[0], data[4])
+    np.testing.assert_array_equal(views[1], data[4])
     views, _, _ = Feeder(data_path, label_path, views=2, frames=32, augment=False)[4]
     np.testing.assert_allclose(views[0], temporal_resize(data[4], 32))
 

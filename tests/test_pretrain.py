@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_run
 
 from processor import configure
-from processor.processor import restore_cuda_rng
+from processor.state import restore_cuda_rng, rng_state
 from torchlight.checkpoint import read_checkpoint, write_checkpoint
 
 
@@ -121,7 +121,7 @@ def test_checkpoint_holds_this_gpus_generator_only(demo_arrays, tiny, tmp_path):
     cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=1, device="cuda:0",
                     model_args=dict(queue_size=64))
     proc = cls(cfg)
-    assert torch.equal(proc.rng_state()["cuda"], torch.cuda.get_rng_state(0))
+    assert torch.equal(rng_state(proc.generator, proc.device)["cuda"], torch.cuda.get_rng_state(0))
 
 
 def test_fp16_resumes_a_checkpoint_written_with_amp_off(demo_arrays, tiny, tmp_path, checkpoint):
@@ -138,7 +138,7 @@ def test_compile_targets_are_named_by_the_processor(demo_arrays, tiny, tmp_path)
     cls, cfg = tiny("linear_evaluation", demo_arrays, tmp_path / "lin", num_epoch=1, model_args=dict(num_class=12))
     linear = cls(cfg)
     assert linear.compile_targets() == [linear.raw_model]
-    assert (linear.train_clips.dataset is linear.train_loader.dataset  # the training clips built once
+    assert (linear.ordered_train_loader.dataset is linear.train_loader.dataset  # the training clips built once
             and linear.cached is None and linear.stats == [] and linear.history == [])
 
 

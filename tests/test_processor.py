@@ -11,7 +11,9 @@ import torch
 from test_io import hold_lock
 
 from processor import configure
-from processor.processor import NonFiniteError, Processor, progress_due, step_lr
+from processor.nonfinite import LossCheck, NonFiniteError
+from processor.processor import Processor, progress_due
+from processor.schedule import step_lr
 from torchlight.config import ConfigError, load_yaml
 from torchlight.io import WorkDirError
 
@@ -108,17 +110,17 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoi
 
 def test_non_finite_loss_is_read_once_per_epoch_and_names_the_first_bad_step():
     w = torch.nn.Parameter(torch.ones(1))
-    run = SimpleNamespace(step=0, epoch=4, last_checkpoint="c.pt", cfg=dict(grad_clip=None),
+    run = SimpleNamespace(step_in_epoch=0, epoch=4, last_checkpoint="c.pt", cfg=dict(grad_clip=None),
                           optimizer=torch.optim.SGD([w], lr=0.1), scaler=torch.amp.GradScaler("cpu", enabled=False),
-                          bad_step=torch.zeros((), dtype=torch.long), bad_loss=torch.zeros(()))
+                          loss_check=LossCheck(torch.device("cpu")))
     Processor.optimize(run, (w * 2.0).sum())
-    Processor.check_loss(run)  # finite so far: nothing raised
+    run.loss_check.check(4, "c.pt")  # finite so far: nothing raised
     assert float(w.detach()) == pytest.approx(0.8)  # 1 - 0.1 * 2
     for value in (float("inf"), float("nan")):
         Processor.optimize(run, (w * value).sum())
-    assert run.step == 3
+    assert run.step_in_epoch == 3
     with pytest.raises(NonFiniteError, match="loss inf at epoch 5, step 2: training stopped; last checkpoint c.pt"):
-        Processor.check_loss(run)
+        run.loss_check.check(4, "c.pt")
 
 
 def test_non_finite_scores_write_no_result(small, tiny, tmp_path):

@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import yaml
 
 from .config import ConfigError
 
@@ -292,3 +293,21 @@ def claim_work_dir(work_dir, resume=None, overwrite=False):
                            f"{', ...' if len(others) > 4 else ''}): give a new --work_dir, --resume a checkpoint "
                            "in it, or --overwrite true")
     return lock
+
+
+def open_work_dir(work_dir, resume, overwrite, main):
+    """(lock, log, writer) of a run: rank 0 (`main`) claims `work_dir` before anything is written (it belongs to
+    one run) and opens the log and TensorBoard; another rank logs nothing and holds no lock or writer."""
+    lock = claim_work_dir(work_dir, resume, overwrite) if main else None
+    log = Logger(work_dir, enabled=main)
+    writer = None
+    if main:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(os.path.join(work_dir, "tensorboard"))
+    return lock, log, writer
+
+
+def write_yaml(path, data):
+    """`data` as YAML in `path`, atomically, keys in their order."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)

@@ -100,6 +100,28 @@ def keep_freed_host_memory():
     return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
+def cpu_amp_is_fast(amp):
+    """Whether autocast to `amp` ('bf16' or 'fp16') beats fp32 on this CPU.
+
+    bf16 needs oneDNN's native bf16 kernels. fp16 never does: even where oneDNN reports native fp16,
+    its fp16 convolution backward is the reference kernel, ~100x slower than fp32 (measured on an
+    AVX512-FP16/AMX Xeon with torch 2.13).
+    """
+    return amp == "bf16" and torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def prepare_host(device, amp):
+    """A CPU run keeps freed host memory (no page faults on every step's activations, README: Speed); returns
+    a warning when autocast to `amp` is slower than fp32 on this CPU, else None."""
+    if device.type != "cpu":
+        return None
+    keep_freed_host_memory()
+    if amp not in ("bf16", "fp16") or cpu_amp_is_fast(amp):
+        return None
+    why = "its fp16 convolution backward is a reference kernel" if amp == "fp16" else "it has no native bf16 kernels"
+    return f"warning: amp {amp} is slower than fp32 (amp off) on this CPU: {why}"
+
+
 def release_freed_host_memory(_worker_id=None):
     """Give the freed memory this process keeps back to the OS (glibc's malloc_trim; no-op elsewhere).
 

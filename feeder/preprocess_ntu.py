@@ -1,159 +1,16 @@
-"""Build the fixed-length training arrays of SPEC §1.3 from the generator's output (CLI of SPEC §6).
+"""python feeder/preprocess_ntu.py --dataset_path <gendata out_folder> --out_folder <dir> [--frames 64]
 
-    python feeder/preprocess_ntu.py --dataset_path <gendata out_folder> --out_folder <dir> [--frames 64]
-
-For every folder under the dataset path holding `<part>_data.npy` and `<part>_label.pkl`, writes
-`<out>/<same relative folder>/<part>_{position,motion}.npy` float32 (N, 3, frames, V, 2),
-`<part>_label.npy` int64 (N, 1), a copy of `<part>_label.pkl` and, once every part is written,
-`manifest.json` with the settings (frames, layout). A folder made with other settings is refused; a clip
-holding NaN or inf stops the run naming file and clip.
+The release's command line (docs/method.md §6) of the preprocessing, feeder/prepare/preprocess.py
+(`--help` lists the options).
 """
-import argparse
 import os
-import shutil
 import sys
 
 if not __package__:
     # Run as a script: Python put feeder/ first on the path, where feeder.py would shadow the package.
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from feeder.augment import temporal_resize  # noqa: E402
-from feeder.feeder import read_labels  # noqa: E402
-from feeder.streams import motion as motion_stream  # noqa: E402
-from net.utils.layouts import DEFAULT_LAYOUT, get_layout  # noqa: E402
-from torchlight.io import (  # noqa: E402
-    atomic_path,
-    load_npy,
-    read_manifest,
-    remove_stale_temps,
-    write_manifest,
-)
-
-DATA_SUFFIX = "_data.npy"
-
-
-def align_view(x, shoulders):
-    """Rotate each body and frame about y so the shoulder line lies along x (SPEC §1.3 step 5)."""
-    left, right = shoulders
-    v = x[:, :, right - 1] - x[:, :, left - 1]            # (C, T, M)
-    v[1] = 0
-    angle = np.arccos(v[0] / (np.linalg.norm(v, axis=0) + 1e-4))
-    # SPEC §1.3: the sign comes from the sum over the whole clip (per body), not from each frame.
-    angle = np.where(v[2].sum(axis=0) >= 0, -angle, angle)
-    cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]  # (T, 1, M) broadcast over joints
-    out = x.copy()
-    out[0] = cos * x[0] - sin * x[2]
-    out[2] = sin * x[0] + cos * x[2]
-    return out
-
-
-def preprocess_clip(x, frames=64, layout=DEFAULT_LAYOUT):
-    """(position, motion) float32 (C, frames, V, M) of one raw clip (C, T, V, M), steps 1-5 of SPEC §1.3."""
-    layout = get_layout(layout)
-    x = np.asarray(x, dtype=np.float64)
-    c, _, v, m = x.shape
-    length = int((x[:, :, 0, 0] != 0).any(axis=0).sum())
-    if length == 0:
-        zeros = np.zeros((c, frames, v, m), dtype=np.float32)
-        return zeros, zeros.copy()
-    motion = motion_stream(x)
-    position = x - x[:, :, layout.center - 1:layout.center]
-    position = temporal_resize(position[:, :length], frames)
-    motion = temporal_resize(motion[:, :length], frames)
-    if x[2].any():  # 2D keypoints (z = 0) have no depth to align, and the 1e-4 would still turn them
-        position = align_view(position, layout.shoulders)
-    return position.astype(np.float32), motion.astype(np.float32)
-
-
-def find_parts(dataset_path):
-    """(relative folder, part) of every `<part>_data.npy` under `dataset_path`, sorted."""
-    if not os.path.isdir(dataset_path):
-        raise FileNotFoundError(f"dataset path {dataset_path} is not a directory")
-    parts = []
-    for root, dirs, files in os.walk(dataset_path):
-        dirs.sort()
-        rel = os.path.relpath(root, dataset_path)
-        parts += [(rel, f[:-len(DATA_SUFFIX)]) for f in sorted(files) if f.endswith(DATA_SUFFIX)]
-    if not parts:
-        raise FileNotFoundError(f"no *{DATA_SUFFIX} found under {dataset_path}")
-    return parts
-
-
-def load_part(folder, part, layout):
-    """The raw array (memory-mapped) and the (names, labels) pickle of one part, validated."""
-    data_file = os.path.join(folder, part + DATA_SUFFIX)
-    label_file = os.path.join(folder, part + "_label.pkl")
-    data = load_npy(data_file)
-    if data.ndim != 5 or data.shape[1] != 3 or data.shape[3] != layout.num_joints:
-        raise ValueError(f"{data_file}: expected shape (N, 3, T, {layout.num_joints}, M), got {data.shape}")
-    if not os.path.isfile(label_file):
-        raise FileNotFoundError(f"label file {label_file} not found (needed beside {data_file})")
-    names, labels = read_labels(label_file)
-    if len(labels) != len(data):
-        raise ValueError(f"{label_file}: {len(labels)} labels for {len(data)} clips in {data_file}")
-    return data, label_file, names, labels.reshape(-1, 1)
-
-
-def process_part(folder, part, out_folder, frames, layout):
-    """Write the position, motion and label arrays of one part (SPEC §1.3 outputs)."""
-    data, label_file, names, labels = load_part(folder, part, layout)
-    n, c, _, v, m = data.shape
-    shape = (n, c, frames, v, m)
-    out = os.path.join(out_folder, part)
-    with atomic_path(out + "_position.npy") as pos_tmp, atomic_path(out + "_motion.npy") as mot_tmp:
-        position = np.lib.format.open_memmap(pos_tmp, mode="w+", dtype=np.float32, shape=shape)
-        motion = np.lib.format.open_memmap(mot_tmp, mode="w+", dtype=np.float32, shape=shape)
-        for i in tqdm(range(n), desc=os.path.join(folder, part), dynamic_ncols=True):
-            if not np.isfinite(data[i]).all():
-                raise ValueError(f"{os.path.join(folder, part + DATA_SUFFIX)}: clip {i} ({names[i]}) holds NaN or inf")
-            position[i], motion[i] = preprocess_clip(data[i], frames, layout)
-        position.flush()
-        motion.flush()
-        del position, motion
-    with atomic_path(out + "_label.npy") as tmp:
-        np.save(tmp, labels)
-    with atomic_path(out + "_label.pkl") as tmp:
-        shutil.copyfile(label_file, tmp)
-
-
-def claim_out_folder(out, settings):
-    """Refuse a folder whose arrays were made with other settings; remove temporaries of killed runs.
-
-    Refused before anything is written, so a folder never holds parts of two settings.
-    """
-    made_with = read_manifest(out)
-    if made_with is not None and made_with != settings:
-        raise ValueError(f"{out} holds arrays made with {made_with}, not {settings}: choose another --out_folder")
-    remove_stale_temps(out)
-
-
-def main(argv=None):
-    """Preprocess every benchmark folder found under --dataset_path (SPEC §6)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset_path", required=True, help="out_folder of tools/ntu_gendata.py")
-    parser.add_argument("--out_folder", required=True)
-    parser.add_argument("--frames", type=int, default=64, help="frames per clip after resizing")
-    parser.add_argument("--layout", default=DEFAULT_LAYOUT, help="skeleton layout of the arrays")
-    args = parser.parse_args(argv)
-    try:
-        if args.frames < 1:
-            raise ValueError(f"--frames must be a positive integer, got {args.frames}")
-        layout = get_layout(args.layout)
-        settings = dict(frames=args.frames, layout=layout.name)
-        parts = find_parts(args.dataset_path)
-        for rel in dict.fromkeys(rel for rel, _ in parts):
-            claim_out_folder(os.path.normpath(os.path.join(args.out_folder, rel)), settings)
-        for rel, part in parts:
-            process_part(os.path.join(args.dataset_path, rel), part,
-                         os.path.normpath(os.path.join(args.out_folder, rel)), args.frames, layout)
-        for rel in dict.fromkeys(rel for rel, _ in parts):
-            write_manifest(os.path.normpath(os.path.join(args.out_folder, rel)), settings)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-
+from feeder.prepare.preprocess import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

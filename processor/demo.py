@@ -8,7 +8,7 @@ top-1 table with each pretraining's final loss over chance (also in `<work_dir>/
 import json
 import os
 
-from feeder.demo_arrays import demo_arrays
+from feeder.prepare.demo_arrays import demo_arrays
 from processor.table import Table
 from torchlight.config import deep_merge, load_yaml
 from torchlight.dist import all_gather_object, barrier, init_distributed, is_main_process
@@ -38,8 +38,8 @@ HELP = dict(  # shown by `python main.py demo --help`
     data_dir="raw files, gendata output and arrays per data setting; reused when present",
     num_files="synthetic .skeleton files to generate",
     frames="frames per clip of the arrays",
-    nuisance="feeder/demo_data.py: shrunken actions, random limb offsets, random shear",
-    timing="feeder/demo_data.py: 1 = shorter actions at random times of the clip",
+    nuisance="feeder/prepare/demo.py: shrunken actions, random limb offsets, random shear",
+    timing="feeder/prepare/demo.py: 1 = shorter actions at random times of the clip",
     label_fraction="linear evaluation trains on this share of the training labels (per class); "
                    "pretraining sees every training clip, unlabelled: the setting SSL is for",
     seed="seed of the data and of every run",
@@ -65,7 +65,7 @@ class Demo:
         self.log = Logger(cfg["work_dir"], enabled=is_main_process())
 
     def prepare_data(self):
-        """The synthetic clips as arrays (feeder/demo_arrays.py), each step skipped when its output exists."""
+        """The synthetic clips as arrays (feeder/prepare/demo_arrays.py), each step skipped when its output exists."""
         cfg = self.cfg
         # Every setting that changes the data names its folder: another setting never reuses these clips.
         root = os.path.join(cfg["data_dir"], f"files{cfg['num_files']}_seed{cfg['seed']}_nuisance{cfg['nuisance']}"

@@ -22,6 +22,8 @@ from torchlight.util import release_freed_host_memory
 CLASSIFIER_KEYS = {"fc.weight", "fc.bias"}
 # What an evaluation drops from a pretraining checkpoint: projection head, key encoder and queue (docs/method.md §4).
 IGNORE_WEIGHTS = ["encoder_q.fc", "encoder_k", "queue"]
+# The encoder's shape: an evaluation takes it from the pretraining config a checkpoint of ours carries.
+SHAPE_ARGS = ("in_channels", "hidden_channels", "hidden_dim", "graph_args")
 
 
 def load_encoder(model, path, ignore_weights=()):
@@ -104,10 +106,24 @@ class Evaluation(Processor):
         return os.path.join("work_dir", data, model, name)
 
     def build_model(self):
+        if self.cfg["weights"]:
+            self.take_encoder_shape()
         model = super().build_model()
         if self.cfg["weights"]:
             self.load_weights(model, self.cfg["ignore_weights"])
         return model
+
+    def take_encoder_shape(self):
+        """model_args of SHAPE_ARGS from the weights' pretraining config; a value the config or command line
+        names must be the same. The release's checkpoints carry no config: the config's values stand."""
+        state = read_checkpoint(self.cfg["weights"], "weights file")
+        saved = (state.get("config") or {}).get("model_args", {}) if isinstance(state, dict) else {}
+        args = self.cfg["model_args"]
+        for key in (k for k in SHAPE_ARGS if k in saved):
+            if key in args and args[key] != saved[key]:
+                raise ConfigError(f"model_args.{key} {args[key]!r} differs from {saved[key]!r} in the config of "
+                                  f"{self.cfg['weights']}: leave it out, the checkpoint gives it")
+            args[key] = saved[key]
 
     def load_weights(self, model, ignore_weights):
         """Load `weights` into `model`, logging and writing weights.json: which keys came from where."""

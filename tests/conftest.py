@@ -8,7 +8,7 @@ FRAMES = 16
 @pytest.fixture(scope="session")
 def demo_arrays(tmp_path_factory):
     """Folder with {train,val}_{position,motion}.npy and label files of 120 synthetic clips, 16 frames."""
-    from feeder.demo_arrays import demo_arrays
+    from feeder.prepare.demo_arrays import demo_arrays
     return demo_arrays(str(tmp_path_factory.mktemp("demo")), num_files=120, frames=FRAMES, seed=0)
 
 

@@ -247,3 +247,30 @@ def test_speed_fast_sets_the_gpu_speed_keys_unless_named(monkeypatch):
     assert (cpu["amp"], cpu["compile"], cpu["tf32"]) == ("off", False, True)  # no slow bf16, no compile on CPU
     with pytest.raises(ConfigError, match="speed must be exact or fast, not 'quick'"):
         configure("pretrain", {"method": "skeletonclr", "speed": "quick"})
+
+
+def test_each_dataset_path_is_written_in_at_most_three_config_files():
+    """A benchmark's arrays are named once, in its data file (config/data/), which experiments name as
+    `_base_`: moving the data means editing one file, not twenty-seven."""
+    files = {}
+    for path in glob.glob("config/**/*.yaml", recursive=True):
+        if os.path.islink(path):  # the release's names of other files
+            continue
+        for value in re.findall(r"^\s*(?:data_path|label_path):\s*(\S+)", open(path).read(), re.MULTILINE):
+            files.setdefault(value, set()).add(path)
+    assert len(files) >= 40
+    assert {value: sorted(paths) for value, paths in files.items() if len(paths) > 3} == {}
+
+
+def test_experiments_inherit_their_data_file_unchanged():
+    """An experiment on NTU60 xsub reads the arrays of config/data/ntu60_xsub.yaml; a stream is a key."""
+    data = load_yaml("config/data/ntu60_xsub.yaml")
+    for path in ("config/CrosSCLR/skelemixclr_multi_swap_ntu60_xsub_bone.yaml",
+                 "config/semi/semi1_skelemixclr_multi_swap_ntu60_xsub.yaml"):
+        cfg = load_yaml(path)
+        assert cfg["test_feeder_args"] == data["test_feeder_args"], path
+        assert {k: cfg["train_feeder_args"][k] for k in data["train_feeder_args"]} == data["train_feeder_args"]
+    assert load_yaml("config/CrosSCLR/skelemixclr_multi_swap_ntu60_xsub_bone.yaml")["stream"] == "bone"
+    ucla = load_yaml("config/ucla/linear_eval_skeletonclr_ucla_xview.yaml")
+    assert ucla["model_args"] == dict(num_class=10, graph_args=dict(layout="kinect-v1"))
+    assert ucla["train_feeder_args"]["layout"] == ucla["test_feeder_args"]["layout"] == "kinect-v1"

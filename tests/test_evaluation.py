@@ -191,6 +191,24 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
         load_encoder(Model(**ENC), "nope.pt")
 
 
+def test_evaluation_takes_the_encoders_shape_from_the_checkpoint_and_refuses_another(tiny, tmp_path):
+    """hidden_channels / hidden_dim of the pretraining config the checkpoint carries: a config may leave
+    them out (the layer widths follow the checkpoint) or repeat them, not name others."""
+    data = toy_dataset(tmp_path)
+    moco, state = moco_state()
+    torch.save({"model": state, "config": {"model_args": dict(ENC, feature_dim=8, head="mlp_bn")}},
+               tmp_path / "ckpt.pt")
+    cls, cfg = tiny("linear_evaluation", "unused", tmp_path / "lin", train_feeder_args=data, test_feeder_args=data,
+                    weights=str(tmp_path / "ckpt.pt"), model_args=dict(num_class=2))
+    del cfg["model_args"]["hidden_channels"], cfg["model_args"]["hidden_dim"]
+    proc = cls(cfg)
+    assert proc.raw_model.fc.in_features == 16 and proc.cfg["model_args"]["hidden_channels"] == 4
+    torch.testing.assert_close(proc.raw_model.data_bn.weight, moco.encoder_q.data_bn.weight)
+    cfg = dict(cfg, work_dir=str(tmp_path / "other"), model_args=dict(num_class=2, hidden_dim=32))
+    with pytest.raises(ConfigError, match=r"model_args.hidden_dim 32 differs from 16 in the config of .*ckpt.pt"):
+        cls(cfg)
+
+
 def test_semi_supervised_writes_its_subset(demo_arrays, tiny, tmp_path):
     cls, cfg = tiny("finetune_evaluation", demo_arrays, tmp_path, num_epoch=1, eval_interval=1,
                     train_feeder_args=dict(label_fraction=0.5), batch_size=4, model_args=dict(num_class=12))

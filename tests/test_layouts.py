@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from feeder.feeder import Feeder
-from feeder.preprocess_ntu import preprocess_clip
+from feeder.prepare.preprocess import preprocess_clip
 from feeder.streams import bone
 from net.skelemix import SkeleMix
 from net.st_gcn import Model
 from net.utils.graph import Graph
 from net.utils.layouts import DEFAULT_LAYOUT, JOINT_MAPS, LAYOUTS, Layout, get_layout, joint_map, model_layout
 
-# SPEC §2 / §1.4 / §3.2 / §1.3, 1-based, copied from the text.
+# docs/method.md §2 / §1.4 / §3.2 / §1.3, 1-based, copied from the text.
 SPEC_INWARD = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
                (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19),
                (22, 23), (23, 8), (24, 25), (25, 12)]
@@ -29,7 +29,7 @@ NAMES = sorted(LAYOUTS)
 
 
 def normalised(edges, v):
-    """Column-normalised adjacency (A[j, i] = 1 for i -> j) with plain loops (SPEC §2)."""
+    """Column-normalised adjacency (A[j, i] = 1 for i -> j) with plain loops (docs/method.md §2)."""
     A = np.zeros((v, v))
     for i, j in edges:
         A[j, i] = 1.0

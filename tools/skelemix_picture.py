@@ -3,7 +3,7 @@
 python tools/skelemix_picture.py --data_path data/ntu60_frame64/xsub/train_position.npy \
     --label_path data/ntu60_frame64/xsub/train_label.pkl --index 0 --out skelemix.png
 python tools/skelemix_picture.py --demo --out skelemix.png   # a few synthetic clips, no data needed
-The skeleton layout defaults to the one recorded in the arrays' manifest.json (feeder/preprocess_ntu.py).
+The skeleton layout defaults to the one recorded in the arrays' manifest.json (feeder/prepare/preprocess.py).
 """
 import argparse
 import os
@@ -14,8 +14,8 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root on sys.path
     import _bootstrap  # noqa: F401
-from feeder.demo_arrays import demo_arrays  # noqa: E402
 from feeder.feeder import Feeder  # noqa: E402
+from feeder.prepare.demo_arrays import demo_arrays  # noqa: E402
 from net.skelemix import SkeleMix  # noqa: E402
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout  # noqa: E402
 from torchlight.io import read_manifest  # noqa: E402

@@ -1,6 +1,6 @@
-"""Synthetic NTU RGB+D `.skeleton` files for demos and tests (file format of SPEC §1.1).
+"""Synthetic NTU RGB+D `.skeleton` files for demos and tests (file format of docs/method.md §1.1).
 
-    python -m feeder.demo_data --out data/demo_skeletons --num_files 1000 --seed 0
+    python -m feeder.prepare.demo --out data/demo_skeletons --num_files 1000 --seed 0
 
 A 25-joint Kinect v2 body with adult bone lengths performs one of `CLASSES` (wave left arm, wave
 right arm, raise both arms, clap, punch, kick, squat, jump, bow, march in place, and the two-person
@@ -24,7 +24,7 @@ NOISE = 0.004  # metres
 ARMS = {-1: ("l", (4, 5, 6, 7, 21, 22)), 1: ("r", (8, 9, 10, 11, 23, 24))}
 LEGS = {-1: ("l", (12, 13, 14, 15)), 1: ("r", (16, 17, 18, 19))}
 UPPER_ARM, FOREARM, HAND, HAND_TIP, THUMB, THIGH, SHIN = 0.29, 0.26, 0.08, 0.08, 0.05, 0.43, 0.42
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MISSING_LISTS = [os.path.join(REPO, "resource", f"NTU_RGBD{n}_samples_with_missing_skeletons.txt")
                  for n in (60, 120)]
 JOINT_LINE = "%.7g %.7g %.7g %.4f %.4f %.3f %.3f 0 0 0 0 2\n"
@@ -281,7 +281,7 @@ def clip_joints(label, camera, rng, nuisance=0.0, timing=0.0):
 
 
 def skeleton_text(joints, body_ids):
-    """Text of a `.skeleton` file (SPEC §1.1) for (T, B, 25, 3) joints."""
+    """Text of a `.skeleton` file (docs/method.md §1.1) for (T, B, 25, 3) joints."""
     T, B = joints.shape[:2]
     x, y, z = np.moveaxis(joints, -1, 0)
     columns = [x, y, z, 256 + 365 * x / z, 212 - 365 * y / z, 960 + 1060 * x / z, 540 - 1060 * y / z]

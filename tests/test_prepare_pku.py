@@ -1,4 +1,4 @@
-"""tools/pku_gendata.py: PKU-MMD files -> action clips -> preprocessing -> feeder, split files, errors, and
+"""feeder/prepare/pku.py: PKU-MMD files -> action clips -> preprocessing -> feeder, split files, errors, and
 the transfer protocol (an NTU-pretrained encoder evaluated on PKU-MMD labels) with the shipped configs."""
 import glob
 import json
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from feeder import preprocess_ntu
-from feeder.demo_data import clip_joints
 from feeder.feeder import Feeder
+from feeder.prepare.demo import clip_joints
+from feeder.prepare.pku import main, read_split
+from feeder.prepare.preprocess import preprocess
 from net.moco import MoCo
 from processor import configure
-from tools.pku_gendata import main, read_split
 from torchlight.config import load_yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +120,7 @@ def test_report_names_skips_cuts_and_truncations(raw, tmp_path, capsys):
 
 
 def test_feeder_end_to_end(raw, database, tmp_path):
-    preprocess_ntu.main(["--dataset_path", str(database), "--out_folder", str(tmp_path), "--frames", "16"])
+    preprocess(str(database), str(tmp_path), frames=16)
     arrays = tmp_path / "xsub"
     feeder = Feeder(str(arrays / "val_position.npy"), str(arrays / "val_label.npy"))
     clip, label, _ = feeder[2]
@@ -185,9 +185,8 @@ def test_malformed_lines_are_named(raw, tmp_path, folder, line, message, part):
 
 
 def test_linear_evaluation_transfers_an_ntu_encoder(database, tiny, tmp_path):
-    """SPEC §4 across datasets with the shipped transfer config: NTU-pretrained encoder, PKU-MMD labels."""
-    preprocess_ntu.main(["--dataset_path", str(database), "--out_folder", str(tmp_path / "arrays"),
-                         "--frames", "16"])
+    """docs/method.md §4 across datasets with the shipped transfer config: NTU-pretrained encoder, PKU-MMD labels."""
+    preprocess(str(database), str(tmp_path / "arrays"), frames=16)
     torch.manual_seed(0)
     pretrained = MoCo(hidden_channels=4, hidden_dim=16, dropout=0.0, queue_size=32)  # NTU layout
     torch.save({"model": pretrained.state_dict()}, tmp_path / "ntu.pt")

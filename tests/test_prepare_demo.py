@@ -1,11 +1,11 @@
-"""feeder/demo_data.py: synthetic NTU-format clips (file format of SPEC §1.1)."""
+"""feeder/prepare/demo.py: synthetic NTU-format clips (file format of docs/method.md §1.1)."""
 import os
 
 import numpy as np
 import pytest
 
-from feeder.demo_data import CLASSES, FRAMES, TWO_PERSON, clip_joints, clip_names, generate, main
-from feeder.ntu_gendata import is_training, parse_name, read_skeleton
+from feeder.prepare.demo import CLASSES, FRAMES, TWO_PERSON, clip_joints, clip_names, generate, main
+from feeder.prepare.ntu import is_training, parse_name, read_skeleton
 
 NUM_FILES = 36  # three clips of every class
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

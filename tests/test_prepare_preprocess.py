@@ -1,4 +1,4 @@
-"""feeder/preprocess_ntu.py against a direct per-frame computation of SPEC §1.3, and its CLI (§6)."""
+"""feeder/prepare/preprocess.py against a direct per-frame computation of docs/method.md §1.3, and its CLI (§6)."""
 import os
 import pickle
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from reference import resize_loop
 
-from feeder.preprocess_ntu import main, preprocess_clip
+from feeder.prepare.preprocess import main, preprocess_clip
 from torchlight.io import temp_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +23,7 @@ def raw_clip(seed=0, length=12, total=20):
 
 
 def expected_clip(x, frames):
-    """SPEC §1.3 steps 1-5 written frame by frame, body by body, joint by joint."""
+    """docs/method.md §1.3 steps 1-5 written frame by frame, body by body, joint by joint."""
     x = x.astype(np.float64)
     _, total, joints, bodies = x.shape
     length = sum(1 for t in range(total) if np.any(x[:, t, 0, 0] != 0))

@@ -1,4 +1,5 @@
-"""feeder/ntu_gendata.py and its command line tools/ntu_gendata.py: parsing, splits, outputs (SPEC §1.1-1.2, §6)."""
+"""feeder/prepare/ntu.py and its command line tools/ntu_gendata.py: parsing, splits, outputs (docs/method.md
+§1.1-1.2, §6)."""
 import os
 import pickle
 import shutil
@@ -8,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from feeder.demo_data import generate
-from feeder.ntu_gendata import count_warnings, is_training, main, read_skeleton
+from feeder.prepare.demo import generate
+from feeder.prepare.ntu import count_warnings, is_training, main, read_skeleton
 from torchlight.io import temp_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,7 +234,8 @@ def test_script_and_module_run_without_torch(demo, tmp_path):
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
         assert done.returncode == 0, done.stderr
         assert (out / "xview" / "val_data.npy").exists()
-    check = "import sys, tools.ntu_gendata, feeder.ntu_gendata, feeder.demo_data; print('torch' in sys.modules)"
+    check = ("import sys, tools.ntu_gendata, tools.ucla_gendata, tools.pku_gendata, feeder.prepare.demo; "
+             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
 

@@ -1,9 +1,9 @@
-"""feeder/demo_arrays.py: a step that a killed run left unfinished is rebuilt, a finished one reused."""
+"""feeder/prepare/demo_arrays.py: a step that a killed run left unfinished is rebuilt, a finished one reused."""
 import os
 
 import numpy as np
 
-from feeder.demo_arrays import demo_arrays
+from feeder.prepare.demo_arrays import demo_arrays
 
 
 def test_a_partial_folder_is_rebuilt_and_a_finished_one_reused(tmp_path):

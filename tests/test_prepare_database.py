@@ -1,11 +1,11 @@
-"""feeder/database.py: the raw database every converter writes (SPEC §1.2)."""
+"""feeder/prepare/database.py: the raw database every converter writes (docs/method.md §1.2)."""
 import os
 import pickle
 
 import numpy as np
 import pytest
 
-from feeder.database import write_database
+from feeder.prepare.database import write_database
 
 
 def clip(value):

@@ -1,4 +1,4 @@
-"""The raw database every dataset converter writes (SPEC §1.2): per benchmark and part, a float32 array
+"""The raw database every dataset converter writes (docs/method.md §1.2): per benchmark and part, a float32 array
 `<part>_data.npy` (N, 3, T, V, M) and `<part>_label.pkl` (names, 0-based labels). No torch here."""
 import contextlib
 import os
@@ -24,7 +24,7 @@ def keep_rows(path, rows):
 
 
 def write_database(out_folder, parts, clips, shape):
-    """Write `<out>/<benchmark>/<part>_data.npy` float32 (N, *shape) and `<part>_label.pkl` (SPEC §1.2).
+    """Write `<out>/<benchmark>/<part>_data.npy` float32 (N, *shape) and `<part>_label.pkl` (docs/method.md §1.2).
 
     `parts` maps (benchmark, part) to {clip name: 0-based label}; `clips` yields (name, array) once for
     every named clip, in any order, or (name, None) for a clip left out (an unreadable file). Rows are

@@ -1,8 +1,8 @@
-"""Raw NTU RGB+D `.skeleton` files -> per-benchmark float32 arrays and label pickles (SPEC §1.1, §1.2, §6).
+"""Raw NTU RGB+D `.skeleton` files -> per-benchmark float32 arrays and label pickles (docs/method.md §1.1, §1.2, §6).
 
     python tools/ntu_gendata.py --data_path <dir of .skeleton> --out_folder <dir> [--dataset ntu120]
 
-Every file is parsed once and written into each benchmark/part array it belongs to (feeder/database.py);
+Every file is parsed once and written into each benchmark/part array it belongs to (feeder/prepare/database.py);
 outputs appear under their final names only when the whole run succeeds. The converter lives here, below
 the command line (tools/ntu_gendata.py) and the demo, which both import it. No torch here.
 """
@@ -14,10 +14,10 @@ from collections import namedtuple
 import numpy as np
 from tqdm import tqdm
 
-from feeder.database import MAX_FLOAT32, write_database
+from feeder.prepare.database import MAX_FLOAT32, write_database
 from torchlight.io import atomic_path, read_text_lines
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # NTU 120 cross-subject training performers; those up to 40 are exactly the NTU 60 list.
 TRAIN_PERFORMERS = frozenset((
@@ -49,7 +49,7 @@ JOINT_FIELDS = 12
 
 
 def parse_name(name):
-    """`SsssCcccPpppRrrrAaaa[.skeleton]` -> Clip of ints (SPEC §1.1)."""
+    """`SsssCcccPpppRrrrAaaa[.skeleton]` -> Clip of ints (docs/method.md §1.1)."""
     match = NAME.fullmatch(os.path.basename(name).removesuffix(".skeleton"))
     if match is None:
         raise ValueError(f"{name}: file name does not match SsssCcccPpppRrrrAaaa.skeleton")
@@ -62,7 +62,7 @@ def _check_benchmark(benchmark):
 
 
 def is_training(name, benchmark):
-    """True when clip `name` belongs to the training part of `benchmark` (SPEC §1.2)."""
+    """True when clip `name` belongs to the training part of `benchmark` (docs/method.md §1.2)."""
     _check_benchmark(benchmark)
     return SPLITS[benchmark](parse_name(name))
 
@@ -124,7 +124,7 @@ def _joint_blocks(lines, path, max_frames, num_joints, max_bodies):
 
 
 def read_skeleton(path, max_frames=300, num_joints=25, max_bodies=2):
-    """x, y, z of the first bodies/joints/frames of one `.skeleton` file, float32 (3, T, V, M) (SPEC §1.1)."""
+    """x, y, z of the first bodies/joints/frames of one `.skeleton` file, float32 (3, T, V, M) (docs/method.md §1.1)."""
     lines = read_text_lines(path)
     while lines and not lines[-1].strip():
         lines.pop()
@@ -150,7 +150,7 @@ def read_skeleton(path, max_frames=300, num_joints=25, max_bodies=2):
 
 
 def select_samples(data_path, dataset, ignored_sample_path, bad):
-    """Sorted `.skeleton` names of `dataset` not in the missing-skeleton list (SPEC §1.2).
+    """Sorted `.skeleton` names of `dataset` not in the missing-skeleton list (docs/method.md §1.2).
 
     Badly named files raise, or are appended to `bad` as (name, message) when it is a list.
     """
@@ -195,7 +195,7 @@ def count_warnings(dataset, sizes):
 
 def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sample_path=None,
             skip_bad=False, max_frames=300, num_joints=25, num_person=2):
-    """Write `<out>/<benchmark>/<part>_data.npy` and `<part>_label.pkl` for every benchmark (SPEC §1.2).
+    """Write `<out>/<benchmark>/<part>_data.npy` and `<part>_label.pkl` for every benchmark (docs/method.md §1.2).
 
     Returns the clips per (benchmark, part) and the (name, message) list of skipped bad files (always empty
     unless `skip_bad`).
@@ -245,8 +245,8 @@ def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sam
 
 
 def parse_args(argv=None):
-    """Command line of SPEC §6."""
-    parser = argparse.ArgumentParser(description="NTU RGB+D .skeleton files -> arrays (SPEC §1.1-1.2)")
+    """Command line of docs/method.md §6."""
+    parser = argparse.ArgumentParser(description="NTU RGB+D .skeleton files -> arrays (docs/method.md §1.1-1.2)")
     parser.add_argument("--data_path", required=True, help="directory of .skeleton files")
     parser.add_argument("--out_folder", required=True)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="ntu60")

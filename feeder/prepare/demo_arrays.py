@@ -1,13 +1,13 @@
-"""The demo's dataset: synthetic `.skeleton` files (feeder/demo_data.py) through the NTU converter and
+"""The demo's dataset: synthetic `.skeleton` files (feeder/prepare/demo.py) through the NTU converter and
 preprocessing, the path a user's NTU data takes; for `python main.py demo`, the pictures and the tests."""
 import contextlib
 import io
 import os
 import shutil
 
-from feeder import preprocess_ntu
-from feeder.demo_data import generate
-from feeder.ntu_gendata import gendata
+from feeder.prepare.demo import generate
+from feeder.prepare.ntu import gendata
+from feeder.prepare.preprocess import preprocess
 from torchlight.io import atomic_path
 
 
@@ -23,8 +23,7 @@ def demo_arrays(root, num_files, frames=64, seed=0, nuisance=0.0, timing=0.0, qu
             stack.enter_context(redirect)
         finished_step(raw, lambda: generate(raw, num_files=num_files, seed=seed, nuisance=nuisance, timing=timing))
         finished_step(gen, lambda: gendata(raw, gen, benchmarks=["xsub"]))
-        finished_step(arrays, lambda: preprocess_ntu.main(["--dataset_path", gen, "--out_folder", arrays,
-                                                           "--frames", str(frames)]))
+        finished_step(arrays, lambda: preprocess(gen, arrays, frames))
     return os.path.join(arrays, "xsub")
 
 

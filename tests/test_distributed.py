@@ -386,6 +386,8 @@ def test_main_under_torchrun(demo_arrays, tmp_path):
 
 def test_explicit_gpu_index_is_refused_under_torchrun(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with 2 GPUs, as torchrun sees it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     for spec in ("cuda:1", 1):
         with pytest.raises(ConfigError, match=f"device {spec!r} under torchrun: every rank would use that GPU"):
             select_device(spec, distributed=True)

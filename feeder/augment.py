@@ -1,4 +1,4 @@
-"""Per-sample augmentations of SPEC §1.5 (and the resize of §1.3 step 4).
+"""Per-sample augmentations of docs/method.md §1.5 (and the resize of §1.3 step 4).
 
 Every transform takes numpy (C, T, V, M) or torch (N, C, T, V, M) on any device: time is
 axis -3 in both, so one definition serves the feeder (numpy, one clip) and on-device
@@ -34,7 +34,7 @@ def _take_frames(x, index):
 
 
 def temporal_resize(x, frames):
-    """Linear time resize with half-pixel centres, as OpenCV INTER_LINEAR (SPEC §1.3 step 4, §1.5 step 1)."""
+    """Linear time resize with half-pixel centres, as OpenCV INTER_LINEAR (docs/method.md §1.3 step 4, §1.5 step 1)."""
     length = x.shape[-3]
     if length == frames:
         return x
@@ -48,7 +48,7 @@ def temporal_resize(x, frames):
 
 
 def mirror_index(length, offset, padding_ratio=6):
-    """Source frame of every output frame of `mirror_pad_crop` for int(s) `offset` (SPEC §1.5 step 2)."""
+    """Source frame of every output frame of `mirror_pad_crop` for int(s) `offset` (docs/method.md §1.5 step 2)."""
     p = length // padding_ratio
     # u indexes the padded sequence [x[p-1] .. x[0], x[0] .. x[T-1], x[T-1] .. x[T-p]].
     u = np.asarray(offset, dtype=np.int64)[..., None] + np.arange(length)
@@ -56,7 +56,7 @@ def mirror_index(length, offset, padding_ratio=6):
 
 
 def mirror_pad_crop(x, offset, padding_ratio=6):
-    """Pad T // padding_ratio mirrored frames at both ends and keep T frames from `offset` (SPEC §1.5 step 2).
+    """Pad T // padding_ratio mirrored frames at both ends and keep T frames from `offset` (docs/method.md §1.5 step 2).
 
     `offset` is an int for one clip, or one int per sample (array or tensor) for a batch.
     """
@@ -73,32 +73,32 @@ def uniform(rng, shape):
 
 
 def draw_offset(rng, length, padding_ratio=6, size=None):
-    """Uniform crop offset(s) in [0, 2 * (length // padding_ratio)] (SPEC §1.5 step 2); `rng` as `uniform`."""
+    """Uniform crop offset(s) in [0, 2 * (length // padding_ratio)] (docs/method.md §1.5 step 2); `rng` as `uniform`."""
     count = 2 * (length // padding_ratio) + 1
     return np.floor(uniform(rng, () if size is None else (size,)) * count).astype(np.int64)
 
 
 def shear_matrix(draws):
-    """R = [[1, a1, b1], [a2, 1, b2], [a3, b3, 1]] from draws (a1, a2, a3, b1, b2, b3) (SPEC §1.5)."""
+    """R = [[1, a1, b1], [a2, 1, b2], [a3, b3, 1]] from draws (a1, a2, a3, b1, b2, b3) (docs/method.md §1.5)."""
     matrix = _like(draws, np.broadcast_to(np.eye(3), draws.shape[:-1] + (3, 3)).copy())
     matrix[..., _SHEAR_ROWS, _SHEAR_COLS] = draws
     return matrix
 
 
 def draw_shear(rng, amplitude=0.5, size=None):
-    """Shear matrix (3, 3), or (size, 3, 3), from six U[-amplitude, amplitude] draws (SPEC §1.5 step 3);
+    """Shear matrix (3, 3), or (size, 3, 3), from six U[-amplitude, amplitude] draws (docs/method.md §1.5 step 3);
     `rng` as `uniform`."""
     shape = (6,) if size is None else (size, 6)
     return shear_matrix((2 * uniform(rng, shape) - 1) * amplitude)
 
 
 def shear(x, matrix):
-    """Every point p becomes matrix · p; `matrix` is (3, 3), or (N, 3, 3) for a batch (SPEC §1.5 step 3)."""
+    """Every point p becomes matrix · p; `matrix` is (3, 3), or (N, 3, 3) for a batch (docs/method.md §1.5 step 3)."""
     return (torch if torch.is_tensor(x) else np).einsum("...ij,...jtvm->...itvm", _like(x, matrix), x)
 
 
 def center_crop(x, window):
-    """The middle `window` frames; the clip unchanged when it is not longer (SPEC §1.5, evaluation)."""
+    """The middle `window` frames; the clip unchanged when it is not longer (docs/method.md §1.5, evaluation)."""
     length = x.shape[-3]
     if length <= window:
         return x
@@ -107,7 +107,7 @@ def center_crop(x, window):
 
 
 def augment_sample(x, rng, frames, shear_amplitude=0.5, padding_ratio=6):
-    """One augmented view of a clip (C, T, V, M): resize, mirrored crop, shear (SPEC §1.5)."""
+    """One augmented view of a clip (C, T, V, M): resize, mirrored crop, shear (docs/method.md §1.5)."""
     x = temporal_resize(x, frames)
     x = mirror_pad_crop(x, draw_offset(rng, x.shape[-3], padding_ratio), padding_ratio)
     return shear(x, draw_shear(rng, shear_amplitude))
@@ -115,7 +115,7 @@ def augment_sample(x, rng, frames, shear_amplitude=0.5, padding_ratio=6):
 
 def augment_batch(x, generator=None, shear_amplitude=0.5, padding_ratio=6, frames=None,
                   offsets=None, matrices=None):
-    """`augment_sample` for a batch (N, C, T, V, M) on its device, each sample with its own draws (SPEC §1.5).
+    """`augment_sample` for a batch (N, C, T, V, M) on its device, each sample with its own draws (docs/method.md §1.5).
 
     Draws come from the CPU `generator`; tests pass `offsets` (N,) and `matrices` (N, 3, 3) instead.
     """

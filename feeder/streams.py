@@ -1,4 +1,4 @@
-"""The input streams of SPEC §1.4, defined once for pretraining, evaluation and preprocessing.
+"""The input streams of docs/method.md §1.4, defined once for pretraining, evaluation and preprocessing.
 
 Each works on a torch batch (N, C, T, V, M) on any device, and equally on a numpy clip
 (C, T, V, M): time is axis -3 and joints axis -2 in both.
@@ -18,7 +18,7 @@ def _zeros_like(x):
 
 
 def motion(x):
-    """d[t] = x[t+1] - x[t], zero at the last frame (SPEC §1.4, §1.3 step 2)."""
+    """d[t] = x[t+1] - x[t], zero at the last frame (docs/method.md §1.4, §1.3 step 2)."""
     d = _zeros_like(x)
     d[..., :-1, :, :] = x[..., 1:, :, :] - x[..., :-1, :, :]
     return d
@@ -34,7 +34,7 @@ def _bone_index(layout, device=None):
 
 
 def bone(x, layout=DEFAULT_LAYOUT):
-    """b[child] = x[child] - x[parent] over the layout's bone pairs; the centre's bone is zero (SPEC §1.4)."""
+    """b[child] = x[child] - x[parent] over the layout's bone pairs; the centre's bone is zero (docs/method.md §1.4)."""
     child, parent = _bone_index(layout, x.device if torch.is_tensor(x) else None)
     b = _zeros_like(x)
     b[..., child, :] = x[..., child, :] - x[..., parent, :]
@@ -42,7 +42,7 @@ def bone(x, layout=DEFAULT_LAYOUT):
 
 
 def to_stream(x, stream, layout=DEFAULT_LAYOUT):
-    """The `stream` ('joint', 'motion' or 'bone') of joint positions x (SPEC §1.4)."""
+    """The `stream` ('joint', 'motion' or 'bone') of joint positions x (docs/method.md §1.4)."""
     if stream == "joint":
         return x
     if stream == "motion":

@@ -1,4 +1,4 @@
-"""SkeleMix: paste a spatio-temporal region of a partner sample into each sample (SPEC §3.2)."""
+"""SkeleMix: paste a spatio-temporal region of a partner sample into each sample (docs/method.md §3.2)."""
 import torch
 
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout
@@ -13,7 +13,7 @@ def _uniform_int(low, high, generator):
 
 
 class SkeleMix:
-    """One mix of a batch (N, C, T, V, M): region from the partner, or zeros / N(0, 1) noise (SPEC §3.2).
+    """One mix of a batch (N, C, T, V, M): region from the partner, or zeros / N(0, 1) noise (docs/method.md §3.2).
 
     Random draws come from a CPU `torch.Generator` (the global one when None), so a seed reproduces
     the mix on any device (the gaussian mode's noise from a device generator seeded by one such draw);
@@ -69,7 +69,7 @@ class SkeleMix:
                            dtype=x.dtype)
 
     def __call__(self, x, spa_l, spa_u, tem_l, tem_u, generator=None):
-        """Mix x (N, C, T, V, M): (mixed, mask (T // stride, V) bool, partner (N,) long) (SPEC §3.2)."""
+        """Mix x (N, C, T, V, M): (mixed, mask (T // stride, V) bool, partner (N,) long) (docs/method.md §3.2)."""
         n, _, t, v, _ = x.shape
         steps = t // self.temporal_stride
         if n < 3:

@@ -1,9 +1,9 @@
-"""Independent reference computations shared by several test files, written from SPEC text."""
+"""Independent reference computations shared by several test files, written from docs/method.md."""
 import numpy as np
 
 
 def resize_loop(x, frames):
-    """The SPEC formula, one output frame at a time."""
+    """The formula of docs/method.md, one output frame at a time."""
     length = x.shape[1]
     out = np.zeros((x.shape[0], frames) + x.shape[2:])
     for i in range(frames):

@@ -1,4 +1,4 @@
-"""feeder/augment.py against explicit per-frame and per-point computations (SPEC §1.3 step 4, §1.5)."""
+"""feeder/augment.py against explicit per-frame and per-point computations (docs/method.md §1.3 step 4, §1.5)."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""feeder/feeder.py: shapes per mode, seeded augmentation, labelled subsets (SPEC §1.5, §4, §4b), errors."""
+"""feeder/feeder.py: shapes per mode, seeded augmentation, labelled subsets (docs/method.md §1.5, §4, §4b), errors."""
 import pickle
 from collections import Counter
 

@@ -1,11 +1,11 @@
-"""The 3-subset skeleton graph against an independent construction from SPEC §2."""
+"""The 3-subset skeleton graph against an independent construction from docs/method.md §2."""
 import numpy as np
 import pytest
 
 from net.utils.graph import Graph
 from net.utils.layouts import LAYOUTS
 
-# SPEC §2 inward edges, 1-based (child, parent).
+# docs/method.md §2 inward edges, 1-based (child, parent).
 NTU_INWARD = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
               (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19),
               (22, 23), (23, 8), (24, 25), (25, 12)]

@@ -1,4 +1,4 @@
-"""net/utils/layouts.py: every layout's graph, parts and bones, NTU against the SPEC text, and that the
+"""net/utils/layouts.py: every layout's graph, parts and bones, NTU against docs/method.md, and that the
 encoder, SkeleMix, streams, preprocessing and feeder take the layout they are given."""
 import numpy as np
 import pytest
@@ -13,13 +13,13 @@ from net.utils.graph import Graph
 from net.utils.layouts import DEFAULT_LAYOUT, JOINT_MAPS, LAYOUTS, Layout, get_layout, joint_map, model_layout
 
 # docs/method.md §2 / §1.4 / §3.2 / §1.3, 1-based, copied from the text.
-SPEC_INWARD = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
+PAPER_INWARD = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
                (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19),
                (22, 23), (23, 8), (24, 25), (25, 12)]
-SPEC_BONES = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
+PAPER_BONES = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
               (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19),
               (21, 21), (22, 23), (23, 8), (24, 25), (25, 12)]
-SPEC_PARTS = [{1, 2, 3, 4, 21}, {5, 6, 7, 8, 22, 23}, {9, 10, 11, 12, 24, 25}, {13, 14, 15, 16},
+PAPER_PARTS = [{1, 2, 3, 4, 21}, {5, 6, 7, 8, 22, 23}, {9, 10, 11, 12, 24, 25}, {13, 14, 15, 16},
               {17, 18, 19, 20}]
 # Kinect SDK v1 order from the issue (0-based): the joints each name is.
 KINECT_V1 = dict(hip_center=0, spine=1, shoulder_center=2, head=3, l_shoulder=4, l_elbow=5, l_wrist=6,
@@ -42,11 +42,11 @@ def normalised(edges, v):
 def test_ntu_layout_is_the_spec():
     ntu = get_layout("ntu-rgb+d")
     assert ntu.num_joints == 25 and ntu.center == 21 and ntu.shoulders == (5, 9)
-    assert list(ntu.inward) == SPEC_INWARD
-    assert ntu.bone_pairs == [(c - 1, p - 1) for c, p in SPEC_BONES]
-    assert [set(part) for part in ntu.parts] == SPEC_PARTS
-    A = Graph("ntu-rgb+d").A  # bit-identical to the SPEC construction in float32
-    edges = [(c - 1, p - 1) for c, p in SPEC_INWARD]
+    assert list(ntu.inward) == PAPER_INWARD
+    assert ntu.bone_pairs == [(c - 1, p - 1) for c, p in PAPER_BONES]
+    assert [set(part) for part in ntu.parts] == PAPER_PARTS
+    A = Graph("ntu-rgb+d").A  # bit-identical to the construction of docs/method.md §2 in float32
+    edges = [(c - 1, p - 1) for c, p in PAPER_INWARD]
     np.testing.assert_array_equal(A, np.float32([np.eye(25), normalised(edges, 25),
                                                  normalised([(p, c) for c, p in edges], 25)]))
 

@@ -22,7 +22,7 @@ def test_calibrated_random_encoder_gives_features_of_order_one():
     model = Model(**ENC, num_class=2).eval()
     with torch.no_grad():
         raw = model(x, return_features=True)
-    assert raw.abs().max() < 1e-3  # SPEC §2 init with running statistics 0/1: features vanish
+    assert raw.abs().max() < 1e-3  # docs/method.md §2 init with running statistics 0/1: features vanish
     calibrate_batchnorm(model, [x[:16], x[16:]])  # two equal batches: cumulative mean = data mean
     data = x.permute(0, 4, 3, 1, 2).reshape(64, 75, 16)  # data BN's (N·M, V·C, T) view
     assert torch.allclose(model.data_bn.running_mean, data.mean((0, 2)), atol=1e-5)

@@ -1,10 +1,10 @@
-"""SkeleMix (SPEC §3.2) against expectations built independently from the returned partner and mask."""
+"""SkeleMix (docs/method.md §3.2) against expectations built independently from the returned partner and mask."""
 import pytest
 import torch
 
 from net.skelemix import SkeleMix
 
-# SPEC §3.2 body parts, 1-based joints.
+# docs/method.md §3.2 body parts, 1-based joints.
 PARTS = [{1, 2, 3, 4, 21}, {5, 6, 7, 8, 22, 23}, {9, 10, 11, 12, 24, 25}, {13, 14, 15, 16}, {17, 18, 19, 20}]
 
 

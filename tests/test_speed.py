@@ -161,7 +161,7 @@ def test_benchmark_defaults_and_width():
     args = benchmark.parse_args([])
     assert (args.batch, args.iters, args.methods, args.options) == (128, 5, ["skelemixclr_plus"], "fp32,bf16")
     assert args.model_args == dict(hidden_channels=16, hidden_dim=256)
-    assert args.moco_args["queue_size"] == 32768  # MoCo's default (SPEC §3), a whole number of batches
+    assert args.moco_args["queue_size"] == 32768  # MoCo's default (docs/method.md §3), a whole number of batches
     small = benchmark.parse_args(["--width", "8", "--batch", "48"])
     assert small.model_args == dict(hidden_channels=8, hidden_dim=64)
     assert small.moco_args["queue_size"] == 32736 and small.moco_args["queue_size"] % 48 == 0

@@ -1,12 +1,12 @@
-"""feeder/streams.py against explicit loops over frames and the SPEC §1.4 bone pairs."""
+"""feeder/streams.py against explicit loops over frames and the docs/method.md §1.4 bone pairs."""
 import numpy as np
 import pytest
 import torch
 
 from feeder.streams import bone, motion, to_stream
 
-# SPEC §1.4, 1-based (child, parent).
-SPEC_BONES = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
+# docs/method.md §1.4, 1-based (child, parent).
+PAPER_BONES = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
               (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19),
               (21, 21), (22, 23), (23, 8), (24, 25), (25, 12)]
 
@@ -17,7 +17,7 @@ def batch(device="cpu"):
 
 def bone_loop(x):
     out = torch.zeros_like(x)
-    for child, parent in SPEC_BONES:
+    for child, parent in PAPER_BONES:
         out[..., child - 1, :] = x[..., child - 1, :] - x[..., parent - 1, :]
     return out
 

@@ -1,4 +1,4 @@
-"""Fuse per-clip scores of several streams (joint, motion, bone) and report top-1/top-5 (SPEC §4).
+"""Fuse per-clip scores of several streams (joint, motion, bone) and report top-1/top-5 (docs/method.md §4).
 
 python tools/ensemble.py joint/scores.pkl motion/scores.pkl bone/scores.pkl --label val_label.pkl
 """

@@ -1,4 +1,4 @@
-"""Picture one SkeleMix (SPEC §3.2): a clip, its partner and the mixed clip, pasted joints highlighted.
+"""Picture one SkeleMix (docs/method.md §3.2): a clip, its partner and the mixed clip, pasted joints highlighted.
 
 python tools/skelemix_picture.py --data_path data/ntu60_frame64/xsub/train_position.npy \
     --label_path data/ntu60_frame64/xsub/train_label.pkl --index 0 --out skelemix.png
@@ -24,7 +24,7 @@ PLAIN, PASTED = "#4a4a4a", "#d62728"
 
 
 def highlight(mask, temporal_stride, frames):
-    """(frames, V) bool: the (T / stride, V) SkeleMix mask expanded to the frames it covers (SPEC §3.2 step 3)."""
+    """(frames, V) bool: the (T / stride, V) SkeleMix mask over the frames it covers (docs/method.md §3.2, step 3)."""
     mask = np.asarray(torch.as_tensor(mask).cpu(), dtype=bool)
     out = np.zeros((frames, mask.shape[1]), dtype=bool)
     expanded = np.repeat(mask, temporal_stride, axis=0)[:frames]

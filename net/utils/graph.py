@@ -1,11 +1,11 @@
-"""The 3-subset skeleton graph of the SkeleMixCLR release, `net/utils/ntu_rgb_d.py` (SPEC §2)."""
+"""The 3-subset skeleton graph of the SkeleMixCLR release, `net/utils/ntu_rgb_d.py` (docs/method.md §2)."""
 import numpy as np
 
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout
 
 
 def edge2mat(edges, num_nodes):
-    """Adjacency with A[j, i] = 1 for every edge (i, j), i.e. i -> j (SPEC §2)."""
+    """Adjacency with A[j, i] = 1 for every edge (i, j), i.e. i -> j (docs/method.md §2)."""
     A = np.zeros((num_nodes, num_nodes), dtype=np.float32)
     for i, j in edges:
         A[j, i] = 1
@@ -13,14 +13,14 @@ def edge2mat(edges, num_nodes):
 
 
 def normalize_digraph(A):
-    """Divide every column of A by its sum; columns that sum to zero stay zero (SPEC §2)."""
+    """Divide every column of A by its sum; columns that sum to zero stay zero (docs/method.md §2)."""
     column_sums = A.sum(0)
     scale = np.divide(1, column_sums, out=np.zeros_like(column_sums), where=column_sums > 0)
     return (A * scale).astype(np.float32)
 
 
 class Graph:
-    """Identity, normalised inward and normalised outward adjacency of a layout, stacked in `A` (SPEC §2)."""
+    """Identity, normalised inward and normalised outward adjacency of a layout, stacked in `A` (docs/method.md §2)."""
 
     def __init__(self, layout=DEFAULT_LAYOUT, strategy="spatial"):
         if strategy != "spatial":

@@ -1,4 +1,4 @@
-"""Skeleton layouts as data (SPEC §1.4, §2, §3.2): joints, edges, body parts, centre and shoulders.
+"""Skeleton layouts as data (docs/method.md §1.4, §2, §3.2): joints, edges, body parts, centre and shoulders.
 
 Joint numbers are 1-based as in the dataset documentation; `Layout` offers
 0-based views for code. Pure Python: tools, feeders and the network all read it.

@@ -120,13 +120,16 @@ def test_stacked_passes_equal_separate_calls():
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("separate_kernels", ["fast", "reference"])
 @pytest.mark.parametrize("method", METHODS)
-def test_fused_queries_equal_separate_passes(method):
-    """A whole MoCo step: loss, every gradient and every running statistic, fused against separate passes."""
+def test_fused_queries_equal_separate_passes(method, separate_kernels):
+    """A whole MoCo step: loss, every gradient and every running statistic, fused against separate passes
+    (with the fast kernels, or with the readable forward of net/st_gcn.py)."""
     torch.manual_seed(0)
     fused = MoCo(**TINY, feature_dim=8, queue_size=16, temperature=0.2, fused_queries=True, **METHODS[method]).double()
     separate = copy.deepcopy(fused)
     separate.fused_queries = False
+    separate.encoder_q.kernels = separate.encoder_k.kernels = separate_kernels
     views = [clips(4, seed) for seed in range(1 + fused.num_queries)]
     losses = [model(views, generator=torch.Generator().manual_seed(3)) for model in (fused, separate)]
     for key in losses[1]:

@@ -1,4 +1,4 @@
-"""MoCo v2 around an ST-GCN: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ are configurations of it (SPEC §3)."""
+"""MoCo v2 around an ST-GCN: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ are configurations of it (docs/method.md §3)."""
 import copy
 import math
 import warnings
@@ -29,7 +29,7 @@ def projection_head(head, hidden_dim, feature_dim):
 
 
 def info_nce(q, positive, queue, temperature, extra_negative=None):
-    """InfoNCE with the positive at index 0: CE([q·pos, q·queue, q·extra]/τ, 0) (SPEC §3.1, §3.3)."""
+    """InfoNCE with the positive at index 0: CE([q·pos, q·queue, q·extra]/τ, 0) (docs/method.md §3.1, §3.3)."""
     logits = [(q * positive).sum(1, keepdim=True), q @ queue]
     if extra_negative is not None:
         logits.append((q * extra_negative).sum(1, keepdim=True))
@@ -65,7 +65,7 @@ def training_health(q, k, queue):
 
 @dataclass(frozen=True)
 class MixSetting:
-    """One query view's mixes (SPEC §3.3): SkeleMix ranges of parts and of feature frames, how many mixed
+    """One query view's mixes (docs/method.md §3.3): SkeleMix ranges of parts and of feature frames, how many mixed
     views (`repeat`) and the weight of that view's losses."""
     spatial: tuple[int, int]
     temporal: tuple[int, int]
@@ -95,7 +95,7 @@ def mix_setting(row):
 
 
 def mix_settings(swap_params):
-    """`model_args.swap_params` as a list of valid MixSettings, one per query view (SPEC §3.3), or an error;
+    """`model_args.swap_params` as a list of valid MixSettings, one per query view (docs/method.md §3.3), or an error;
     None or [] is no mix (SkeletonCLR). The one place the release's 6-element rows are read."""
     rows = swap_params or []
     mixes = [mix_setting(row) for row in (rows if isinstance(rows, list) else [rows])]
@@ -107,14 +107,14 @@ def mix_settings(swap_params):
 
 
 class MoCo(nn.Module):
-    """Query encoder, EMA key encoder and key queue; SkeleMix mixes when `swap_params` is given (SPEC §3).
+    """Query encoder, EMA key encoder and key queue; SkeleMix mixes when `swap_params` is given (docs/method.md §3).
 
     `swap_params` holds one MixSetting per query view (release rows [spa_l, spa_u, tem_l, tem_u, repeat,
     weight] are read by `mix_settings`): None is SkeletonCLR, [[2, 3, 7, 11, 1, 1.0]] SkeleMixCLR,
     [[2, 3, 7, 11, 3, 1.0]] SkeleMixCLR+.
     fused_queries true runs each query view and its mixes as one encoder call with BatchNorm statistics per
     pass, false the reference, one call per pass (same mathematics); None (default) fuses on CUDA only.
-    Every other keyword goes to the encoder (`net.st_gcn.Model` arguments).
+    Every other keyword goes to the encoder (`net.st_gcn.Model` arguments, `kernels` among them).
 
     Args:
         base_encoder: encoder class, by dotted name
@@ -143,7 +143,7 @@ class MoCo(nn.Module):
         self.encoder_q = instantiate(base_encoder, encoder_args, "model_args")
         self.encoder_q.fc = projection_head(head, self.encoder_q.fc.in_features, feature_dim)
         self.encoder_q.init_weights()
-        # Deviation from the release (SPEC §3): the key encoder starts as an exact copy.
+        # Deviation from the release (docs/method.md §3): the key encoder starts as an exact copy.
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
@@ -187,7 +187,7 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys):
-        keys = concat_all_gather(keys)  # every rank enqueues the whole global batch (SPEC §4b)
+        keys = concat_all_gather(keys)  # every rank enqueues the whole global batch (docs/method.md §4b)
         n, ptr = len(keys), self.ptr
         if self.queue_size % n:
             raise ValueError(f"queue_size {self.queue_size} is not divisible by the global batch {n}")
@@ -212,26 +212,25 @@ class MoCo(nn.Module):
     def _query_features(self, im_q, mixes):
         """Query features of im_q and (p, c) of each (mixed, mask) in `mixes`, through the query encoder.
 
-        fused_queries true: one encoder call on the query and its mixes stacked, BatchNorm statistics per pass
-        (`net.st_gcn.Model.forward` with a list of masks); false: the reference, one call per pass; None
-        (default): fused on CUDA only. Both compute the same function, gradients and running statistics
-        (tests/test_fused.py); on our 2-core CPU the fused call measured ~20% slower (README: Speed).
+        fused_queries true: one `forward_grouped` call on the query and its mixes stacked, BatchNorm
+        statistics per pass; false: one call per pass (`forward`, `forward_masked`); None (default): fused
+        on CUDA only. Both compute the same function, gradients and running statistics (tests/test_fused.py);
+        on our 2-core CPU the fused call measured ~20% slower (README: Speed).
         """
-        fused = im_q.is_cuda if self.fused_queries is None else self.fused_queries
-        fused = fused and mixes and hasattr(self.encoder_q, "feature_groups")
+        fused = bool(mixes) and (im_q.is_cuda if self.fused_queries is None else self.fused_queries)
         if fused and any(isinstance(m, nn.SyncBatchNorm) for m in self.encoder_q.modules()):
             fused = False  # grouped statistics need plain BN
             warnings.warn(f"sync_bn: the query and its {len(mixes)} mixes run as {len(mixes) + 1} encoder calls, "
                           "not one fused call (grouped BatchNorm statistics need plain BatchNorm)", stacklevel=2)
         if not fused:
-            return self.encoder_q(im_q), [self.encoder_q(mixed, mask=mask) for mixed, mask in mixes]
-        q, *pcs = self.encoder_q(torch.cat([im_q, *(mixed for mixed, _ in mixes)]),
-                                 mask=[None, *(mask for _, mask in mixes)])
+            return self.encoder_q(im_q), [self.encoder_q.forward_masked(mixed, mask) for mixed, mask in mixes]
+        q, *pcs = self.encoder_q.forward_grouped(torch.cat([im_q, *(mixed for mixed, _ in mixes)]),
+                                                 [None, *(mask for _, mask in mixes)])
         return q, pcs
 
     def _query_losses(self, im_q, mix, k, queue, generator=None):
-        """Normalised q, its instance loss and the sum over the `mix.repeat` mixes of (L_p + L_c) / 2 (SPEC §3.3);
-        `mix` None (SkeletonCLR) makes no mixes. Every mix is drawn before the encoder runs."""
+        """Normalised q, its instance loss and the sum over the `mix.repeat` mixes of (L_p + L_c) / 2
+        (docs/method.md §3.3); `mix` None (SkeletonCLR) makes no mixes. Every mix is drawn before the encoder runs."""
         mixes = [self.skelemix(im_q, *mix.spatial, *mix.temporal, generator=generator)
                  for _ in range(mix.repeat if mix else 0)]
         q, pcs = self._query_features(im_q, [(mixed, mask) for mixed, mask, _ in mixes])
@@ -245,7 +244,7 @@ class MoCo(nn.Module):
         return q, info_nce(q, k, queue, self.temperature), loss_mix
 
     def forward(self, views, generator=None):
-        """Losses of one step for `views` = query views followed by the key view (SPEC §3.1, §3.3)."""
+        """Losses of one step for `views` = query views followed by the key view (docs/method.md §3.1, §3.3)."""
         *queries, im_k = views
         if len(queries) != self.num_queries:
             raise ValueError(f"expected {self.num_queries} query views and a key view, got {len(views)} views")

@@ -1,159 +1,22 @@
-"""ST-GCN encoder at 1/4 width, with the state-dict names of the original release (SPEC §2)."""
-import math
+"""ST-GCN encoder at 1/4 width, with the state-dict names of the original release (docs/method.md §2).
 
+The forward written here is the paper's; `kernels: fast` (the default) runs the same modules through
+`net/st_gcn_fast.py` instead, the same function computed faster.
+"""
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from net import st_gcn_fast
 from net.utils.graph import Graph
 from net.utils.layouts import DEFAULT_LAYOUT
-from torchlight.util import compute_dtype
 
 TEMPORAL_KERNEL = 9
-NARROW_CHANNELS = 16  # below this many channels training BatchNorm runs as _NarrowBatchNorm on CPU
-
-
-def _keep_mask(y, p):
-    """Dropout's keep / (1 - p) for every entry of y, in y's dtype and memory layout (as nn.Dropout).
-
-    The draws differ from nn.Dropout's: for p = 0.5 (every config) each random byte gives eight keep bits,
-    much faster than one Bernoulli draw per entry on CPU; other rates compare uniforms with p.
-    """
-    n = y.numel()
-    if p == 0.5:
-        byte_bits = (torch.arange(256, device=y.device)[:, None] >> torch.arange(8, device=y.device)) & 1
-        random_bytes = torch.empty((n + 7) // 8, dtype=torch.uint8, device=y.device).random_()
-        keep = F.embedding(random_bytes.int(), byte_bits.to(y.dtype) * 2).view(-1)[:n]  # byte -> 8 entries
-    else:
-        keep = (torch.rand(n, device=y.device) >= p).to(y.dtype).mul_(1 / (1 - p))
-    return keep.as_strided(y.shape, y.stride())  # y is dense (a BatchNorm output): walk it in memory order
-
-
-def _wide_rows(x, fold):
-    """Channels-last x (N, C, ...) as its memory's rows of `fold` positions: (numel / (fold·C), fold·C), a view."""
-    return x.movedim(1, -1).reshape(-1, fold * x.shape[1])
-
-
-class _NarrowBatchNorm(torch.autograd.Function):
-    """Training-mode BatchNorm with batch statistics of a channels-last x (N, C, ...) with few channels C:
-    (y, mean, biased variance), what F.batch_norm computes; y is a new tensor laid out as x.
-
-    torch's CPU kernel vectorises over the channels, so at C = 8 (the hidden-8 encoder's first blocks) it
-    runs ~25x slower than an elementwise pass. Here every pass reads x as wide rows of `fold` positions
-    (fold·C values) and folds the per-column sums back to C. Statistics and the backward accumulate in
-    fp32 (fp64 for fp64 input). The hidden-8 encoder's forward+backward (batch 64) measured 16% faster in
-    bf16 and ~4% in fp32 with it on our 2-core CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        c = x.shape[1]
-        count = x.numel() // c
-        fold = math.gcd(count, max(1, 128 // c))
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        wide = _wide_rows(x, fold)
-        mean = wide.sum(0, dtype=acc).view(fold, c).sum(0) / count
-        centered = wide - mean.repeat(fold)
-        var = centered.square().sum(0).view(fold, c).sum(0) / count
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else weight.to(acc) * invstd
-        shift = torch.zeros_like(mean) if bias is None else bias.to(acc)
-        y = torch.empty_like(x)  # x's layout, so _wide_rows(y) is a view to write into
-        torch.addcmul(shift.repeat(fold), centered, scale.repeat(fold), out=_wide_rows(y, fold))
-        ctx.save_for_backward(centered, invstd, scale)
-        ctx.fold, ctx.affine = fold, (weight is not None, bias is not None)
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx, grad_y, _grad_mean, _grad_var):
-        centered, invstd, scale = ctx.saved_tensors
-        fold = ctx.fold
-        grad_y = grad_y.contiguous(memory_format=torch.channels_last)  # x's layout (_is_narrow)
-        c, count = grad_y.shape[1], grad_y.numel() // grad_y.shape[1]
-        wide = _wide_rows(grad_y, fold)
-        sum_dy = wide.sum(0, dtype=centered.dtype).view(fold, c).sum(0)
-        sum_dy_centered = (wide * centered).sum(0).view(fold, c).sum(0)
-        # dx = scale·(dy - mean(dy) - x̂·mean(dy·x̂)) with x̂ = centered·invstd, in two fused passes
-        centered_coef = -scale * invstd.square() * sum_dy_centered / count
-        partial = torch.addcmul((-scale * sum_dy / count).repeat(fold), centered, centered_coef.repeat(fold))
-        grad_x = torch.empty_like(grad_y)
-        torch.addcmul(partial, wide, scale.repeat(fold), out=_wide_rows(grad_x, fold))
-        grad_weight = sum_dy_centered * invstd if ctx.affine[0] else None
-        grad_bias = sum_dy if ctx.affine[1] else None
-        return grad_x, grad_weight, grad_bias, None
-
-
-def _is_narrow(x):
-    """Whether x (N, C, ...) is a CPU tensor of few channels stored channels-last (_NarrowBatchNorm's case)."""
-    return x.device.type == "cpu" and x.dim() == 4 and x.shape[1] < NARROW_CHANNELS \
-        and x.numel() > x.shape[1] and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _batch_norm_with_stats(x, weight, bias, eps, stats_like):
-    """Training BatchNorm of x (N, C, ...): (y, batch mean, unbiased batch variance), the statistics in
-    `stats_like`'s dtype."""
-    c = x.shape[1]
-    if _is_narrow(x):
-        y, mean, var = _NarrowBatchNorm.apply(x, weight, bias, eps)
-        count = x.numel() // c
-        return y, mean, var * (count / (count - 1))
-    # Momentum 1 turns these scratch buffers into the batch mean and unbiased variance.
-    mean, var = stats_like.new_zeros(c), stats_like.new_ones(c)
-    return F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps), mean, var
-
-
-def grouped_batch_norm(bn, x, groups):
-    """`bn` on x (N, G·C, ...) whose channel axis holds G groups of bn's C channels, each group normalised
-    with its own batch statistics: what G separate calls of bn on the groups compute, in one call.
-
-    In training the running statistics are updated once per group, in group order, exactly as G
-    sequential train-mode calls would (running = (1 - m)·running + m·batch, unbiased variance). With one
-    group this is bn(x) (a SyncBatchNorm or other subclass included), except that a plain BatchNorm2d
-    training on a narrow CPU input takes _NarrowBatchNorm; several groups need a plain BatchNorm.
-    """
-    if isinstance(bn, nn.SyncBatchNorm):
-        if groups == 1:
-            return bn(x)
-        raise ValueError("grouped BatchNorm statistics need a plain BatchNorm, not SyncBatchNorm")
-    # One group: bn's own forward (a subclass's included), except a plain BatchNorm on a narrow CPU input.
-    if groups == 1 and not (type(bn) is nn.BatchNorm2d and bn.training and bn.track_running_stats and _is_narrow(x)):
-        return bn(x)
-    weight, bias = (None if p is None else p.repeat(groups) for p in (bn.weight, bn.bias))
-    if not bn.training and bn.track_running_stats:  # eval: the running statistics apply to every group
-        return F.batch_norm(x, bn.running_mean.repeat(groups), bn.running_var.repeat(groups), weight, bias,
-                            False, 0.0, bn.eps)
-    if not bn.track_running_stats:
-        return F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
-    y, mean, var = _batch_norm_with_stats(x, weight, bias, bn.eps, bn.running_mean)
-    with torch.no_grad():
-        for group_mean, group_var in zip(mean.view(groups, -1), var.view(groups, -1)):
-            bn.num_batches_tracked.add_(1)
-            m = bn.momentum if bn.momentum is not None else 1 / float(bn.num_batches_tracked)
-            bn.running_mean.copy_(m * group_mean + (1 - m) * bn.running_mean)
-            bn.running_var.copy_(m * group_var + (1 - m) * bn.running_var)
-    return y
-
-
-def _image(x):
-    """Dense (V, B, T, G, C) as the channels-last (V, G·C, B, T) image that conv and BatchNorm take (a view)."""
-    v, b, t, g, c = x.shape
-    return x.view(v, b, t, g * c).permute(0, 3, 1, 2)
-
-
-def _dense(y, groups):
-    """Inverse of `_image`: a channels-last (V, G·C, B, T) image back to dense (V, B, T, G, C) (a view)."""
-    v, gc, b, t = y.shape
-    return y.permute(0, 2, 3, 1).view(v, b, t, groups, gc // groups)
+KERNELS = ("fast", "reference")  # model_args.kernels: net/st_gcn_fast.py, or the forward written here
 
 
 class GraphConv(nn.Module):
-    """sum_k (W_k x + b_k) A_k: a 1x1 conv to K·out channels contracted with the K subsets (SPEC §2).
+    """sum_k (W_k x + b_k) A_k: a 1x1 conv to K·out channels contracted with the K subsets (docs/method.md §2).
 
-    Computed in the equivalent order sum_k W_k (x A_k) + b_k colsum(A_k) on joints-major x (V, ..., C):
-    x A_k is one (W, V) x (V, rest·C) matrix product and W_k a product batched over the W joints, so the
-    graph contraction runs on the input channels and no tensor is permuted. Returns (W, ..., out).
-    The loop is over the K = 3 subsets, each one large product: stacking them into one product needs
-    a permuted copy of K·x and measured ~10% slower for the whole encoder on CPU.
     `conv` keeps the release's weight layout (out channel k·out + c belongs to subset k).
     """
 
@@ -163,32 +26,15 @@ class GraphConv(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels * num_subsets, kernel_size=1)
 
     def forward(self, x, A):
-        v, c = x.shape[0], x.shape[-1]
-        k, w = self.num_subsets, A.shape[-1]
-        # Under autocast, cast the weight and graph once here rather than a view of them per subset (and
-        # in-place products are not autocast at all).
-        dtype = compute_dtype(x)
-        weight = self.conv.weight.to(dtype).reshape(k, -1, c).transpose(1, 2)  # (K, C, out)
-        A = A.to(dtype)
-        rows = x.reshape(v, -1)
-        bias = (A.sum(1).t() @ self.conv.bias.to(dtype).reshape(k, -1))[:, None]  # sum_k b_k colsum(A_k): (W, 1, out)
-        y = None
-        for i in range(k):
-            xa = (A[i].t() @ rows).view(w, -1, c)
-            if y is None:
-                y = torch.baddbmm(bias, xa, weight[i].expand(w, c, -1))
-            else:  # accumulate in place
-                y.baddbmm_(xa, weight[i].expand(w, c, -1))
-        return y.view(w, *x.shape[1:-1], -1)
+        """(N, C, T, V) -> (N, out, T, V)."""
+        x = self.conv(x)
+        n, kc, t, v = x.shape
+        x = x.view(n, self.num_subsets, kc // self.num_subsets, t, v)
+        return sum(torch.einsum("nctv,vw->nctw", x[:, k], A[k]) for k in range(self.num_subsets)).contiguous()
 
 
 class Block(nn.Module):
-    """Graph conv, BN-ReLU-temporal conv-BN-Dropout, plus residual, ReLU (SPEC §2).
-
-    Works on dense joints-major (V, B, T, G, C) tensors: G groups of passes stacked next to the channels
-    (see `Model.forward`), so BatchNorm sees G·C channels and gives each group its own statistics
-    in one call. `net/st_gcn_reference.py` holds the release's readable forward of the same modules.
-    """
+    """Graph conv, BN-ReLU-temporal conv-BN-Dropout, plus residual, ReLU (docs/method.md §2)."""
 
     def __init__(self, in_channels, out_channels, num_subsets, stride=1, dropout=0.0, residual=True):
         super().__init__()
@@ -209,89 +55,37 @@ class Block(nn.Module):
             self.residual = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, (stride, 1)),
                                           nn.BatchNorm2d(out_channels))
 
-    def temporal_conv(self, y):
-        """The 9x1 convolution of dense (V, B, T, G, C), shared by the G groups, as (V, B, T', G, out).
-
-        Trick: the memory is read as a channels-last (V, G·C, B, T) image, so the kernel runs as 1x9 along
-        the last axis with no copy, and the G groups are a grouped convolution with the weight repeated.
-        """
-        g = y.shape[3]
-        conv = self.tcn[2]
-        weight, bias = conv.weight.transpose(2, 3), conv.bias
-        if g > 1:
-            weight, bias = weight.repeat(g, 1, 1, 1), bias.repeat(g)
-        out = F.conv2d(_image(y), weight, bias, (1, conv.stride[0]), (0, conv.padding[0]), groups=g)
-        return _dense(out, g)  # a view: the convolution keeps the channels-last layout
-
     def forward(self, x, A):
-        """(V, B, T, G, C) -> (V, B, T / stride, G, out)."""
-        g = x.shape[3]
-        norm1, relu, _, norm2, drop = self.tcn
-        y = relu(grouped_batch_norm(norm1, _image(self.gcn(x, A)), g))
-        # BatchNorm's output image, not a view: in-place ops on a view would copy the whole tensor in backward.
-        y = grouped_batch_norm(norm2, _image(self.temporal_conv(_dense(y, g))), g)
-        # y is not saved for backward by anyone: the rest works on it in place.
-        if self.training and getattr(drop, "p", 0) > 0:
-            # The byte-mask trick is for eager CPU; a GPU's fused dropout kernel (or inductor's, compiled)
-            # beats its ~10 kernels and the mask in y's dtype. (Not inplace: torch's in-place dropout is unfused.)
-            if y.device.type == "cpu" and not torch.compiler.is_compiling():
-                y = y.mul_(_keep_mask(y, drop.p))
-            else:
-                y = F.dropout(y, drop.p)
-        if isinstance(self.residual, nn.Sequential):
-            # The strided 1x1 conv as a matrix product of the kept frames (oneDNN's backward of a 1x1 conv
-            # strided along the last axis corrupts memory in torch 2.13).
-            res_conv, res_norm = self.residual
-            kept = x[:, :, ::res_conv.stride[0]]
-            res = torch.addmm(res_conv.bias, kept.reshape(-1, kept.shape[-1]), res_conv.weight.flatten(1).t())
-            y.add_(grouped_batch_norm(res_norm, _image(res.view(*kept.shape[:-1], -1)), g))
-        elif self.residual is not None:
-            y.add_(_image(x))  # identity residual
-        return _dense(y.relu_(), g)
+        """(N, C, T, V) -> (N, out, T / stride, V)."""
+        y = self.tcn(self.gcn(x, A))
+        if self.residual is not None:
+            y = y + self.residual(x)
+        return torch.relu(y)
 
 
 def masked_pool(fmap, mask):
-    """Mean feature inside `mask` (p) and outside it (c), each averaged over bodies (SPEC §2, §3.2).
+    """Mean feature inside `mask` (p) and outside it (c), each averaged over bodies (docs/method.md §2, §3.2).
 
     fmap is (N, M, C, T', V); mask is boolean (T', V) shared by the batch, or (N, T', V).
     Returns p, c of shape (N, C). A region without any position pools to zeros.
     """
     n, m, _, t, v = fmap.shape
-    if mask.dtype != torch.bool or tuple(mask.shape[-2:]) != (t, v) or mask.dim() not in (2, 3) \
-            or (mask.dim() == 3 and mask.shape[0] != n):
-        raise ValueError(f"mask must be boolean (T', V) = ({t}, {v}) or (N, T', V) = ({n}, {t}, {v}), "
-                         f"got {mask.dtype} {tuple(mask.shape)}")
-    # Sums over positions and bodies as one batched product with the joints-major map (V, N, M, T', C),
-    # which is how the encoder stores it (then the permute is free and the gradient keeps that layout).
-    # Each weight is 1 / (M·positions in the region): the product sums x / count, the mean, in the map's
-    # dtype; summing first would overflow fp16 (800 positions of mean activation 82 exceed 65504).
     inside = mask.to(torch.promote_types(fmap.dtype, torch.float32)).expand(n, t, v)  # exact counts in bf16
-    weights = torch.stack([inside, 1 - inside], 2).permute(3, 0, 2, 1)[:, :, None]  # (V, N, 1, 2, T')
-    counts = (m * weights.sum((0, 4), keepdim=True)).clamp_min(1)  # (1, N, 1, 2, 1)
-    means = ((weights / counts).to(fmap.dtype) @ fmap.permute(4, 0, 1, 3, 2)).sum((0, 2))  # (N, 2, C)
-    p, c = means.unbind(1)
-    return p, c
 
+    def mean_over(region):
+        # Weights 1 / (M·positions in the region): the product sums x / count, the mean, in the map's dtype;
+        # summing first would overflow fp16 (800 positions of mean activation 82 exceed 65504).
+        weights = region / (m * region.sum((1, 2), keepdim=True)).clamp_min(1)
+        return torch.einsum("nmctv,ntv->nc", fmap, weights.to(fmap.dtype))
 
-def grouped_pool(fmaps, masks):
-    """Pooled features of G stacked passes (V, N, M, T', G, C): (N, G, 2, C), for group g the mean inside
-    masks[g] (T', V) and outside it (masked_pool's p and c), or for masks[g] None the global mean and 0.
-
-    One product for all groups: selecting each group instead would cost a zero-filled copy of the whole
-    map per group in backward.
-    """
-    v, _, m, t = fmaps.shape[:4]
-    inside = torch.stack([torch.ones(t, v, dtype=torch.bool, device=fmaps.device) if mask is None
-                          else mask.to(fmaps.device) for mask in masks])
-    inside = inside.to(torch.promote_types(fmaps.dtype, torch.float32))  # (G, T', V); exact counts in bf16
-    weights = torch.stack([inside, 1 - inside], -1)  # (G, T', V, 2)
-    counts = (m * weights.sum((1, 2), keepdim=True)).clamp_min(1)  # M·(positions in the region): (G, 1, 1, 2)
-    # Weights 1 / count: the product sums x / count in the map's dtype (as masked_pool, no fp16 overflow).
-    return torch.einsum("vnmtgc,gtvs->ngsc", fmaps, (weights / counts).to(fmaps.dtype))
+    return mean_over(inside), mean_over(1 - inside)
 
 
 class Model(nn.Module):
-    """ST-GCN: data BN, 10 graph blocks, global average pooling, mean over bodies, `fc` (SPEC §2).
+    """ST-GCN: data BN, 10 graph blocks, global average pooling, mean over bodies, `fc` (docs/method.md §2).
+
+    `forward` gives class scores (or pooled features); `forward_masked` the pooled features inside and
+    outside a SkeleMix region; `forward_grouped` several passes (a query and its mixes) in one call.
 
     Args:
         in_channels: coordinates per joint
@@ -301,13 +95,17 @@ class Model(nn.Module):
         graph_args: the skeleton graph: {layout: ntu-rgb+d | kinect-v1 | ..., strategy: spatial}
         edge_importance_weighting: a learnt weight per graph edge and block
         dropout: dropout probability in every block but the first
+        kernels: fast (net/st_gcn_fast.py) | reference (the forward written here): same function
     """
 
     def __init__(self, in_channels=3, hidden_channels=16, hidden_dim=256, num_class=60, graph_args=None,
-                 edge_importance_weighting=True, dropout=0.5, **kwargs):
+                 edge_importance_weighting=True, dropout=0.5, kernels="fast", **kwargs):
         super().__init__()
         if kwargs:
             raise TypeError(f"unknown ST-GCN argument(s) {sorted(kwargs)}")
+        if kernels not in KERNELS:
+            raise ValueError(f"model_args.kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+        self.kernels = kernels
         self.graph = Graph(**(graph_args or {"layout": DEFAULT_LAYOUT, "strategy": "spatial"}))
         self.register_buffer("A", torch.tensor(self.graph.A, dtype=torch.float32))
         num_subsets, num_joints = self.A.shape[:2]
@@ -332,7 +130,7 @@ class Model(nn.Module):
         self.init_weights()
 
     def init_weights(self):
-        """Conv/linear weights ~ N(0, 0.02), biases 0; BN weights ~ N(1, 0.02), biases 0 (SPEC §2)."""
+        """Conv/linear weights ~ N(0, 0.02), biases 0; BN weights ~ N(1, 0.02), biases 0 (docs/method.md §2)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                 nn.init.normal_(module.weight, 0.0, 0.02)
@@ -347,54 +145,68 @@ class Model(nn.Module):
             for importance in self.edge_importance:
                 nn.init.ones_(importance)
 
-    def feature_groups(self, x, groups=1):
-        """(G·N, C, T, V, M), G passes stacked group-major -> joints-major map (V, N, M, T', G, C_out).
-
-        Each pass gets BatchNorm statistics of its own, as G separate calls in group order would
-        (`grouped_batch_norm`). The blocks run on dense (V, N·M, T, G, C) tensors: the data-BN output
-        is stored once in that layout; the map returned is a view of the last block's output.
-        """
-        gn, c, t, v, m = x.shape
-        n = gn // groups
-        if n * groups != gn:
-            raise ValueError(f"a batch of {gn} clips does not split into {groups} groups")
-        x = x.view(groups, n, c, t, v, m).permute(1, 5, 0, 4, 2, 3).reshape(n * m, groups * v * c, t)
-        x = grouped_batch_norm(self.data_bn, x, groups)
-        x = x.view(n * m, groups, v, c, t).permute(2, 0, 4, 1, 3).contiguous()
-        # Every block's weighted graph A * importance_i in one product (10 small ones per pass otherwise).
-        if isinstance(self.edge_importance, nn.ParameterList):
-            graphs = self.A * torch.stack(list(self.edge_importance))
-        else:
-            graphs = self.A.expand(len(self.st_gcn_networks), *self.A.shape)
-        for block, A in zip(self.st_gcn_networks, graphs):
-            x = block(x, A)
-        return x.view(v, n, m, *x.shape[2:])
-
     def features_map(self, x):
-        """(N, C, T, V, M) -> final feature map (N, M, C_out, T / temporal_stride, V) (SPEC §2), a view."""
-        return self.feature_groups(x).squeeze(4).permute(1, 2, 4, 3, 0)
+        """(N, C, T, V, M) -> final feature map (N, M, C_out, T / temporal_stride, V) (docs/method.md §2)."""
+        if self.kernels == "fast":
+            return st_gcn_fast.feature_groups(self, x).squeeze(4).permute(1, 2, 4, 3, 0)
+        n, c, t, v, m = x.shape
+        x = x.permute(0, 4, 3, 1, 2).contiguous().view(n * m, v * c, t)  # data BN over (joint, coordinate)
+        x = self.data_bn(x)
+        x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).contiguous().view(n * m, c, t, v)
+        for block, importance in zip(self.st_gcn_networks, self.edge_importance):
+            x = block(x, self.A * importance)
+        return x.view(n, m, *x.shape[1:])
 
-    def forward(self, x, mask=None, return_features=False):
-        """Pooled features through `fc`: (N, num_class); with `mask`, (fc(p), fc(c)) (SPEC §2).
+    def pooled_passes(self, x, masks):
+        """Pooled features of G = len(masks) passes stacked group-major along x's batch (G·N clips): per pass,
+        the global mean (N, hidden_dim) where its mask is None, else (p, c) = `masked_pool`.
 
-        return_features=True skips `fc` and returns the pooled (N, hidden_dim) feature(s).
-        `mask` may also be a list of G entries, each None or a mask: x then stacks G passes along its batch
-        (group-major, G·N clips), computed as G separate calls would compute them (BatchNorm statistics
-        and running-statistics updates per pass, `fc` applied per pass in order), and the list of the G
-        outputs returns. One call of G passes runs each layer once on G times the data.
+        The G passes compute what G separate calls would, BatchNorm statistics and running-statistics
+        updates included, in group order (the fast kernels stack them into one call).
         """
-        if not isinstance(mask, list):
-            fmap = self.feature_groups(x).squeeze(4)  # (V, N, M, T', C); squeeze, not select: a free backward
-            if mask is None:
-                pooled = fmap.mean((0, 3)).mean(1)  # over V and T', then the M bodies
-                return pooled if return_features else self.fc(pooled)
-            p, c = masked_pool(fmap.permute(1, 2, 4, 3, 0), mask.to(fmap.device))
-            return (p, c) if return_features else (self.fc(p), self.fc(c))
-        outputs = []
-        for group_mask, group in zip(mask, grouped_pool(self.feature_groups(x, len(mask)), mask).unbind(1)):
-            p, c = group.unbind(1)
-            if group_mask is None:
-                outputs.append(p if return_features else self.fc(p))
-            else:
-                outputs.append((p, c) if return_features else (self.fc(p), self.fc(c)))
-        return outputs
+        self.check_masks(x, masks)
+        if self.kernels == "fast":
+            return st_gcn_fast.pooled_passes(self, x, masks)
+        pooled = []
+        for clips, mask in zip(x.chunk(len(masks)), masks):
+            fmap = self.features_map(clips)
+            pooled.append(fmap.mean((3, 4)).mean(1) if mask is None else masked_pool(fmap, mask.to(fmap.device)))
+        return pooled
+
+    def check_masks(self, x, masks):
+        """Errors naming the value for a batch that does not split into the passes or a mask of the wrong shape."""
+        gn, _, t, v, _ = x.shape
+        n, t = gn // len(masks), -(-t // self.temporal_stride)  # every stride pads: T' = ceil(T / stride)
+        if n * len(masks) != gn:
+            raise ValueError(f"a batch of {gn} clips does not split into {len(masks)} passes")
+        for mask in masks:
+            if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape[-2:]) != (t, v)
+                                     or mask.dim() not in (2, 3) or (mask.dim() == 3 and mask.shape[0] != n)):
+                raise ValueError(f"mask must be boolean (T', V) = ({t}, {v}) or (N, T', V) = ({n}, {t}, {v}), "
+                                 f"got {mask.dtype} {tuple(mask.shape)}")
+
+    def forward(self, x, return_features=False):
+        """(N, C, T, V, M) -> `fc` of the pooled features, (N, num_class); return_features: the pooled
+        (N, hidden_dim) features themselves."""
+        (pooled,) = self.pooled_passes(x, [None])
+        return pooled if return_features else self.fc(pooled)
+
+    def forward_masked(self, x, mask, return_features=False):
+        """(fc(p), fc(c)) of the features pooled inside and outside `mask` (T', V) or (N, T', V)
+        (docs/method.md §3.2); return_features: (p, c) themselves."""
+        ((p, c),) = self.pooled_passes(x, [mask])
+        return (p, c) if return_features else (self.fc(p), self.fc(c))
+
+    def forward_grouped(self, x, masks, return_features=False):
+        """G passes in one call: x stacks them group-major (G·N clips) and masks holds one entry per pass,
+        None (`forward`'s output) or a mask (`forward_masked`'s). Returns the list of the G outputs, as G
+        separate calls would, `fc` applied per pass in order."""
+        head = nn.Identity() if return_features else self.fc
+        return [tuple(map(head, pooled)) if isinstance(pooled, tuple) else head(pooled)
+                for pooled in self.pooled_passes(x, masks)]
+
+    def compile(self, *args, **kwargs):
+        """nn.Module.compile compiles `forward` only: the named passes are compiled too."""
+        super().compile(*args, **kwargs)
+        self.forward_masked = torch.compile(self.forward_masked, *args, **kwargs)
+        self.forward_grouped = torch.compile(self.forward_grouped, *args, **kwargs)

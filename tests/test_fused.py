@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 from net.moco import MoCo
-from net.st_gcn import Model, _is_narrow, grouped_batch_norm
+from net.st_gcn import Model
+from net.st_gcn_fast import _is_narrow, grouped_batch_norm
 
 TINY = dict(hidden_channels=4, hidden_dim=8, dropout=0.0)
 METHODS = {"skeletonclr": dict(head="mlp"), "skelemixclr": dict(head="mlp_bn", swap_params=[[2, 3, 1, 2, 1, 1.0]]),
@@ -89,7 +90,7 @@ def test_narrow_batch_norm_bf16_within_rounding():
 
 
 def test_stacked_passes_equal_separate_calls():
-    """Model.forward with a list of masks against the same model called once per pass."""
+    """Model.forward_grouped against the same model called once per pass (forward, forward_masked)."""
     torch.manual_seed(0)
     model = Model(**TINY, num_class=6).double().train()
     model.fc = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6)).double()
@@ -103,8 +104,8 @@ def test_stacked_passes_equal_separate_calls():
     g = torch.Generator().manual_seed(5)
     masks = [None] + [torch.rand(4, 25, generator=g) > 0.5 for _ in range(2)]
 
-    outs = model(torch.cat(xs), mask=masks)
-    refs = [ref(x, mask=mask) for x, mask in zip(xs, masks)]
+    outs = model.forward_grouped(torch.cat(xs), masks)
+    refs = [ref(x) if mask is None else ref.forward_masked(x, mask) for x, mask in zip(xs, masks)]
     flat = [outs[0], *outs[1], *outs[2]]
     flat_ref = [refs[0], *refs[1], *refs[2]]
     for a, b in zip(flat, flat_ref):
@@ -114,17 +115,21 @@ def test_stacked_passes_equal_separate_calls():
     sum((b * w).sum() for b, w in zip(flat_ref, weights)).backward()
     assert_same_state(model, ref)
     with torch.no_grad():  # eval mode: the running statistics apply to every pass
-        for a, b in zip(model.eval()(torch.cat(xs), mask=masks)[1], ref.eval()(xs[1], mask=masks[1])):
+        outs, refs = model.eval().forward_grouped(torch.cat(xs), masks), ref.eval().forward_masked(xs[1], masks[1])
+        for a, b in zip(outs[1], refs):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("separate_kernels", ["fast", "reference"])
 @pytest.mark.parametrize("method", METHODS)
-def test_fused_queries_equal_separate_passes(method):
-    """A whole MoCo step: loss, every gradient and every running statistic, fused against separate passes."""
+def test_fused_queries_equal_separate_passes(method, separate_kernels):
+    """A whole MoCo step: loss, every gradient and every running statistic, fused against separate passes
+    (with the fast kernels, or with the readable forward of net/st_gcn.py)."""
     torch.manual_seed(0)
     fused = MoCo(**TINY, feature_dim=8, queue_size=16, temperature=0.2, fused_queries=True, **METHODS[method]).double()
     separate = copy.deepcopy(fused)
     separate.fused_queries = False
+    separate.encoder_q.kernels = separate.encoder_k.kernels = separate_kernels
     views = [clips(4, seed) for seed in range(1 + fused.num_queries)]
     losses = [model(views, generator=torch.Generator().manual_seed(3)) for model in (fused, separate)]
     for key in losses[1]:

@@ -104,7 +104,7 @@ def test_skelemix_losses_by_hand():
         for _ in range(2):
             mixed, mask, partner = ref.skelemix(im_q, 2, 3, 1, 2, generator=g)
             assert all(int(partner[i]) != i for i in range(4))
-            p, c = (F.normalize(f, dim=1) for f in ref.encoder_q(mixed, mask=mask))
+            p, c = (F.normalize(f, dim=1) for f in ref.encoder_q.forward_masked(mixed, mask))
             lp = torch.stack([torch.cat([(p[i] * k[partner[i]]).sum()[None], p[i] @ queue0,
                                          (p[i] * c[i]).sum()[None]]) for i in range(4)]) / 0.2
             lc = torch.stack([torch.cat([(c[i] * k[i]).sum()[None], c[i] @ queue0,

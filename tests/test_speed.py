@@ -1,5 +1,5 @@
-"""Speed options against the plain fp32 path, the release's design against ours, and the benchmark's JSON."""
-import contextlib
+"""Speed options against the plain fp32 path, and the benchmark's JSON (the fast kernels against the readable
+forward: tests/test_st_gcn.py::test_fast_kernels_equal_readable_forward)."""
 import json
 import os
 import platform
@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from net.st_gcn import Model, _keep_mask
-from net.st_gcn_reference import release_design
+from net.st_gcn import Model
+from net.st_gcn_fast import _keep_mask
 from processor import configure
 from tools import benchmark
 from torchlight.config import ConfigError
@@ -31,23 +31,6 @@ def clips(n=4, t=16, seed=1):
 
 def grads(model):
     return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-
-
-def test_release_design_equals_ours_in_float64():
-    """The benchmark's --baseline (the reference forward) computes the same function and gradients as ours."""
-    model = tiny_encoder().double().train()
-    x, mask = clips().double(), torch.rand(4, 25, generator=torch.Generator().manual_seed(2)) > 0.5
-    outputs = []
-    for design in (release_design, contextlib.nullcontext):
-        model.zero_grad()
-        with design():
-            out = model(x)
-            p, c = model(x, mask=mask)
-        (out.sum() + (p * c).sum()).backward()
-        outputs.append((out, p, c, grads(model)))
-    (out, p, c, g), (out_ref, p_ref, c_ref, g_ref) = outputs
-    for a, b in [(out, out_ref), (p, p_ref), (c, c_ref)] + [(g[k], g_ref[k]) for k in g_ref]:
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_dropout_mask_rate_scale_and_layout():

@@ -1,16 +1,16 @@
-"""ST-GCN encoder against an independent reference forward written from SPEC §2."""
+"""ST-GCN encoder: the readable forward against docs/method.md §2 written out, the fast kernels against it."""
 import copy
 
 import pytest
 import torch
 import torch.nn as nn
 
-from net.st_gcn import Model, grouped_pool, masked_pool
-from net.st_gcn_reference import release_design
+from net import st_gcn_fast
+from net.st_gcn import Model, masked_pool
 
-STRIDES = [1, 1, 1, 1, 2, 1, 1, 2, 1, 1]  # SPEC §2 temporal stride of the 10 blocks
+STRIDES = [1, 1, 1, 1, 2, 1, 1, 2, 1, 1]  # docs/method.md §2 temporal stride of the 10 blocks
 
-# State-dict names of the original release for the 10-block model (SPEC §2).
+# State-dict names of the original release for the 10-block model (docs/method.md §2).
 EXPECTED_KEYS = [
     "A", "data_bn.weight", "data_bn.bias", "data_bn.running_mean", "data_bn.running_var",
     "data_bn.num_batches_tracked", "st_gcn_networks.0.gcn.conv.weight", "st_gcn_networks.0.gcn.conv.bias",
@@ -120,11 +120,48 @@ def sample_input(n=3, t=16, seed=2):
     return torch.randn(n, 3, t, 25, 2, generator=torch.Generator().manual_seed(seed))
 
 
-def reference(model, x, mask=None):
-    """The release's forward (net/st_gcn_reference.py) on a copy of the model: feature map and output."""
+def readable(model):
+    """A copy of the model that runs the forward written in net/st_gcn.py (`kernels: reference`)."""
     model = copy.deepcopy(model)
-    with release_design():
-        return model.features_map(x), model(x, mask=mask)
+    model.kernels = "reference"
+    return model
+
+
+def reference(model, x):
+    """The readable forward on a copy of the model: feature map and output."""
+    model = readable(model)
+    return model.features_map(x), model(x)
+
+
+def test_fast_kernels_equal_readable_forward():
+    """kernels: fast (net/st_gcn_fast.py) against the readable forward in float64, in training mode:
+    forward, forward_masked and forward_grouped outputs, every gradient and every BN running statistic."""
+    torch.manual_seed(0)
+    fast = randomise(tiny_model()).double().train()
+    slow = readable(fast)
+    x = sample_input(n=4).double()
+    g = torch.Generator().manual_seed(5)
+    mask, masks = torch.rand(4, 25, generator=g) > 0.5, [None, torch.rand(4, 25, generator=g) > 0.5]
+    outputs = []
+    for model in (fast, slow):
+        # backward after each call: a later call's running-statistics update would bump what BN saved
+        out = model(x)
+        out.sum().backward()
+        p, c = model.forward_masked(x, mask)
+        (p * c).sum().backward()
+        q, (gp, gc) = model.forward_grouped(torch.cat([x, x.flip(0)]), masks)
+        ((q * gp).sum() + gc.square().sum()).backward()
+        outputs.append([out, p, c, q, gp, gc])
+    assert outputs[1][0].abs().max() > 0.1  # the comparison is not between two near-zero tensors
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    grads = [{k: p.grad for k, p in model.named_parameters() if p.grad is not None} for model in (fast, slow)]
+    assert sorted(grads[0]) == sorted(grads[1]) and len(grads[1]) == len(list(slow.parameters()))
+    for k in grads[1]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-9, atol=1e-10, msg=k)
+    buffers = dict(slow.named_buffers())
+    for k, v in fast.named_buffers():
+        torch.testing.assert_close(v, buffers[k], rtol=1e-10, atol=1e-12, msg=k)
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -140,15 +177,15 @@ def test_forward_matches_reference(training):
     torch.testing.assert_close(logits, logits_ref, atol=1e-10, rtol=0)
 
 
-def test_reference_is_spec_order():
-    """The reference's block is SPEC §2 written out: 1x1 conv, sum over subsets of x_k A_k, tcn, residual."""
+def test_readable_block_is_method_order():
+    """The readable block is docs/method.md §2 written out: 1x1 conv, sum over subsets of x_k A_k, tcn, residual."""
     model = randomise(tiny_model()).double().eval()
     block, A = model.st_gcn_networks[4], model.A * model.edge_importance[4]
     x = torch.randn(2, 4, 16, 25, dtype=torch.float64)
     y = block.gcn.conv(x)
     y = sum(torch.matmul(y[:, 8 * k:8 * (k + 1)], A[k]) for k in range(3))
     expected = torch.relu(block.tcn(y) + block.residual(x))
-    with release_design(), torch.no_grad():
+    with torch.no_grad():
         torch.testing.assert_close(block(x, A), expected, atol=1e-12, rtol=0)
 
 
@@ -170,12 +207,13 @@ def explicit_masked_means(fmap, mask):
     return torch.stack(ps), torch.stack(cs)
 
 
+@pytest.mark.parametrize("pool", [masked_pool, st_gcn_fast.masked_pool])
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_masked_pool_equals_explicit_means(per_sample):
+def test_masked_pool_equals_explicit_means(per_sample, pool):
     g = torch.Generator().manual_seed(3)
     fmap = torch.randn(4, 2, 6, 5, 25, generator=g)
     mask = torch.rand((4, 5, 25) if per_sample else (5, 25), generator=g) > 0.6
-    p, c = masked_pool(fmap, mask)
+    p, c = pool(fmap, mask)
     p_ref, c_ref = explicit_masked_means(fmap, mask)
     torch.testing.assert_close(p, p_ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(c, c_ref, atol=1e-6, rtol=0)
@@ -190,8 +228,11 @@ def test_pooling_in_fp16_at_large_activations_stays_finite():
     mask[4:12, 3:10] = True
     p_ref, c_ref = explicit_masked_means(fmap, mask)
     p, c = masked_pool(fmap.half(), mask)
-    grouped = grouped_pool(fmap.permute(4, 0, 1, 3, 2)[:, :, :, :, None].half(), [mask])  # (V, N, M, T', 1, C)
-    for value, expected in ((p, p_ref), (c, c_ref), (grouped[:, 0, 0], p_ref), (grouped[:, 0, 1], c_ref)):
+    fast_p, fast_c = st_gcn_fast.masked_pool(fmap.half(), mask)
+    joints_major = fmap.permute(4, 0, 1, 3, 2)[:, :, :, :, None].half()  # (V, N, M, T', 1, C)
+    grouped = st_gcn_fast.grouped_pool(joints_major, [mask])
+    for value, expected in ((p, p_ref), (c, c_ref), (fast_p, p_ref), (fast_c, c_ref), (grouped[:, 0, 0], p_ref),
+                            (grouped[:, 0, 1], c_ref)):
         assert value.dtype == torch.float16 and torch.isfinite(value).all()
         torch.testing.assert_close(value.double(), expected, atol=0.2, rtol=0)  # fp16 spacing at 100: 0.0625
 
@@ -204,8 +245,8 @@ def test_forward_with_mask_returns_fc_of_masked_means():
     fmap_ref, _ = reference(model, x)
     p_ref, c_ref = explicit_masked_means(fmap_ref, mask)
     with torch.no_grad():
-        p, c = model(x, mask=mask, return_features=True)
-        fc_p, fc_c = model(x, mask=mask)
+        p, c = model.forward_masked(x, mask, return_features=True)
+        fc_p, fc_c = model.forward_masked(x, mask)
     torch.testing.assert_close(p, p_ref, atol=1e-10, rtol=0)
     torch.testing.assert_close(c, c_ref, atol=1e-10, rtol=0)
     torch.testing.assert_close(fc_p, p_ref @ model.fc.weight.T + model.fc.bias, atol=1e-10, rtol=0)
@@ -215,7 +256,7 @@ def test_forward_with_mask_returns_fc_of_masked_means():
 def test_bad_mask_shape_is_named():
     model = tiny_model().eval()
     with pytest.raises(ValueError, match=r"\(16, 25\)"):
-        model(sample_input(), mask=torch.ones(16, 25, dtype=torch.bool))
+        model.forward_masked(sample_input(), torch.ones(16, 25, dtype=torch.bool))
 
 
 def test_state_dict_has_release_names_and_loads_strictly():
@@ -290,3 +331,5 @@ def test_other_layout_and_unknown_argument():
     assert model(x).shape == (2, 5)
     with pytest.raises(TypeError, match="hidden_channel"):
         Model(hidden_channel=8)
+    with pytest.raises(ValueError, match="model_args.kernels must be one of fast, reference, got 'slow'"):
+        Model(kernels="slow")

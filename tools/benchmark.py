@@ -12,9 +12,9 @@ backward, SGD) of SkeletonCLR, SkeleMixCLR and SkeleMixCLR+, of a linear-evaluat
 encoder forward + classifier update) and of inference; samples/s of the pretraining data loader; and
 the peak memory. Every figure is the median of `--iters` timed iterations (5) after `--warmup` untimed
 ones, with their min and max beside it, for plain fp32, for each speed option, and for the original
-release's design (`--baseline`, net/st_gcn_reference.py: a conv-then-per-subset-einsum graph
-convolution on (N, C, T, V) tensors with nn.Dropout, one encoder call per pass, and per-sample numpy
-augmentation in the loader workers), so that the speed-up is measured in one run.
+release's design (`--baseline`: `kernels: reference`, net/st_gcn.py's readable forward, a
+conv-then-per-subset-einsum graph convolution on (N, C, T, V) tensors with nn.Dropout; one encoder call
+per pass; per-sample numpy augmentation in the loader workers), so that the speed-up is measured in one run.
 """
 import argparse
 import contextlib
@@ -38,7 +38,6 @@ if __package__ in (None, ""):  # run as a script: the repository root on sys.pat
     import _bootstrap  # noqa: F401
 import net.st_gcn as st_gcn  # noqa: E402
 from net.moco import MoCo  # noqa: E402
-from net.st_gcn_reference import release_design  # noqa: E402
 from processor import configure  # noqa: E402
 from processor.processor import cpu_amp_is_fast  # noqa: E402
 from torchlight.util import keep_freed_host_memory, release_freed_host_memory, set_numerics  # noqa: E402
@@ -137,12 +136,12 @@ def write_dataset(folder, clips, frames, seed=0):
     return dict(data_path=data_path, label_path=label_path)
 
 
-def encoder_figures(args, option, device):
+def encoder_figures(args, model_args, option, device):
     """Seconds of each timed encoder forward+backward on a (batch, 3, T, 25, 2) input in train mode, its
     FLOPs and, for compile, the seconds of the compiling call."""
     torch.manual_seed(0)
     set_numerics(tf32=option.get("tf32", False))  # as the processors do for their config
-    model = st_gcn.Model(**args.model_args).to(device).train()
+    model = st_gcn.Model(**model_args).to(device).train()
     if option.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     x = torch.randn(args.encoder_batch, 3, args.frames, 25, 2, device=device)
@@ -169,14 +168,14 @@ def encoder_figures(args, option, device):
     return times, counter.get_total_flops(), compile_s
 
 
-def build(name, args, option, data, **extra):
+def build(name, args, model_args, option, data, **extra):
     """Processor `name` on the benchmark data with the speed option applied."""
     # overwrite: every measurement builds a processor in the same scratch work_dir.
     cfg = dict(work_dir=os.path.join(args.tmp, "work_dir"), overwrite=True, batch_size=args.batch,
                test_batch_size=args.batch, num_workers=args.workers, progress=False, eval_interval=0,
                save_interval=10 ** 9, seed=1,
                device=args.device, train_feeder_args=dict(data, frames=args.frames),
-               test_feeder_args=dict(data), model_args=dict(args.model_args))
+               test_feeder_args=dict(data), model_args=dict(model_args))
     for key, value in {**option, **extra}.items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
     cls, cfg = configure(name, cfg)
@@ -233,8 +232,10 @@ def measure_option(name, option, args, data, device, reference=None):
     """
     row, low, high = dict.fromkeys(FIGURES), {}, {}
     row["config"] = {k: v for k, v in option.items() if k != "baseline"}
-    design = release_design() if option.get("baseline") else contextlib.nullcontext()
-    moco_args = dict(args.moco_args, fused_queries=False if option.get("baseline") else option.get("fused_queries"))
+    # The baseline: the readable forward (kernels: reference) with one encoder call per pass.
+    model_args = dict(args.model_args, kernels="reference") if option.get("baseline") else args.model_args
+    moco_args = dict(args.moco_args, **model_args,
+                     fused_queries=False if option.get("baseline") else option.get("fused_queries"))
     same = ["encoder_fwd_bwd_s", "encoder_flops", "encoder_gflops", "linear_eval", "inference"]
     reuse = reference is not None and bool(option) and set(option) <= {"device_augment", "fused_queries"}
     option = {k: v for k, v in option.items() if k not in ("baseline", "fused_queries")}
@@ -243,13 +244,13 @@ def measure_option(name, option, args, data, device, reference=None):
         row[key], low[key], high[key] = amount / statistics.median(times), amount / max(times), amount / min(times)
 
     release_memory()
-    with design, PeakMemory(device) as memory:
+    with PeakMemory(device) as memory:
         if reuse:
             row.update({k: reference[k] for k in same}, same_as_fp32=same)
             low.update({k: reference["min"][k] for k in same if k in reference["min"]})
             high.update({k: reference["max"][k] for k in same if k in reference["max"]})
         else:
-            times, flops, compile_s = encoder_figures(args, option, device)
+            times, flops, compile_s = encoder_figures(args, model_args, option, device)
             row.update(encoder_fwd_bwd_s=statistics.median(times), encoder_flops=flops)
             low["encoder_fwd_bwd_s"], high["encoder_fwd_bwd_s"] = min(times), max(times)
             record("encoder_gflops", flops / 1e9, times)
@@ -260,13 +261,13 @@ def measure_option(name, option, args, data, device, reference=None):
         else:
             for method, processor in METHODS.items():
                 if method in args.methods:
-                    proc = build(processor, args, option, data, model_args=moco_args)
+                    proc = build(processor, args, moco_args, option, data)
                     record(f"pretrain_{method}", args.batch, train_steps(proc, args))
                     if method == "skelemixclr_plus":
                         row["data_loading"] = loading(proc)
                     del proc
             if not reuse:
-                proc = build("linear_evaluation", args, option, data, cache_features=False)
+                proc = build("linear_evaluation", args, model_args, option, data, cache_features=False)
                 record("linear_eval", args.batch, train_steps(proc, args))
                 record("inference", args.batch, inference(proc, args))
                 del proc
@@ -324,7 +325,8 @@ def parse_args(argv):
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the original release's design (default: on)")
     parser.add_argument("--batch", type=int, help="pretraining / linear-evaluation batch (default 128; quick 4)")
-    parser.add_argument("--width", type=int, default=16, help="the encoder's hidden channels (default 16, SPEC §2)")
+    parser.add_argument("--width", type=int, default=16,
+                        help="the encoder's hidden channels (default 16, docs/method.md §2)")
     parser.add_argument("--hidden_dim", type=int, help="the encoder's output features (default 256 at width 16, "
                         "else 8 x width as config/ucla/*_small.yaml)")
     parser.add_argument("--encoder_batch", type=int, help="batch of the encoder figure (default: --batch)")
@@ -350,7 +352,7 @@ def parse_args(argv):
     args.hidden_dim = args.hidden_dim or (16 if quick else 256 if args.width == 16 else 8 * args.width)
     args.width = 4 if quick else args.width
     args.model_args = dict(hidden_channels=args.width, hidden_dim=args.hidden_dim)
-    # The MoCo queue must hold a whole number of batches (SPEC §3): MoCo's default, rounded down to one.
+    # The MoCo queue must hold a whole number of batches (docs/method.md §3): MoCo's default, rounded down to one.
     queue = args.batch * 16 if quick else MOCO_QUEUE // args.batch * args.batch
     args.moco_args = dict(args.model_args, queue_size=queue)
     return args

@@ -27,7 +27,6 @@ from torchlight.checkpoint import write_checkpoint
 from torchlight.config import ConfigError
 from torchlight.io import open_work_dir, write_yaml
 from torchlight.util import (
-    cpu_amp_is_fast,  # noqa: F401  (tools/benchmark.py imports it from here)
     instantiate,
     prepare_host,
     seed_everything,

@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: the repository root on sys.pat
 import net.st_gcn as st_gcn  # noqa: E402
 from net.moco import MoCo  # noqa: E402
 from processor import configure  # noqa: E402
-from processor.processor import cpu_amp_is_fast  # noqa: E402
+from torchlight.util import cpu_amp_is_fast  # noqa: E402
 from torchlight.util import keep_freed_host_memory, release_freed_host_memory, set_numerics  # noqa: E402
 
 METHODS = {"skeletonclr": "pretrain_skeletonclr", "skelemixclr": "pretrain_skeletonclr_swap",

@@ -177,7 +177,7 @@ class Checks:
         for batch in batches[1:]:
             step(proc, batch)
         graphs.append(counters["stats"]["unique_graphs"])
-        proc.knn(proc.raw_model.encoder_q, return_features=False)
+        proc.knn(proc.raw_model.encoder_q, pooled=False)
         for batch in batches[1:]:
             step(proc, batch)
         graphs.append(counters["stats"]["unique_graphs"])

@@ -39,8 +39,12 @@ if __package__ in (None, ""):  # run as a script: the repository root on sys.pat
 import net.st_gcn as st_gcn  # noqa: E402
 from net.moco import MoCo  # noqa: E402
 from processor import configure  # noqa: E402
-from torchlight.util import cpu_amp_is_fast  # noqa: E402
-from torchlight.util import keep_freed_host_memory, release_freed_host_memory, set_numerics  # noqa: E402
+from torchlight.util import (  # noqa: E402
+    cpu_amp_is_fast,  # noqa: E402
+    keep_freed_host_memory,
+    release_freed_host_memory,
+    set_numerics,
+)
 
 METHODS = {"skeletonclr": "pretrain_skeletonclr", "skelemixclr": "pretrain_skeletonclr_swap",
            "skelemixclr_plus": "pretrain_skeletonclr_multi_swapv2"}

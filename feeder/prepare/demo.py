@@ -15,64 +15,16 @@ import os
 
 import numpy as np
 
+from feeder.prepare.demo_body import bend_knees, forward_kinematics, rest_pose, rotate_yaw, set_arm
+
 CAMERA_YAW = {1: -np.pi / 4, 2: 0.0, 3: np.pi / 4}
 SETUPS, PERFORMERS = (1, 2), (1, 2, 3, 4, 5, 6, 7, 8)  # NTU 60 xsub: 3, 6, 7 are val; xset: S001 val
 FRAMES = (40, 120)
 NOISE = 0.004  # metres
-# Local body frame, metres: x to the performer's right, y up, z backwards (the performer faces -z).
-# 0-based joints: arms are shoulder, elbow, wrist, hand, hand tip, thumb; legs hip, knee, ankle, foot.
-ARMS = {-1: ("l", (4, 5, 6, 7, 21, 22)), 1: ("r", (8, 9, 10, 11, 23, 24))}
-LEGS = {-1: ("l", (12, 13, 14, 15)), 1: ("r", (16, 17, 18, 19))}
-UPPER_ARM, FOREARM, HAND, HAND_TIP, THUMB, THIGH, SHIN = 0.29, 0.26, 0.08, 0.08, 0.05, 0.43, 0.42
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MISSING_LISTS = [os.path.join(REPO, "resource", f"NTU_RGBD{n}_samples_with_missing_skeletons.txt")
                  for n in (60, 120)]
 JOINT_LINE = "%.7g %.7g %.7g %.4f %.4f %.3f %.3f 0 0 0 0 2\n"
-
-
-def _direction(elevation, azimuth, side):
-    """Unit limb direction: hanging at elevation 0, raised sideways (azimuth 0) or forwards (pi/2)."""
-    return np.stack([side * np.sin(elevation) * np.cos(azimuth), -np.cos(elevation),
-                     -np.sin(elevation) * np.sin(azimuth)], -1)
-
-
-def _rest_pose(t):
-    """Pose parameters of a relaxed stance: each limb segment is (T, 2) elevation, azimuth."""
-    T = len(t)
-    pose = {"root": np.zeros((T, 3)), "pitch": np.zeros(T)}
-    for side in "lr":
-        pose[side + "_upper"] = np.tile([0.12, 0.0], (T, 1))
-        pose[side + "_fore"] = np.tile([0.15, np.pi / 2], (T, 1))
-        pose[side + "_thigh"] = np.tile([0.02, 0.0], (T, 1))
-        pose[side + "_shin"] = np.zeros((T, 2))
-    return pose
-
-
-def _body(pose, scale):
-    """Forward kinematics: pose parameters -> (T, 25, 3) joints in the local body frame."""
-    root, pitch = pose["root"], pose["pitch"]
-    T = len(root)
-    J = np.zeros((T, 25, 3))
-
-    def trunk(height, x=0.0):  # a point of the trunk, which leans forwards by `pitch` about the spine base
-        return root + np.stack([np.full(T, x), height * np.cos(pitch), -height * np.sin(pitch)], -1)
-
-    J[:, 0], J[:, 1], J[:, 20], J[:, 2], J[:, 3] = (trunk(h) for h in (0.0, 0.25, 0.47, 0.54, 0.67))
-    for side, (key, (shoulder, elbow, wrist, hand, tip, thumb)) in ARMS.items():
-        elevation, azimuth = pose[key + "_fore"].T
-        upper, fore = _direction(*pose[key + "_upper"].T, side), _direction(elevation, azimuth, side)
-        J[:, shoulder] = trunk(0.44, side * 0.18)
-        J[:, elbow] = J[:, shoulder] + UPPER_ARM * upper
-        J[:, wrist] = J[:, elbow] + FOREARM * fore
-        J[:, hand] = J[:, wrist] + HAND * fore
-        J[:, tip] = J[:, hand] + HAND_TIP * fore
-        J[:, thumb] = J[:, hand] + THUMB * _direction(elevation - 0.6, azimuth, side)
-    for side, (key, (hip, knee, ankle, foot)) in LEGS.items():
-        J[:, hip] = root + [side * 0.09, -0.05, 0.0]
-        J[:, knee] = J[:, hip] + THIGH * _direction(*pose[key + "_thigh"].T, side)
-        J[:, ankle] = J[:, knee] + SHIN * _direction(*pose[key + "_shin"].T, side)
-        J[:, foot] = J[:, ankle] + [0.0, -0.05, -0.12]
-    return J * scale
 
 
 def _bump(t, t0, t1):
@@ -86,21 +38,6 @@ def _hold(t, t0, t1, edge=0.2):
     s = np.clip((t - t0) / (t1 - t0), 0.0, 1.0)
     ramp = np.clip(np.minimum(s, 1.0 - s) / edge, 0.0, 1.0)
     return ramp * ramp * (3.0 - 2.0 * ramp)
-
-
-def _bend_knees(pose, knee, side_keys="lr"):
-    """Squat-like flexion by `knee` radians with the feet kept under the body."""
-    for s in side_keys:
-        pose[s + "_thigh"] = np.stack([knee, np.full_like(knee, np.pi / 2)], -1)
-        pose[s + "_shin"] = np.stack([-0.8 * knee, np.full_like(knee, np.pi / 2)], -1)
-    pose["root"][:, 1] -= THIGH * (1 - np.cos(knee)) + SHIN * (1 - np.cos(0.8 * knee))
-    pose["root"][:, 2] += THIGH * np.sin(knee) - SHIN * np.sin(0.8 * knee)
-
-
-def _arm(pose, key, upper, fore, azimuth=np.pi / 2):
-    """Set both segments of one arm from elevation arrays, with a shared azimuth (forwards by default)."""
-    pose[key + "_upper"] = np.stack(np.broadcast_arrays(upper, azimuth), -1).astype(float)
-    pose[key + "_fore"] = np.stack(np.broadcast_arrays(fore, azimuth), -1).astype(float)
 
 
 def _envelopes(t, r):
@@ -120,21 +57,21 @@ def _pair(pose, other, gap):
 
 
 def _wave(t, r, arm):
-    pose, (hold, _, osc) = _rest_pose(t), _envelopes(t, r)
+    pose, (hold, _, osc) = rest_pose(t), _envelopes(t, r)
     up = 0.12 + hold * 2.0
-    _arm(pose, arm, up, up + hold * (0.6 + 0.45 * r["amp"] * osc), azimuth=0.3)
+    set_arm(pose, arm, up, up + hold * (0.6 + 0.45 * r["amp"] * osc), azimuth=0.3)
     return _one(pose, r)
 
 
 def _raise_arms(t, r):
-    pose, (_, bump, _) = _rest_pose(t), _envelopes(t, r)
+    pose, (_, bump, _) = rest_pose(t), _envelopes(t, r)
     for s in "lr":
-        _arm(pose, s, 0.12 + bump * 2.8 * r["amp"], 0.15 + bump * 2.85 * r["amp"], azimuth=0.0)
+        set_arm(pose, s, 0.12 + bump * 2.8 * r["amp"], 0.15 + bump * 2.85 * r["amp"], azimuth=0.0)
     return _one(pose, r)
 
 
 def _clap(t, r):
-    pose, (hold, _, osc) = _rest_pose(t), _envelopes(t, r)
+    pose, (hold, _, osc) = rest_pose(t), _envelopes(t, r)
     for s in "lr":  # forearms swing towards the midline (azimuth beyond pi/2) and back
         pose[s + "_upper"] = np.stack([0.12 + hold * r["amp"], hold * 1.75], -1)
         pose[s + "_fore"] = np.stack([0.15 + hold * 1.4 * r["amp"],
@@ -143,15 +80,15 @@ def _clap(t, r):
 
 
 def _punch(t, r):
-    pose, (hold, _, osc) = _rest_pose(t), _envelopes(t, r)
+    pose, (hold, _, osc) = rest_pose(t), _envelopes(t, r)
     for s, extend in (("r", np.maximum(osc, 0) ** 2), ("l", np.maximum(-osc, 0) ** 2)):
-        _arm(pose, s, 0.12 + hold * (0.4 + 1.0 * extend * r["amp"]), 0.15 + hold * (2.15 - 0.75 * extend),
-             azimuth=np.pi / 2 - 0.2)
+        set_arm(pose, s, 0.12 + hold * (0.4 + 1.0 * extend * r["amp"]), 0.15 + hold * (2.15 - 0.75 * extend),
+                azimuth=np.pi / 2 - 0.2)
     return _one(pose, r)
 
 
 def _kick(t, r):
-    pose, (_, bump, _) = _rest_pose(t), _envelopes(t, r)
+    pose, (_, bump, _) = rest_pose(t), _envelopes(t, r)
     lift = 1.3 * r["amp"] * bump
     pose["r_thigh"] = np.stack([lift, np.full_like(t, np.pi / 2)], -1)
     pose["r_shin"] = np.stack([lift * (0.3 + 0.7 * bump), np.full_like(t, np.pi / 2)], -1)
@@ -162,46 +99,46 @@ def _kick(t, r):
 
 
 def _squat(t, r):
-    pose, (hold, _, _) = _rest_pose(t), _envelopes(t, r)
-    _bend_knees(pose, 1.25 * r["amp"] * hold)
+    pose, (hold, _, _) = rest_pose(t), _envelopes(t, r)
+    bend_knees(pose, 1.25 * r["amp"] * hold)
     pose["pitch"] += 0.45 * hold
     for s in "lr":
-        _arm(pose, s, 0.12 + 1.3 * hold, 0.15 + 1.3 * hold)
+        set_arm(pose, s, 0.12 + 1.3 * hold, 0.15 + 1.3 * hold)
     return _one(pose, r)
 
 
 def _jump(t, r):
-    pose, (t0, t1) = _rest_pose(t), (r["t0"], r["t1"])
+    pose, (t0, t1) = rest_pose(t), (r["t0"], r["t1"])
     crouch = _bump(t, t0, t0 + 0.3 * (t1 - t0)) + _bump(t, t0 + 0.6 * (t1 - t0), t1)
     air = _bump(t, t0 + 0.2 * (t1 - t0), t0 + 0.7 * (t1 - t0))
-    _bend_knees(pose, 0.8 * crouch)
+    bend_knees(pose, 0.8 * crouch)
     pose["root"][:, 1] += 0.3 * r["amp"] * air
     for s in "lr":
-        _arm(pose, s, 0.12 + 2.5 * air - 0.6 * crouch, 0.15 + 2.6 * air - 0.4 * crouch)
+        set_arm(pose, s, 0.12 + 2.5 * air - 0.6 * crouch, 0.15 + 2.6 * air - 0.4 * crouch)
     return _one(pose, r)
 
 
 def _bow(t, r):
-    pose, (hold, _, _) = _rest_pose(t), _envelopes(t, r)
+    pose, (hold, _, _) = rest_pose(t), _envelopes(t, r)
     pose["pitch"] += 0.95 * r["amp"] * hold
     pose["root"][:, 2] += 0.08 * hold
     for s in "lr":
-        _arm(pose, s, 0.12 + 0.7 * hold, 0.15 + 0.8 * hold)
+        set_arm(pose, s, 0.12 + 0.7 * hold, 0.15 + 0.8 * hold)
     return _one(pose, r)
 
 
 def _march(t, r):
-    pose, (hold, _, osc) = _rest_pose(t), _envelopes(t, r)
+    pose, (hold, _, osc) = rest_pose(t), _envelopes(t, r)
     for s, sign in (("l", 1.0), ("r", -1.0)):  # each arm swings against the leg of its side
         pose[s + "_thigh"] = np.stack([hold * 1.1 * r["amp"] * np.maximum(sign * osc, 0),
                                        np.full_like(t, np.pi / 2)], -1)
-        _arm(pose, s, 0.12 - hold * 0.6 * sign * osc, 0.15 + hold * (0.3 - 0.6 * sign * osc))
+        set_arm(pose, s, 0.12 - hold * 0.6 * sign * osc, 0.15 + hold * (0.3 - 0.6 * sign * osc))
     pose["root"][:, 1] += 0.03 * hold * np.abs(osc)
     return _one(pose, r)
 
 
 def _handshake(t, r):
-    (hold, _, osc), bodies = _envelopes(t, r), (_rest_pose(t), _rest_pose(t))
+    (hold, _, osc), bodies = _envelopes(t, r), (rest_pose(t), rest_pose(t))
     for pose in bodies:  # right hands reach forwards and inwards to meet between the performers
         pose["r_upper"] = np.stack([0.12 + hold * 0.75, np.pi / 2 + 0.3 * hold], -1)
         pose["r_fore"] = np.stack([0.15 + hold * (1.25 + 0.18 * osc), np.pi / 2 + 0.35 * hold], -1)
@@ -209,11 +146,11 @@ def _handshake(t, r):
 
 
 def _push(t, r):
-    pose, other, (t0, t1) = _rest_pose(t), _rest_pose(t), (r["t0"], r["t1"])
+    pose, other, (t0, t1) = rest_pose(t), rest_pose(t), (r["t0"], r["t1"])
     extend = _hold(t, t0, t0 + 0.6 * (t1 - t0), edge=0.3)
     for s in "lr":
-        _arm(pose, s, 0.12 + 1.3 * extend * r["amp"], 0.15 + 1.4 * extend * r["amp"])
-        _arm(other, s, 0.12 + 0.5 * extend, 0.15 + 0.9 * extend)
+        set_arm(pose, s, 0.12 + 1.3 * extend * r["amp"], 0.15 + 1.4 * extend * r["amp"])
+        set_arm(other, s, 0.12 + 0.5 * extend, 0.15 + 0.9 * extend)
     contact = t0 + 0.3 * (t1 - t0)
     shove = np.clip((t - contact) / (0.3 * (t1 - t0)), 0.0, 1.0)
     shove = shove * shove * (3 - 2 * shove)
@@ -241,11 +178,6 @@ CLASSES = tuple(MOTIONS)  # class k is action A(k+1), label k
 TWO_PERSON = ("handshake", "push")
 
 
-def _yaw(points, angle):
-    """Rotate (..., 3) points about the vertical axis by `angle` radians."""
-    c, s = np.cos(angle), np.sin(angle)
-    return points @ np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
-
 
 def clip_joints(label, camera, rng, nuisance=0.0, timing=0.0):
     """(T, bodies, 25, 3) camera-space joints of one random clip of class index `label`.
@@ -269,13 +201,13 @@ def clip_joints(label, camera, rng, nuisance=0.0, timing=0.0):
         pose["root"][:, 0] += 0.02 * np.sin(2 * np.pi * 0.4 * t + r["phase"] + x)  # idle sway
         for key in [k for k in pose if k.endswith(("_upper", "_fore", "_thigh", "_shin"))]:
             pose[key] = pose[key] + rng.normal(0, nuisance * 0.5, 2)
-        local = _body(pose, rng.uniform(0.85, 1.15))
-        bodies.append(_yaw(local, yaw) + [x, 0.0, 0.0])
+        local = forward_kinematics(pose, rng.uniform(0.85, 1.15))
+        bodies.append(rotate_yaw(local, yaw) + [x, 0.0, 0.0])
     scene = np.stack(bodies, 1)
     if nuisance:
         shear = np.eye(3) + rng.uniform(-nuisance, nuisance, (3, 3)) * (1 - np.eye(3))
         scene = scene @ shear.T
-    view = _yaw(scene, CAMERA_YAW[camera] + rng.normal(0, 0.1))
+    view = rotate_yaw(scene, CAMERA_YAW[camera] + rng.normal(0, 0.1))
     offset = [rng.uniform(-0.3, 0.3), rng.uniform(-0.1, 0.25), rng.uniform(2.7, 3.4)]
     return view + offset + rng.normal(0, NOISE, view.shape)
 

@@ -193,6 +193,30 @@ def count_warnings(dataset, sizes):
     return lines
 
 
+def _read_clips(data_path, names, max_frames, num_joints, num_person, empty, bad):
+    """Yield (name, array or None) for every file in `names`, None for a file left out of the database.
+
+    Files with no frames go to `empty`; with `bad` a list, unreadable files go there instead of raising.
+    """
+    readable = 0
+    for name in tqdm(names, desc="gendata", unit="file"):
+        try:
+            x = read_skeleton(os.path.join(data_path, name), max_frames, num_joints, num_person)
+        except EmptySkeletonError:
+            empty.append(name)
+            x = None
+        except ValueError as err:
+            if bad is None:
+                raise
+            bad.append((name, str(err)))
+            x = None  # left out of the database
+        readable += x is not None
+        yield name, x
+    if not readable:  # raised inside the writer: nothing is written
+        first = bad[0][1] if bad else f"{empty[0]} has no frames"
+        raise ValueError(f"no readable clips in {data_path}; first bad file: {first}")
+
+
 def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sample_path=None,
             skip_bad=False, max_frames=300, num_joints=25, num_person=2):
     """Write `<out>/<benchmark>/<part>_data.npy` and `<part>_label.pkl` for every benchmark (docs/method.md §1.2).
@@ -214,27 +238,9 @@ def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sam
         for b in benchmarks:
             parts[b, "train" if is_training(name, b) else "val"][name] = parse_name(name).action - 1
 
-    def clips():
-        readable = 0
-        for name in tqdm(names, desc="gendata", unit="file"):
-            try:
-                x = read_skeleton(os.path.join(data_path, name), max_frames, num_joints, num_person)
-            except EmptySkeletonError:
-                empty.append(name)
-                x = None
-            except ValueError as err:
-                if bad is None:
-                    raise
-                bad.append((name, str(err)))
-                x = None  # left out of the database
-            readable += x is not None
-            yield name, x
-        if not readable:  # raised inside the writer: nothing is written
-            first = bad[0][1] if bad else f"{empty[0]} has no frames"
-            raise ValueError(f"no readable clips in {data_path}; first bad file: {first}")
-
     empty = []
-    sizes = write_database(out_folder, parts, clips(), (3, max_frames, num_joints, num_person))
+    clips = _read_clips(data_path, names, max_frames, num_joints, num_person, empty, bad)
+    sizes = write_database(out_folder, parts, clips, (3, max_frames, num_joints, num_person))
     if empty:
         with atomic_path(os.path.join(out_folder, EMPTY_LIST)) as tmp, open(tmp, "w") as f:
             f.write("\n".join(empty) + "\n")

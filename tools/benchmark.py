@@ -18,7 +18,6 @@ per pass; per-sample numpy augmentation in the loader workers), so that the spee
 """
 import argparse
 import contextlib
-import gc
 import inspect
 import io
 import json
@@ -27,7 +26,6 @@ import pickle
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -39,93 +37,25 @@ if __package__ in (None, ""):  # run as a script: the repository root on sys.pat
 import net.st_gcn as st_gcn  # noqa: E402
 from net.moco import MoCo  # noqa: E402
 from processor import configure  # noqa: E402
-from torchlight.util import (  # noqa: E402
-    cpu_amp_is_fast,  # noqa: E402
-    keep_freed_host_memory,
-    release_freed_host_memory,
-    set_numerics,
+from tools.benchmark_options import encoder_only, speed_options  # noqa: E402
+from tools.benchmark_report import print_report, summarize  # noqa: E402
+from tools.benchmark_timing import (  # noqa: E402
+    PeakMemory,
+    forget_compiled_graphs,
+    matmul_gflops,
+    release_memory,
+    synchronize,
+    timed,
 )
+from torchlight.util import cpu_amp_is_fast, keep_freed_host_memory, set_numerics  # noqa: E402
 
 METHODS = {"skeletonclr": "pretrain_skeletonclr", "skelemixclr": "pretrain_skeletonclr_swap",
            "skelemixclr_plus": "pretrain_skeletonclr_multi_swapv2"}
 MOCO_QUEUE = inspect.signature(MoCo).parameters["queue_size"].default
 FIGURES = ["encoder_fwd_bwd_s", "encoder_gflops", *[f"pretrain_{m}" for m in METHODS], "linear_eval",
            "inference", "data_loading", "peak_memory_mb"]
-
-
-# --- measuring --------------------------------------------------------------------------------------
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def forget_compiled_graphs(option):
-    """Before a model of a compiling `option`: torch._dynamo.reset(). Every compiled encoder of this process
-    shares Model.forward's code, and after `recompile_limit` (8) versions of it torch runs it eager, so later
-    figures would time eager code under the name compile."""
-    if option.get("compile"):
-        torch._dynamo.reset()
-
-
-def timed(fn, warmup, iters, device):
-    """Seconds of each of `iters` calls of fn after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def release_memory():
-    """Return freed memory to the OS, so the next peak-memory figure starts from what is in use."""
-    gc.collect()
-    release_freed_host_memory()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-class PeakMemory:
-    """Peak memory inside the block: CUDA's allocator peak, or this process's resident set on CPU."""
-
-    def __init__(self, device):
-        self.device, self.peak, self._stop = device, 0, threading.Event()
-
-    def _rss(self):
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _watch(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif os.path.exists("/proc/self/statm"):
-            self.peak = self._rss()
-            self._thread = threading.Thread(target=self._watch, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        elif hasattr(self, "_thread"):
-            self._stop.set()
-            self._thread.join()
-        self.mb = self.peak / 2 ** 20
-
-
-def matmul_gflops(device, dtype, n, warmup, iters):
-    """Sustained GFLOP/s of an n x n matrix product: median over `iters` products."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    times = timed(lambda: a @ b, warmup, iters, device)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+# What an option that only changes the pretraining input path shares with fp32 (see measure_option).
+SAME_AS_FP32 = ["encoder_fwd_bwd_s", "encoder_flops", "encoder_gflops", "linear_eval", "inference"]
 
 
 # --- what is measured -------------------------------------------------------------------------------
@@ -225,6 +155,49 @@ def inference(proc, args):
     return timed(forward, args.warmup, args.iters, proc.device)
 
 
+def record(figures, key, amount, times):
+    """Into figures = (row, low, high): `amount` per second (samples or FLOPs) at the median, slowest and
+    fastest of `times`."""
+    row, low, high = figures
+    row[key], low[key], high[key] = amount / statistics.median(times), amount / max(times), amount / min(times)
+
+
+def copy_fp32_figures(figures, reference):
+    """The figures an input-path-only option shares with `reference` (the fp32 row), marked as such."""
+    row, low, high = figures
+    row.update({k: reference[k] for k in SAME_AS_FP32}, same_as_fp32=SAME_AS_FP32)
+    low.update({k: reference["min"][k] for k in SAME_AS_FP32 if k in reference["min"]})
+    high.update({k: reference["max"][k] for k in SAME_AS_FP32 if k in reference["max"]})
+
+
+def measure_encoder(figures, args, model_args, option, device):
+    """The encoder's forward+backward seconds, FLOPs, GFLOP/s and, for compile, compiling seconds."""
+    row, low, high = figures
+    times, flops, compile_s = encoder_figures(args, model_args, option, device)
+    row.update(encoder_fwd_bwd_s=statistics.median(times), encoder_flops=flops)
+    low["encoder_fwd_bwd_s"], high["encoder_fwd_bwd_s"] = min(times), max(times)
+    record(figures, "encoder_gflops", flops / 1e9, times)
+    if compile_s is not None:
+        row["compile_s"] = compile_s
+
+
+def measure_processors(figures, args, model_args, moco_args, option, data, reuse):
+    """Samples/s of each wanted pretraining method (and the loader under SkeleMixCLR+), then, unless
+    `reuse`, of linear evaluation and inference."""
+    for method, processor in METHODS.items():
+        if method in args.methods:
+            proc = build(processor, args, moco_args, option, data)
+            record(figures, f"pretrain_{method}", args.batch, train_steps(proc, args))
+            if method == "skelemixclr_plus":
+                figures[0]["data_loading"] = loading(proc)
+            del proc
+    if not reuse:
+        proc = build("linear_evaluation", args, model_args, option, data, cache_features=False)
+        record(figures, "linear_eval", args.batch, train_steps(proc, args))
+        record(figures, "inference", args.batch, inference(proc, args))
+        del proc
+
+
 def measure_option(name, option, args, data, device, reference=None):
     """All figures of one speed option (a dict of processor config keys); None where skipped.
 
@@ -240,85 +213,21 @@ def measure_option(name, option, args, data, device, reference=None):
     model_args = dict(args.model_args, kernels="reference") if option.get("baseline") else args.model_args
     moco_args = dict(args.moco_args, **model_args,
                      fused_queries=False if option.get("baseline") else option.get("fused_queries"))
-    same = ["encoder_fwd_bwd_s", "encoder_flops", "encoder_gflops", "linear_eval", "inference"]
     reuse = reference is not None and bool(option) and set(option) <= {"device_augment", "fused_queries"}
     option = {k: v for k, v in option.items() if k not in ("baseline", "fused_queries")}
-
-    def record(key, amount, times):  # amount per second: samples (batch) or FLOPs
-        row[key], low[key], high[key] = amount / statistics.median(times), amount / max(times), amount / min(times)
-
     release_memory()
     with PeakMemory(device) as memory:
         if reuse:
-            row.update({k: reference[k] for k in same}, same_as_fp32=same)
-            low.update({k: reference["min"][k] for k in same if k in reference["min"]})
-            high.update({k: reference["max"][k] for k in same if k in reference["max"]})
+            copy_fp32_figures((row, low, high), reference)
         else:
-            times, flops, compile_s = encoder_figures(args, model_args, option, device)
-            row.update(encoder_fwd_bwd_s=statistics.median(times), encoder_flops=flops)
-            low["encoder_fwd_bwd_s"], high["encoder_fwd_bwd_s"] = min(times), max(times)
-            record("encoder_gflops", flops / 1e9, times)
-            if compile_s is not None:
-                row["compile_s"] = compile_s
+            measure_encoder((row, low, high), args, model_args, option, device)
         if encoder_only(option, args, device):
             row["skipped"] = "compile: encoder figure only (each compiled graph costs ~1 min; --compile_all)"
         else:
-            for method, processor in METHODS.items():
-                if method in args.methods:
-                    proc = build(processor, args, moco_args, option, data)
-                    record(f"pretrain_{method}", args.batch, train_steps(proc, args))
-                    if method == "skelemixclr_plus":
-                        row["data_loading"] = loading(proc)
-                    del proc
-            if not reuse:
-                proc = build("linear_evaluation", args, model_args, option, data, cache_features=False)
-                record("linear_eval", args.batch, train_steps(proc, args))
-                record("inference", args.batch, inference(proc, args))
-                del proc
+            measure_processors((row, low, high), args, model_args, moco_args, option, data, reuse)
     row["peak_memory_mb"], row["min"], row["max"] = memory.mb, low, high
     print(f"  {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
     return row
-
-
-def encoder_only(option, args, device):
-    """Whether `option` measures the encoder figure only: compile on CPU, unless --compile_all.
-
-    On CUDA every figure of every option is measured (compile included): that is where it is meant to help.
-    """
-    return bool(option.get("compile")) and device.type != "cuda" and not args.compile_all
-
-
-def speed_options(device, quick, wanted=()):
-    """Speed options runnable here: {name: processor config keys}, and {name: why skipped}.
-
-    On CPU, compile runs only when named in `wanted`: inductor's code measured slower than eager
-    there (75 vs 137 GFLOP/s, 2-core Xeon) and costs over a minute to compile.
-    """
-    options, skipped = {"fp32": {}, "channels_last": {"channels_last": True}}, {}
-    if device.type == "cuda":
-        options["tf32"] = {"tf32": True}
-    for amp in ("bf16", "fp16"):
-        if device.type == "cpu" and not cpu_amp_is_fast(amp):
-            why = "its fp16 conv backward is a reference kernel" if amp == "fp16" else "no native bf16 kernels"
-            skipped[amp] = f"slower than fp32 on this CPU: {why}"
-        else:
-            options[amp] = {"amp": amp}
-    if quick:
-        skipped["compile"] = "--quick (compiling takes minutes)"
-    elif device.type == "cpu" and "compile" not in wanted:
-        skipped["compile"] = "CPU: slower than eager here; --options compile measures it"
-    else:
-        options["compile"] = {"compile": True}
-    options["device_augment"] = {"device_augment": True}
-    # MoCo's fused_queries (default: fused on CUDA only), each way: one encoder call per step or per pass.
-    options["fused"], options["separate"] = {"fused_queries": True}, {"fused_queries": False}
-    combined = {"device_augment": True}  # the options expected to help here, together
-    if "bf16" in options:
-        combined["amp"] = "bf16"
-    if device.type == "cuda":
-        combined.update(compile=True, channels_last=True)
-    options["combined"] = combined
-    return options, skipped
 
 
 def parse_args(argv):
@@ -362,19 +271,38 @@ def parse_args(argv):
     return args
 
 
-def table(result):
-    """The results as a fixed-width text table."""
-    heads = ["option", "enc s", "enc GF/s", "CLR/s", "Mix/s", "Mix+/s", "linear/s", "infer/s", "load/s", "peak MB"]
-    keys = ["encoder_fwd_bwd_s", "encoder_gflops", "pretrain_skeletonclr", "pretrain_skelemixclr",
-            "pretrain_skelemixclr_plus", "linear_eval", "inference", "data_loading", "peak_memory_mb"]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for name, row in result["options"].items():
-        cells = ["-" if row.get(k) is None else (f"{row[k]:.3g}" if row[k] < 100 else f"{row[k]:.0f}")
-                 + ("*" if k in row.get("same_as_fp32", ()) else "") for k in keys]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if any(row.get("same_as_fp32") for row in result["options"].values()):
-        lines.append("* the fp32 path (the option does not change it), not measured again")
-    return "\n".join(lines)
+def chosen_options(args, device):
+    """The options to measure, the baseline first when wanted, and {name: why skipped}."""
+    wanted = args.options.split(",") if args.options else []
+    options, skipped = speed_options(device, args.quick, wanted)
+    if wanted:
+        options = {k: v for k, v in options.items() if k in wanted}
+    if args.baseline:
+        options = {"baseline": {"baseline": True}, **options}
+    return options, skipped
+
+
+def matmul_reference(args, device):
+    """The matmul size and its GFLOP/s in fp32 and, where bf16 is fast here, bf16: what the encoder is
+    compared to."""
+    n = args.matmul_size or (512 if args.quick else 2048 if device.type == "cpu" else 8192)
+    matmul = {"fp32": matmul_gflops(device, torch.float32, n, 1, 3 if args.quick else 5)}
+    if device.type == "cuda" or cpu_amp_is_fast("bf16"):
+        matmul["bf16"] = matmul_gflops(device, torch.bfloat16, n, 1, 3 if args.quick else 5)
+    print(f"matmul {n}x{n}: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in matmul.items()), flush=True)
+    return n, matmul
+
+
+def measure_options(options, args, device):
+    """{name: row} of every option, on a random dataset in a scratch folder; later rows may reuse fp32's."""
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        args.tmp = tmp
+        clips = args.batch * (args.warmup + max(args.iters, 3))
+        data = write_dataset(tmp, clips, args.frames)
+        for name, option in options.items():
+            rows[name] = measure_option(name, option, args, data, device, rows.get("fp32"))
+    return rows
 
 
 def main(argv=None):
@@ -385,18 +313,8 @@ def main(argv=None):
     # As the processors do on CPU, for every option and the baseline alike (torchlight.util).
     host_memory_kept = device.type == "cpu" and keep_freed_host_memory()
     t_start = time.perf_counter()
-    wanted = args.options.split(",") if args.options else []
-    options, skipped = speed_options(device, args.quick, wanted)
-    if wanted:
-        options = {k: v for k, v in options.items() if k in wanted}
-    if args.baseline:
-        options = {"baseline": {"baseline": True}, **options}
-    n = args.matmul_size or (512 if args.quick else 2048 if device.type == "cpu" else 8192)
-    matmul = {"fp32": matmul_gflops(device, torch.float32, n, 1, 3 if args.quick else 5)}
-    if device.type == "cuda" or cpu_amp_is_fast("bf16"):
-        matmul["bf16"] = matmul_gflops(device, torch.bfloat16, n, 1, 3 if args.quick else 5)
-    print(f"matmul {n}x{n}: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in matmul.items()), flush=True)
-
+    options, skipped = chosen_options(args, device)
+    n, matmul = matmul_reference(args, device)
     result = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else
                   f"cpu ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})",
                   torch=torch.__version__, settings={k: v for k, v in vars(args).items() if k != "tmp"},
@@ -404,32 +322,10 @@ def main(argv=None):
                   compile_cache=dict(reset_before_each_compiled_model=True,
                                      recompile_limit=torch._dynamo.config.recompile_limit),
                   options={})
-    with tempfile.TemporaryDirectory() as tmp:
-        args.tmp = tmp
-        clips = args.batch * (args.warmup + max(args.iters, 3))
-        data = write_dataset(tmp, clips, args.frames)
-        for name, option in options.items():
-            result["options"][name] = measure_option(name, option, args, data, device, result["options"].get("fp32"))
-
-    rows = result["options"]
-    for dtype in ("fp32", "bf16"):  # the encoder's forward+backward GFLOP/s over the matmul's, same dtype
-        row = rows.get(dtype, {})
-        result[f"{dtype}_fraction_of_matmul"] = (row["encoder_gflops"] / matmul[dtype]
-                                                 if row.get("encoder_gflops") and dtype in matmul else None)
-    key = "pretrain_skelemixclr_plus"
-    ours = {k: r[key] for k, r in rows.items() if k != "baseline" and r.get(key)}
-    result["fastest_option"] = max(ours, key=ours.get) if ours else None
-    result["speedup_vs_baseline"] = (ours[result["fastest_option"]] / rows["baseline"][key]
-                                     if ours and rows.get("baseline", {}).get(key) else None)
+    result["options"] = measure_options(options, args, device)
+    summarize(result)
     result["seconds"] = time.perf_counter() - t_start
-    print(table(result))
-    for dtype in ("fp32", "bf16"):
-        if result[f"{dtype}_fraction_of_matmul"]:
-            print(f"{dtype} encoder forward+backward: {result[f'{dtype}_fraction_of_matmul']:.2f} of the {dtype} "
-                  "matmul throughput", flush=True)
-    if result["speedup_vs_baseline"]:
-        print(f"SkeleMixCLR+ step: {result['fastest_option']} is {result['speedup_vs_baseline']:.2f}x the baseline")
-    print(f"benchmark took {result['seconds']:.0f} s")
+    print_report(result)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

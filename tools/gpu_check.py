@@ -31,7 +31,8 @@ if __package__ in (None, ""):  # run as a script: the repository root on sys.pat
 from net.moco import MoCo  # noqa: E402
 from net.st_gcn_fast import grouped_batch_norm  # noqa: E402
 from processor import configure  # noqa: E402
-from tools.benchmark import PeakMemory, synchronize, timed, write_dataset  # noqa: E402
+from tools.benchmark import write_dataset  # noqa: E402
+from tools.benchmark_timing import PeakMemory, synchronize, timed  # noqa: E402
 from torchlight.util import set_numerics  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,10 +9,10 @@ import json
 import os
 
 from feeder.prepare.demo_arrays import demo_arrays
-from processor.table import Table
+from processor.table import RUN_HELP, Orchestrator, Table
 from torchlight.config import deep_merge, load_yaml
-from torchlight.dist import all_gather_object, barrier, init_distributed, is_main_process
-from torchlight.io import Logger, atomic_path
+from torchlight.dist import all_gather_object, barrier, is_main_process
+from torchlight.io import atomic_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "config", "demo")
@@ -33,7 +33,7 @@ DEFAULTS = dict(
     linear={},
 )
 HELP = dict(  # shown by `python main.py demo --help`
-    speed="passed to every run: exact, or fast (docs/gpu.md)",
+    RUN_HELP,
     work_dir="the table's runs and demo_result.json",
     data_dir="raw files, gendata output and arrays per data setting; reused when present",
     num_files="synthetic .skeleton files to generate",
@@ -43,26 +43,12 @@ HELP = dict(  # shown by `python main.py demo --help`
     label_fraction="linear evaluation trains on this share of the training labels (per class); "
                    "pretraining sees every training clip, unlabelled: the setting SSL is for",
     seed="seed of the data and of every run",
-    device="device of every run (auto, cpu, cuda, ...)",
-    progress="tqdm progress bars",
     pretrain="overrides for both pretraining runs, e.g. --pretrain.num_epoch 2",
-    linear="overrides for every linear evaluation",
 )
 
 
-class Demo:
-    @classmethod
-    def default_config(cls):
-        return dict(DEFAULTS)
-
-    @classmethod
-    def config_help(cls):
-        return HELP
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        init_distributed(cfg["device"])  # under torchrun rank 0 makes the data and writes the summary
-        self.log = Logger(cfg["work_dir"], enabled=is_main_process())
+class Demo(Orchestrator):
+    defaults, help = DEFAULTS, HELP
 
     def prepare_data(self):
         """The synthetic clips as arrays (feeder/prepare/demo_arrays.py), each step skipped when its output exists."""

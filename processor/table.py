@@ -29,16 +29,17 @@ DEFAULTS = dict(
     linear={},
     overwrite=False,
 )
+# Keys the table and the demo pass on to every run they start.
+RUN_HELP = dict(speed="passed to every run: exact, or fast (docs/gpu.md)",
+                device="device of every run (auto, cpu, cuda, ...)", progress="tqdm progress bars",
+                linear="overrides for every linear evaluation")
 HELP = dict(  # shown by `python main.py table --help`
-    speed="passed to every run: exact, or fast (docs/gpu.md)",
+    RUN_HELP,
     work_dir="every run goes to <work_dir>/<row>/seed<N>; the table to <work_dir>/table.json",
     seeds="each row runs once per seed: top-1 as mean ± std",
-    device="device of every run (auto, cpu, cuda, ...)",
-    progress="tqdm progress bars",
     data="merged into every run: e.g. {train_feeder_args: {...}, test_feeder_args: {...}}",
     rows="[{name, linear: yaml, pretrain: [processor, yaml] (optional), linear_args: {...}}]",
     pretrain="overrides for every pretraining run, e.g. --pretrain.num_epoch 2",
-    linear="overrides for every linear evaluation",
     overwrite="true: redo runs whose work_dir exists (the demo), instead of refusing",
 )
 
@@ -56,17 +57,28 @@ def mean_std(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-class Table:
+class Orchestrator:
+    """A processor that runs other processors (table, demo): its keys are `defaults`, explained by `help`."""
+    defaults, help = {}, {}
+
     @classmethod
     def default_config(cls):
-        return dict(DEFAULTS)
+        return dict(cls.defaults)
 
     @classmethod
     def config_help(cls):
-        return HELP
+        return cls.help
 
     def __init__(self, cfg):
         self.cfg = cfg
+        init_distributed(cfg["device"])  # under torchrun every rank runs every run; rank 0 writes the summary
+        self.log = Logger(cfg["work_dir"], enabled=is_main_process())
+
+
+class Table(Orchestrator):
+    defaults, help = DEFAULTS, HELP
+
+    def __init__(self, cfg):
         for row in cfg["rows"]:
             if not isinstance(row, dict) or "name" not in row or "linear" not in row:
                 raise ConfigError(f"table row {row!r} needs a name and a linear config")
@@ -77,8 +89,7 @@ class Table:
                 raise ConfigError(f"table row {row['name']!r}: pretrain must be [processor, config file]")
             for config_file in [row["linear"]] + ([pretrain[1]] if pretrain else []):
                 load_yaml(config_file)
-        init_distributed(cfg["device"])  # under torchrun every rank runs every row; rank 0 writes
-        self.log = Logger(cfg["work_dir"], enabled=is_main_process())
+        super().__init__(cfg)
 
     def run(self, name, config_file, work_dir, seed, *overrides):
         """Processor `name` with `config_file`, this table's data, work_dir and seed, and `overrides`."""

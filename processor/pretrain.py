@@ -36,6 +36,8 @@ class Pretrain(Processor):
         if cfg["momentum_schedule"] not in MOMENTUM_SCHEDULES:
             raise ConfigError(f"momentum_schedule must be one of {', '.join(MOMENTUM_SCHEDULES)}, "
                               f"not {cfg['momentum_schedule']!r}")
+        if not 0 <= cfg["mix_warmup"] <= 1:
+            raise ConfigError(f"mix_warmup must be a share of training in [0, 1], got {cfg['mix_warmup']!r}")
         if cfg["model_args"].get("queue_size") == "auto":
             clips = len(self.dataset(dict(cfg["train_feeder_args"], views=0), "train_feeder_args"))
             cfg["model_args"]["queue_size"] = auto_queue_size(clips, cfg["batch_size"])

@@ -197,3 +197,10 @@ def test_a_failing_monitor_loses_no_checkpoint(demo_arrays, tiny, tmp_path):
     assert log.count("monitor failed, training goes on") == 2
     assert f"warning: epoch 2: the Pretrain monitor failed, training goes on (last checkpoint " \
            f"{tmp_path / 'run' / 'epoch2_model.pt'}): the encoder's outputs for 1 of" in log
+
+
+def test_mix_warmup_outside_zero_one_is_refused(demo_arrays, tiny, tmp_path):
+    from torchlight.config import ConfigError
+    cls, cfg = tiny("pretrain_skeletonclr_multi_swapv2", demo_arrays, tmp_path, mix_warmup=1.5)
+    with pytest.raises(ConfigError, match=r"mix_warmup must be a share of training in \[0, 1\], got 1.5"):
+        cls(cfg)

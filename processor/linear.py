@@ -28,7 +28,6 @@ class LinearEvaluation(Classification):
 
     def __init__(self, cfg):
         self.cached = None  # (features, labels) of the training clips, on the cached path
-        self.feature_stats = None  # (mean, 1/std) of the training clips' features, with feature_norm
         self.frozen = {}    # the encoder's state before training: finish() checks that none of it moved
         super().__init__(cfg)
 
@@ -69,8 +68,8 @@ class LinearEvaluation(Classification):
         """
         features, _ = self.training_features()
         mean, var = features.mean(0), features.var(0, correction=0)
-        self.feature_stats = mean, torch.rsqrt(var + 1e-6)
-        self.raw_model.fc.register_forward_pre_hook(lambda _, args: ((args[0] - mean) * self.feature_stats[1],))
+        scale = torch.rsqrt(var + 1e-6)
+        self.raw_model.fc.register_forward_pre_hook(lambda _, args: ((args[0] - mean) * scale,))
         self.log(f"feature_norm: the classifier's {len(mean)} input features standardised with the training "
                  "clips' statistics (normalised probe)")
 

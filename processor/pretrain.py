@@ -94,8 +94,10 @@ class Pretrain(Processor):
         """The shared epoch, with the health signals of issue 10 item 2 under `health/`."""
         stats = super().train_epoch(epoch)
         stats = {k.replace("train/health/", "health/"): v for k, v in stats.items()}
+        # Against chance, the unweighted total: during mix_warmup train/loss is the ramped one.
+        losses = dict(stats, **{"train/loss": stats["train/loss_ins"] + stats.get("train/loss_mix", 0.0)})
         for key, chance in self.raw_model.chance_losses().items():
-            stats[f"health/{key}_over_chance"] = stats[f"train/{key}"] / chance
+            stats[f"health/{key}_over_chance"] = losses[f"train/{key}"] / chance
         keys_seen = (epoch + 1) * len(self.train_loader) * self.cfg["batch_size"]
         ratio = stats["health/loss_over_chance"]
         if near_chance(ratio, keys_seen, self.raw_model.queue_size):

@@ -204,3 +204,14 @@ def test_mix_warmup_outside_zero_one_is_refused(demo_arrays, tiny, tmp_path):
     cls, cfg = tiny("pretrain_skeletonclr_multi_swapv2", demo_arrays, tmp_path, mix_warmup=1.5)
     with pytest.raises(ConfigError, match=r"mix_warmup must be a share of training in \[0, 1\], got 1.5"):
         cls(cfg)
+
+
+def test_loss_over_chance_during_mix_warmup_is_that_of_the_unweighted_loss(demo_arrays, tiny, tmp_path):
+    cls, cfg = tiny("pretrain_skeletonclr_multi_swapv2", demo_arrays, tmp_path, num_epoch=1, mix_warmup=1.0,
+                    batch_size=16, model_args=dict(queue_size=32))
+    proc = cls(cfg)
+    proc.start()
+    stats, chance = proc.stats[0], proc.raw_model.chance_losses()["loss"]
+    assert stats["train/loss"] < stats["train/loss_ins"] + stats["train/loss_mix"]  # ramped
+    assert stats["health/loss_over_chance"] == pytest.approx(
+        (stats["train/loss_ins"] + stats["train/loss_mix"]) / chance)

@@ -25,6 +25,13 @@ def hold_lock(work_dir):
     return other
 
 
+def snapshot(folder):
+    """Bytes and modification time of every file under `folder`."""
+    return {os.path.relpath(os.path.join(d, n), folder): (open(os.path.join(d, n), "rb").read(),
+                                                          os.stat(os.path.join(d, n)).st_mtime_ns)
+            for d, _, names in os.walk(folder) for n in names}
+
+
 def test_lock_names_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     other = hold_lock(tmp_path)
     try:

@@ -3,11 +3,13 @@
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from test_io import hold_lock, snapshot
 
 from feeder.prepare.demo import generate
 from feeder.prepare.ntu import count_warnings, is_training, main, read_skeleton
@@ -272,3 +274,36 @@ def test_a_file_without_frames_is_skipped_and_listed_not_a_zero_clip(tmp_path, c
     assert (tmp_path / "out" / "empty_files.txt").read_text() == "S001C001P001R001A003.skeleton\n"
     names = [pickle.load(open(tmp_path / "out" / "xsub" / f"{p}_label.pkl", "rb"))[0] for p in ("train", "val")]
     assert "S001C001P001R001A003.skeleton" not in names[0] + names[1] and len(names[0] + names[1]) == 2
+
+
+def test_a_folder_with_another_runs_arrays_is_refused_unless_overwrite(tmp_path):
+    data = copy_real(tmp_path / "raw", "S001C001P001R001A001.skeleton", "S001C002P002R001A002.skeleton")
+    out = tmp_path / "out"
+    argv = ["--data_path", str(data), "--out_folder", str(out), "--benchmark", "xsub"]
+    main(argv)
+    before = snapshot(out)
+    for again in (argv, argv[:-1] + ["xview"]):  # the same benchmark, or another one beside it
+        with pytest.raises(SystemExit) as info:
+            main(again)
+        assert str(info.value) == (f"error: out_folder {out} holds another run's arrays (xsub/train_data.npy, "
+                                   "xsub/train_label.pkl, xsub/val_data.npy, xsub/val_label.pkl): pass --overwrite "
+                                   "or choose another --out_folder")
+    assert snapshot(out) == before  # untouched, and no run.lock left
+    main(argv[:-1] + ["xview", "--overwrite"])
+    assert all_files(out) == [f"{b}/{p}_{k}" for b in ("xsub", "xview") for p in ("train", "val")
+                              for k in ("data.npy", "label.pkl")]
+
+
+def test_a_run_into_a_folder_another_process_holds_is_refused_naming_it(tmp_path):
+    data = copy_real(tmp_path / "raw", "S001C001P001R001A001.skeleton")
+    out = tmp_path / "out"
+    other = hold_lock(out)  # training's run.lock, held by a live process (another gendata or a training run)
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["--data_path", str(data), "--out_folder", str(out)])
+    finally:
+        other.kill()
+        other.wait()
+    assert str(info.value).startswith(f"error: out_folder {out} is in use by pid {other.pid} on "
+                                      f"{socket.gethostname()} since ")
+    assert os.listdir(out) == ["run.lock"]  # nothing of the refused run was written

@@ -119,6 +119,11 @@ def test_report_names_skips_cuts_and_truncations(raw, tmp_path, capsys):
     assert not [f for _, _, files in os.walk(tmp_path) for f in files if ".partial-" in f]
 
 
+def test_a_second_run_into_the_folder_is_refused(raw, database):
+    with pytest.raises(SystemExit, match=re.escape(f"error: out_folder {database} holds another run's arrays (")):
+        main(gendata_args(raw[0], database))  # the shared rule of docs/errors.md; the arrays stay
+
+
 def test_feeder_end_to_end(raw, database, tmp_path):
     preprocess(str(database), str(tmp_path), frames=16)
     arrays = tmp_path / "xsub"

@@ -1,12 +1,14 @@
 """feeder/prepare/preprocess.py against a direct per-frame computation of docs/method.md §1.3, and its CLI (§6)."""
 import os
 import pickle
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from reference import resize_loop
+from test_io import hold_lock, snapshot
 
 from feeder.prepare.preprocess import main, preprocess_clip
 from torchlight.io import temp_name
@@ -169,7 +171,7 @@ def test_nan_or_inf_clip_is_refused_naming_file_and_clip(tmp_path):
     assert not os.path.exists(tmp_path / "out" / "xsub" / "train_position.npy")
 
 
-def test_rerun_removes_stale_temporaries_and_refuses_other_settings(tmp_path):
+def test_rerun_removes_stale_temporaries(tmp_path):
     write_part(tmp_path / "gen" / "xsub", "val", raw_clip()[None], [4])
     argv = ["--dataset_path", str(tmp_path / "gen"), "--out_folder", str(tmp_path / "out"), "--frames", "16"]
     # A killed run's temporary (its pid no longer runs) is removed; a running writer's is left alone.
@@ -184,8 +186,36 @@ def test_rerun_removes_stale_temporaries_and_refuses_other_settings(tmp_path):
     assert not os.path.exists(stale) and os.path.exists(live)
     manifest = (tmp_path / "out" / "xsub" / "manifest.json").read_text()
     assert '"frames": 16' in manifest and '"layout": "ntu-rgb+d"' in manifest
-    before = np.load(tmp_path / "out" / "xsub" / "val_position.npy")
-    message = error_of(argv[:-1] + ["32"])
-    assert "frames" in message and "16" in message and str(tmp_path / "out" / "xsub") in message
-    assert np.array_equal(np.load(tmp_path / "out" / "xsub" / "val_position.npy"), before)
-    main(argv)  # the same settings again are fine
+
+
+def test_a_folder_with_another_runs_arrays_is_refused_unless_overwrite(tmp_path):
+    write_part(tmp_path / "gen" / "xsub", "val", raw_clip()[None], [4])
+    out = tmp_path / "out"
+    argv = ["--dataset_path", str(tmp_path / "gen"), "--out_folder", str(out), "--frames", "16"]
+    main(argv)
+    before = snapshot(out)
+    refusal = (f"error: out_folder {out} holds another run's arrays (xsub/manifest.json, xsub/val_label.npy, "
+               "xsub/val_motion.npy, xsub/val_position.npy): pass --overwrite or choose another --out_folder")
+    assert error_of(argv) == refusal  # the same settings again
+    assert error_of(argv[:-1] + ["32"]) == refusal  # other settings
+    assert snapshot(out) == before  # untouched, and no run.lock left
+    main(argv[:-1] + ["32", "--overwrite"])  # replaces them, whatever their settings
+    assert '"frames": 32' in (out / "xsub" / "manifest.json").read_text()
+    assert np.load(out / "xsub" / "val_position.npy").shape == (1, 3, 32, 25, 2)
+    # An overwrite that stops midway leaves no manifest vouching for the folder's arrays.
+    write_part(tmp_path / "bad" / "xsub", "val", np.full((1, 3, 20, 25, 2), np.nan, np.float32), [4])
+    error_of(["--dataset_path", str(tmp_path / "bad"), "--out_folder", str(out), "--overwrite"])
+    assert not (out / "xsub" / "manifest.json").exists()
+
+
+def test_a_run_into_a_folder_another_process_holds_is_refused_naming_it(tmp_path):
+    write_part(tmp_path / "gen" / "xsub", "val", raw_clip()[None], [4])
+    out = tmp_path / "out"
+    other = hold_lock(out)  # training's run.lock, held by a live process
+    try:
+        message = error_of(["--dataset_path", str(tmp_path / "gen"), "--out_folder", str(out)])
+    finally:
+        other.kill()
+        other.wait()
+    assert message.startswith(f"error: out_folder {out} is in use by pid {other.pid} on {socket.gethostname()} since ")
+    assert os.listdir(out) == ["run.lock"]  # nothing of the refused run was written

@@ -89,6 +89,11 @@ def test_arrays_labels_and_cross_view_split(raw, database):
             assert not data[i, :, len(joints):].any() and not data[i, ..., 1].any()  # padding, no 2nd body
 
 
+def test_a_second_run_into_the_folder_is_refused(raw, database):
+    with pytest.raises(SystemExit, match=re.escape(f"error: out_folder {database} holds another run's arrays (")):
+        main(["--data_path", raw[0], "--out_folder", database])  # the shared rule of docs/errors.md
+
+
 def test_short_clips_are_skipped_and_reported(raw, tmp_path, capsys):
     main(["--data_path", raw[0], "--out_folder", str(tmp_path)])
     report = capsys.readouterr().out

@@ -185,10 +185,10 @@ class WorkDirError(ValueError):
     """The work directory belongs to another run."""
 
 
-def unwritable(folder, err):
+def unwritable(folder, err, what="work_dir"):
     """The one-line error for a folder this run cannot write: read-only, not ours, or a full disk."""
-    return ConfigError(f"work_dir {folder} is not writable ({err.strerror or err}): free space or choose "
-                       "another --work_dir")
+    return ConfigError(f"{what} {folder} is not writable ({err.strerror or err}): free space or choose "
+                       f"another --{what}")
 
 
 class WorkDirLock:
@@ -197,14 +197,16 @@ class WorkDirLock:
     The kernel holds the lock, not the file: it drops it when the process ends however it ends, so a
     lock file left by a killed run is free to take, and of several runs starting at once exactly one gets
     it. A lock held by another process is a one-line error naming it; one held by this very process (an
-    earlier run in it that raised) is taken over.
+    earlier run in it that raised) is taken over. `what` names the folder in errors: the training's
+    work_dir or a data preparation's out_folder. As a context manager it releases the lock on exit.
     """
 
     NAME = "run.lock"
     held = {}  # absolute lock path -> this process's WorkDirLock on it
 
-    def __init__(self, work_dir):
+    def __init__(self, work_dir, what="work_dir"):
         self.path = os.path.join(work_dir, self.NAME)
+        self.what = what
         self.fd = None
         previous = self.held.get(os.path.abspath(self.path))
         if previous is not None:
@@ -217,7 +219,7 @@ class WorkDirLock:
             os.write(self.fd, json.dumps(me).encode())
         except OSError as err:  # a full or read-only disk: no empty lock stays behind
             self.release()
-            raise unwritable(work_dir, err) from None
+            raise unwritable(work_dir, err, what) from None
         self.held[os.path.abspath(self.path)] = self
         atexit.register(self.release)
 
@@ -238,7 +240,7 @@ class WorkDirLock:
                 self.fd = fd
                 return
             os.close(fd)
-        raise WorkDirError(f"work_dir {work_dir}: {self.path} keeps changing; another run is starting there")
+        raise WorkDirError(f"{self.what} {work_dir}: {self.path} keeps changing; another run is starting there")
 
     def holder(self):
         try:
@@ -251,9 +253,15 @@ class WorkDirLock:
         """The error naming the live holder of the lock."""
         holder = self.holder()
         if holder is None:  # being written this instant
-            return WorkDirError(f"work_dir {work_dir} is locked by a run that is starting ({self.path})")
-        return WorkDirError(f"work_dir {work_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+            return WorkDirError(f"{self.what} {work_dir} is locked by a run that is starting ({self.path})")
+        return WorkDirError(f"{self.what} {work_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} "
                             f"since {holder.get('start')}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
 
     def release(self):
         if self.fd is None:
@@ -289,10 +297,35 @@ def claim_work_dir(work_dir, resume=None, overwrite=False):
     own = bool(resume) and os.path.abspath(os.path.dirname(os.path.abspath(resume))) == os.path.abspath(work_dir)
     if others and not (own or overwrite):
         lock.release()
-        raise WorkDirError(f"work_dir {work_dir} holds another run's files ({', '.join(others[:4])}"
-                           f"{', ...' if len(others) > 4 else ''}): give a new --work_dir, --resume a checkpoint "
-                           "in it, or --overwrite true")
+        raise WorkDirError(f"work_dir {work_dir} holds another run's files ({first_names(others)}): give a new "
+                           "--work_dir, --resume a checkpoint in it, or --overwrite true")
     return lock
+
+
+def claim_out_folder(out_folder, endings, overwrite=False):
+    """Lock a data preparation's `out_folder` for this run with training's WorkDirLock, and remove the
+    temporaries of killed writers in it.
+
+    As for a work_dir, the folder belongs to another run when it, or a folder in it, holds a file whose name
+    ends in one of `endings` (what this command writes): an error unless `overwrite`, so that a second run
+    never silently replaces arrays a training may be reading.
+    """
+    lock = WorkDirLock(out_folder, what="out_folder")
+    others = []
+    for folder, dirs, files in os.walk(out_folder):
+        dirs.sort()
+        remove_stale_temps(folder)
+        others += [os.path.relpath(os.path.join(folder, n), out_folder) for n in sorted(files) if n.endswith(endings)]
+    if others and not overwrite:
+        lock.release()
+        raise WorkDirError(f"out_folder {out_folder} holds another run's arrays ({first_names(others)}): pass "
+                           "--overwrite or choose another --out_folder")
+    return lock
+
+
+def first_names(names, shown=4):
+    """The first `shown` of `names`, comma-separated, with ', ...' when there are more."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def open_work_dir(work_dir, resume, overwrite, main):

@@ -6,9 +6,18 @@ import pickle
 
 import numpy as np
 
-from torchlight.io import atomic_path, remove_stale_temps
+from torchlight.io import atomic_path, claim_out_folder
 
 MAX_FLOAT32 = float(np.finfo(np.float32).max)  # a raw coordinate beyond it (or NaN, inf) is a corrupt file
+FILES = ("_data.npy", "_label.pkl")  # what write_database puts in each benchmark folder
+OVERWRITE_HELP = ("replace the arrays an earlier run left in --out_folder, made with any settings (refused "
+                  "without it); its files this run does not write stay")
+
+
+def claim_database(out_folder, overwrite=False):
+    """Lock `out_folder` for a converter's run (use as `with`), refusing it if it holds another run's arrays
+    unless `overwrite` (docs/errors.md)."""
+    return claim_out_folder(out_folder, FILES, overwrite)
 
 
 def keep_rows(path, rows):
@@ -29,15 +38,13 @@ def write_database(out_folder, parts, clips, shape):
     `parts` maps (benchmark, part) to {clip name: 0-based label}; `clips` yields (name, array) once for
     every named clip, in any order, or (name, None) for a clip left out (an unreadable file). Rows are
     sorted by name; all outputs keep a temporary name until every one is complete. Returns the number
-    of clips written per (benchmark, part).
+    of clips written per (benchmark, part). The caller holds `claim_database(out_folder, ...)`.
     """
     names = {key: sorted(members) for key, members in parts.items()}
     rows = {}  # clip name -> [(key, row)]
     for key, members in names.items():
         for row, name in enumerate(members):
             rows.setdefault(name, []).append((key, row))
-    for benchmark in {b for b, _ in parts}:
-        remove_stale_temps(os.path.join(out_folder, benchmark))  # a killed earlier run's half-written arrays
     with contextlib.ExitStack() as stack:
         paths = {key: os.path.join(out_folder, *key) for key in parts}
         tmps = {key: stack.enter_context(atomic_path(paths[key] + "_data.npy")) for key in parts}

@@ -14,7 +14,7 @@ from collections import namedtuple
 import numpy as np
 from tqdm import tqdm
 
-from feeder.prepare.database import MAX_FLOAT32, write_database
+from feeder.prepare.database import MAX_FLOAT32, OVERWRITE_HELP, claim_database, write_database
 from torchlight.io import atomic_path, read_text_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -218,9 +218,10 @@ def _read_clips(data_path, names, max_frames, num_joints, num_person, empty, bad
 
 
 def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sample_path=None,
-            skip_bad=False, max_frames=300, num_joints=25, num_person=2):
+            skip_bad=False, max_frames=300, num_joints=25, num_person=2, overwrite=False):
     """Write `<out>/<benchmark>/<part>_data.npy` and `<part>_label.pkl` for every benchmark (docs/method.md §1.2).
 
+    `out_folder` is locked for the run and refused if it holds another run's arrays, unless `overwrite`.
     Returns the clips per (benchmark, part) and the (name, message) list of skipped bad files (always empty
     unless `skip_bad`).
     """
@@ -239,12 +240,14 @@ def gendata(data_path, out_folder, dataset="ntu60", benchmarks=None, ignored_sam
             parts[b, "train" if is_training(name, b) else "val"][name] = parse_name(name).action - 1
 
     empty = []
-    clips = _read_clips(data_path, names, max_frames, num_joints, num_person, empty, bad)
-    sizes = write_database(out_folder, parts, clips, (3, max_frames, num_joints, num_person))
-    if empty:
-        with atomic_path(os.path.join(out_folder, EMPTY_LIST)) as tmp, open(tmp, "w") as f:
-            f.write("\n".join(empty) + "\n")
-        print(f"warning: skipped {len(empty)} files with no frames, listed in {os.path.join(out_folder, EMPTY_LIST)}")
+    with claim_database(out_folder, overwrite):
+        clips = _read_clips(data_path, names, max_frames, num_joints, num_person, empty, bad)
+        sizes = write_database(out_folder, parts, clips, (3, max_frames, num_joints, num_person))
+        if empty:
+            with atomic_path(os.path.join(out_folder, EMPTY_LIST)) as tmp, open(tmp, "w") as f:
+                f.write("\n".join(empty) + "\n")
+            print(f"warning: skipped {len(empty)} files with no frames, listed in "
+                  f"{os.path.join(out_folder, EMPTY_LIST)}")
     for (benchmark, part), n in sizes.items():
         print(f"{benchmark}/{part}: {n} clips")
     return sizes, bad or []
@@ -263,6 +266,7 @@ def parse_args(argv=None):
     parser.add_argument("--skip_bad", action="store_true", help="skip unreadable files and list them")
     parser.add_argument("--max_frames", type=int, default=300)
     parser.add_argument("--num_person", type=int, default=2)
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return parser.parse_args(argv)
 
 
@@ -274,7 +278,8 @@ def main(argv=None):
             raise SystemExit(f"error: --{flag} must be >= 1, got {getattr(args, flag)}")
     try:
         sizes, bad = gendata(args.data_path, args.out_folder, args.dataset, args.benchmark,
-                      args.ignored_sample_path, args.skip_bad, args.max_frames, 25, args.num_person)
+                             args.ignored_sample_path, args.skip_bad, args.max_frames, 25, args.num_person,
+                             args.overwrite)
     except (ValueError, OSError) as err:
         raise SystemExit(f"error: {err}") from None
     if bad:

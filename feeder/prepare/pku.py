@@ -21,7 +21,7 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from feeder.prepare.database import MAX_FLOAT32, write_database
+from feeder.prepare.database import MAX_FLOAT32, OVERWRITE_HELP, claim_database, write_database
 from torchlight.io import read_text_lines
 
 NUM_CLASSES = {1: 51, 2: 41}
@@ -150,10 +150,11 @@ def plan(skeleton_path, label_path, splits, num_classes):
     return found, actions, parts, sorted(set(listed) - set(found))
 
 
-def gendata(skeleton_path, label_path, out_folder, splits, part=1, max_frames=300):
+def gendata(skeleton_path, label_path, out_folder, splits, part=1, max_frames=300, overwrite=False):
     """Cut every labelled action of the split videos into a clip and write each benchmark (module doc).
 
-    `splits` maps a benchmark name (xsub, xview) to its split file. Returns a list of report lines.
+    `splits` maps a benchmark name (xsub, xview) to its split file. `out_folder` is locked for the run and
+    refused if it holds another run's arrays, unless `overwrite`. Returns a list of report lines.
     """
     if part not in NUM_CLASSES:
         raise ValueError(f"PKU-MMD part must be 1 or 2, got {part!r}")
@@ -172,7 +173,8 @@ def gendata(skeleton_path, label_path, out_folder, splits, part=1, max_frames=30
                 counts[f"truncated to {max_frames} frames"] += min(last, length) - first >= max_frames
                 yield f"{video}_{line:03d}", cut(x, first, last, max_frames)
 
-    sizes = write_database(out_folder, parts, clips(), (3, max_frames, JOINTS, BODIES))
+    with claim_database(out_folder, overwrite):
+        sizes = write_database(out_folder, parts, clips(), (3, max_frames, JOINTS, BODIES))
     report = [f"{benchmark}/{name}: {n} clips" for (benchmark, name), n in sizes.items()]
     if missing:
         report.append(f"skipped {len(missing)} videos of the split files without skeleton or label file: "
@@ -190,13 +192,14 @@ def main(argv=None):
     parser.add_argument("--xview", help="official cross-view split file")
     parser.add_argument("--part", type=int, choices=sorted(NUM_CLASSES), default=1, help="PKU-MMD part")
     parser.add_argument("--max_frames", type=int, default=300)
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     args = parser.parse_args(argv)
     if args.max_frames < 1:
         raise SystemExit(f"error: --max_frames must be >= 1, got {args.max_frames}")
     splits = {b: getattr(args, b) for b in ("xsub", "xview") if getattr(args, b)}
     try:
         report = gendata(args.skeleton_path, args.label_path, args.out_folder, splits, args.part,
-                         args.max_frames)
+                         args.max_frames, args.overwrite)
     except (ValueError, OSError) as err:
         raise SystemExit(f"error: {err}") from None
     print("\n".join(report))

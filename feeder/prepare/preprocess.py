@@ -5,11 +5,13 @@
 For every folder under the dataset path holding `<part>_data.npy` and `<part>_label.pkl`, writes
 `<out>/<same relative folder>/<part>_{position,motion}.npy` float32 (N, 3, frames, V, 2),
 `<part>_label.npy` int64 (N, 1), a copy of `<part>_label.pkl` and, once every part is written,
-`manifest.json` with the settings (frames, layout). A folder made with other settings is refused; a clip
-holding NaN or inf stops the run naming file and clip. Libraries call `preprocess`; the command line
-(docs/method.md §6) is feeder/preprocess_ntu.py.
+`manifest.json` with the settings (frames, layout). An out_folder holding another run's arrays is refused
+unless --overwrite, whatever that run's settings (docs/errors.md); a clip holding NaN or inf stops the run
+naming file and clip. Libraries call `preprocess`; the command line (docs/method.md §6) is
+feeder/preprocess_ntu.py.
 """
 import argparse
+import contextlib
 import os
 import shutil
 
@@ -18,11 +20,13 @@ from tqdm import tqdm
 
 from feeder.augment import temporal_resize
 from feeder.feeder import read_labels
+from feeder.prepare.database import OVERWRITE_HELP
 from feeder.streams import motion as motion_stream
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout
-from torchlight.io import atomic_path, load_npy, read_manifest, remove_stale_temps, write_manifest
+from torchlight.io import MANIFEST, atomic_path, claim_out_folder, load_npy, write_manifest
 
 DATA_SUFFIX = "_data.npy"
+OUTPUTS = ("_position.npy", "_motion.npy", "_label.npy", MANIFEST)  # an earlier run's, when found in out_folder
 
 
 def align_view(x, shoulders):
@@ -109,32 +113,27 @@ def process_part(folder, part, out_folder, frames, layout):
         shutil.copyfile(label_file, tmp)
 
 
-def claim_out_folder(out, settings):
-    """Refuse a folder whose arrays were made with other settings; remove temporaries of killed runs.
+def preprocess(dataset_path, out_folder, frames=64, layout=DEFAULT_LAYOUT, overwrite=False):
+    """Preprocess every benchmark folder found under `dataset_path` into the same folders under `out_folder`.
 
-    Refused before anything is written, so a folder never holds parts of two settings.
+    `out_folder` is locked for the run; arrays or a manifest of another run in it are refused before anything
+    is written unless `overwrite`, which also replaces arrays made with other settings.
     """
-    made_with = read_manifest(out)
-    if made_with is not None and made_with != settings:
-        raise ValueError(f"{out} holds arrays made with {made_with}, not {settings}: choose another --out_folder")
-    remove_stale_temps(out)
-
-
-def preprocess(dataset_path, out_folder, frames=64, layout=DEFAULT_LAYOUT):
-    """Preprocess every benchmark folder found under `dataset_path` into the same folders under `out_folder`."""
     if frames < 1:
         raise ValueError(f"frames must be a positive integer, got {frames}")
     layout = get_layout(layout)
     settings = dict(frames=frames, layout=layout.name)
     parts = find_parts(dataset_path)
-    folders = dict.fromkeys(rel for rel, _ in parts)
-    for rel in folders:
-        claim_out_folder(os.path.normpath(os.path.join(out_folder, rel)), settings)
-    for rel, part in parts:
-        process_part(os.path.join(dataset_path, rel), part, os.path.normpath(os.path.join(out_folder, rel)),
-                     frames, layout)
-    for rel in folders:
-        write_manifest(os.path.normpath(os.path.join(out_folder, rel)), settings)
+    folders = list(dict.fromkeys(rel for rel, _ in parts))
+    with claim_out_folder(out_folder, OUTPUTS, overwrite):
+        for rel in folders:  # an overwrite stopped midway must leave no manifest vouching for its arrays
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_folder, rel, MANIFEST))
+        for rel, part in parts:
+            process_part(os.path.join(dataset_path, rel), part, os.path.normpath(os.path.join(out_folder, rel)),
+                         frames, layout)
+        for rel in folders:
+            write_manifest(os.path.normpath(os.path.join(out_folder, rel)), settings)
 
 
 def main(argv=None):
@@ -144,9 +143,10 @@ def main(argv=None):
     parser.add_argument("--out_folder", required=True)
     parser.add_argument("--frames", type=int, default=64, help="frames per clip after resizing")
     parser.add_argument("--layout", default=DEFAULT_LAYOUT, help="skeleton layout of the arrays")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     args = parser.parse_args(argv)
     try:
-        preprocess(args.dataset_path, args.out_folder, args.frames, args.layout)
+        preprocess(args.dataset_path, args.out_folder, args.frames, args.layout, args.overwrite)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 

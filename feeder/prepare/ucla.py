@@ -20,7 +20,7 @@ import re
 import numpy as np
 from tqdm import tqdm
 
-from feeder.prepare.database import MAX_FLOAT32, write_database
+from feeder.prepare.database import MAX_FLOAT32, OVERWRITE_HELP, claim_database, write_database
 from net.utils.layouts import joint_map
 from torchlight.io import read_text_lines
 
@@ -80,31 +80,34 @@ def to_array(joints, shape):
     return x
 
 
-def gendata(data_path, out_folder, layout="kinect-v1", max_frames=300, num_person=2):
-    """Write the `xview` benchmark (module doc); returns report lines, the skipped short clips included."""
+def gendata(data_path, out_folder, layout="kinect-v1", max_frames=300, num_person=2, overwrite=False):
+    """Write the `xview` benchmark (module doc); returns report lines, the skipped short clips included.
+
+    `out_folder` is locked for the run and refused if it holds another run's arrays, unless `overwrite`."""
     if not os.path.isdir(data_path):
         raise FileNotFoundError(f"--data_path {data_path!r} is not a directory")
     files = sorted(f for f in os.listdir(data_path) if f.endswith(".json"))
     if not files:
         raise ValueError(f"no .json files in {data_path}")
     clips, parts, short = {}, {("xview", "train"): {}, ("xview", "val"): {}}, []
-    for file in tqdm(files, desc="ucla_gendata", unit="file"):
-        path = os.path.join(data_path, file)
-        label, joints = read_clip(path)
-        name = file.removesuffix(".json")
-        if len(joints) < MIN_FRAMES:
-            short.append(f"{name} ({len(joints)} frames)")
-            continue
-        part = "train" if parse_name(path)[3] in TRAIN_VIEWS else "val"
-        parts["xview", part][name] = label
-        clips[name] = joints
-    for (_, part), members in parts.items():
-        if not members:
-            raise ValueError(f"no {part} clips in {data_path} (views {TRAIN_VIEWS} train, the others val)")
-    index = joint_map("kinect-v1", layout)  # Kinect v1 joints, or the NTU joints made of them
-    shape = (3, max_frames, len(index), num_person)
-    arrays = ((name, to_array(joints[:, index], shape)) for name, joints in clips.items())
-    sizes = write_database(out_folder, parts, arrays, shape)
+    with claim_database(out_folder, overwrite):
+        for file in tqdm(files, desc="ucla_gendata", unit="file"):
+            path = os.path.join(data_path, file)
+            label, joints = read_clip(path)
+            name = file.removesuffix(".json")
+            if len(joints) < MIN_FRAMES:
+                short.append(f"{name} ({len(joints)} frames)")
+                continue
+            part = "train" if parse_name(path)[3] in TRAIN_VIEWS else "val"
+            parts["xview", part][name] = label
+            clips[name] = joints
+        for (_, part), members in parts.items():
+            if not members:
+                raise ValueError(f"no {part} clips in {data_path} (views {TRAIN_VIEWS} train, the others val)")
+        index = joint_map("kinect-v1", layout)  # Kinect v1 joints, or the NTU joints made of them
+        shape = (3, max_frames, len(index), num_person)
+        arrays = ((name, to_array(joints[:, index], shape)) for name, joints in clips.items())
+        sizes = write_database(out_folder, parts, arrays, shape)
     report = [f"{b}/{p}: {n} clips" for (b, p), n in sizes.items()]
     long = sum(len(j) > max_frames for j in clips.values())
     if long:
@@ -124,11 +127,13 @@ def main(argv=None):
     parser.add_argument("--max_frames", type=int, default=300)
     parser.add_argument("--num_person", type=int, choices=(1, 2), default=2,
                         help="bodies per clip; the second is zeros (2 = the NTU shape)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     args = parser.parse_args(argv)
     if args.max_frames < 1:
         raise SystemExit(f"error: --max_frames must be >= 1, got {args.max_frames}")
     try:
-        report = gendata(args.data_path, args.out_folder, args.layout, args.max_frames, args.num_person)
+        report = gendata(args.data_path, args.out_folder, args.layout, args.max_frames, args.num_person,
+                         args.overwrite)
     except (ValueError, OSError) as err:
         raise SystemExit(f"error: {err}") from None
     print("\n".join(report))

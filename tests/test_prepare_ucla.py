@@ -199,8 +199,10 @@ def test_cpu_scale_ucla_configs(path):
     if command[1].startswith("pretrain"):  # the recipe's departures from the paper (docs/method.md §3-4)
         args = cfg["model_args"]
         assert (args["dropout"], args["momentum"], cfg["base_lr"], args["graph_args"]) == (0.0, 0.99, 0.01, V1)
-        # one head and temperature for every method, the mixes ramped in (docs/experiments.md)
-        assert (args["head"], args["temperature"], cfg["mix_warmup"]) == ("mlp", 0.07, 0.5)
+        # each method's own head, one temperature, the mixes ramped in, one body (docs/experiments.md)
+        head = "mlp" if cfg["method"] == "skeletonclr" else "mlp_bn"
+        assert (args["head"], args["temperature"], cfg["mix_warmup"]) == (head, 0.07, 0.5)
+        assert cfg["train_feeder_args"]["bodies"] == 1
         assert (cfg["num_steps"], args["queue_size"]) == (1200, "auto")
 
 

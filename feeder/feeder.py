@@ -77,8 +77,9 @@ class Feeder(torch.utils.data.Dataset):
         augment: augment in the loader workers (set by the processor)
         seed: augmentation seed (set by the processor)
         check_finite: read the whole array on load and refuse NaN or inf
-        bodies: keep the first this many bodies (M) of every clip; none: all. One body halves the encoder's
-            work on two-body arrays where most actions have one performer (the small-data recipe)
+        bodies: keep the first this many bodies (M) of every clip; none: all. The small-data recipe keeps
+            one: a one-person clip's second body is zeros that share the encoder's BatchNorms with real
+            bodies (docs/experiments.md), and one body halves the encoder's work
     """
 
     def __init__(self, data_path, label_path, views=0, frames=64, window_size=None, shear_amplitude=0.5,

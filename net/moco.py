@@ -126,13 +126,15 @@ class MoCo(nn.Module):
         swap_params: mixes per query view: rows [spa_l, spa_u, tem_l, tem_u, repeat, weight]; none: SkeletonCLR
         mix_mode: what fills the SkeleMix region: swap (the partner's joints) | zeros | gaussian
         mix_region: the joints SkeleMix mixes: parts (whole body parts) | random (random joints)
+        mix_time: scaled (tem_l..tem_u are steps of the paper's 16-step grid, scaled to the clip's) | clamped
+            (steps of the clip's own grid, cut at its length: spatial-only at 32 frames)
         shuffle_bn: DDP: shuffle the key batch across ranks (MoCo's shuffling BN)
         fused_queries: one encoder call for a query and its mixes; none: on CUDA only
     """
 
     def __init__(self, base_encoder="net.st_gcn.Model", feature_dim=128, queue_size=32768, momentum=0.999,
                  temperature=0.07, head="mlp", swap_params=None, mix_mode="swap", mix_region="parts",
-                 shuffle_bn=False, fused_queries=None, **encoder_args):
+                 mix_time="scaled", shuffle_bn=False, fused_queries=None, **encoder_args):
         super().__init__()
         self.queue_size, self.momentum, self.temperature = queue_size, momentum, temperature
         self.mixes = mix_settings(swap_params)
@@ -150,7 +152,7 @@ class MoCo(nn.Module):
 
         layout = model_layout(encoder_args)
         self.skelemix = SkeleMix(layout=layout, temporal_stride=self.encoder_q.temporal_stride,
-                                 mode=mix_mode, region=mix_region)
+                                 mode=mix_mode, region=mix_region, time_range=mix_time)
         self.register_buffer("queue", F.normalize(torch.randn(feature_dim, queue_size), dim=0))
         # The pointer is read every step: a Python int, not the buffer (reading a GPU tensor waits for the
         # GPU). The buffer keeps it in checkpoints and is read back after load_state_dict.

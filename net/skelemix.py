@@ -5,6 +5,11 @@ from net.utils.layouts import DEFAULT_LAYOUT, get_layout
 
 MODES = ("swap", "zeros", "gaussian")
 REGIONS = ("parts", "random")
+# How tem_l..tem_u read on a clip's time grid: "scaled", as steps of the paper's grid (64 frames at stride 4 =
+# 16 steps) scaled to the clip's, so any clip length gets the paper's share of it in time; "clamped", as steps of
+# the clip's own grid cut at its length (at 32 frames 7-11 becomes 7-8 of 8: a spatial-only mix in effect).
+TIME_RANGES = ("scaled", "clamped")
+PAPER_TIME_STEPS = 16
 
 
 def _uniform_int(low, high, generator):
@@ -20,7 +25,9 @@ class SkeleMix:
     the region is drawn once per call and shared by the batch, as in the release.
     """
 
-    def __init__(self, layout=DEFAULT_LAYOUT, temporal_stride=4, mode="swap", region="parts"):
+    def __init__(self, layout=DEFAULT_LAYOUT, temporal_stride=4, mode="swap", region="parts", time_range="scaled"):
+        if time_range not in TIME_RANGES:
+            raise ValueError(f"unknown SkeleMix time range {time_range!r}; use one of {TIME_RANGES}")
         if mode.lower() not in MODES:
             raise ValueError(f"unknown SkeleMix mode {mode!r}; use one of {MODES}")
         if region not in REGIONS:
@@ -29,7 +36,7 @@ class SkeleMix:
             raise ValueError(f"temporal_stride must be >= 1, got {temporal_stride}")
         self.layout = get_layout(layout)
         self.temporal_stride = int(temporal_stride)
-        self.mode, self.region = mode.lower(), region
+        self.mode, self.region, self.time_range = mode.lower(), region, time_range
         self.parts = [torch.tensor(part) for part in self.layout.part_joints]
         self._on_device = {}  # device -> self.parts there
         # Ablation "random" (§3.2): 10 to 15 of NTU's 25 joints, scaled to other layouts.
@@ -60,6 +67,14 @@ class SkeleMix:
         parts = self.parts_on(torch.device(device))
         return torch.cat([parts[i] for i in chosen.tolist()]).sort().values
 
+    def length_range(self, tem_l, tem_u, steps):
+        """§3.2 step 3's bounds of the region's length l on a grid of `steps` (TIME_RANGES). Scaled bounds are
+        rounded inwards (ceil tem_l, floor tem_u, at least one step): on the paper's 16 steps they are tem_l..tem_u."""
+        if self.time_range == "clamped":
+            return min(tem_l, steps), min(tem_u, steps)
+        low = min(steps, max(1, -(-tem_l * steps // PAPER_TIME_STEPS)))
+        return low, min(steps, max(low, tem_u * steps // PAPER_TIME_STEPS))
+
     @staticmethod
     def noise(shape, x, generator=None):
         """N(0, 1) noise of `shape` drawn on x's device in x's dtype, from a seed drawn on the CPU `generator`:
@@ -86,8 +101,8 @@ class SkeleMix:
         partner = (torch.arange(n, device=x.device) + shift) % n
         # §3.2 step 2: region joints.
         joints = self.region_joints(spa_l, spa_u, generator, x.device)
-        # §3.2 step 3: l ~ U{tem_l..tem_u} (bounds clamped to T // stride), s ~ U{0..T // stride - l}.
-        length = _uniform_int(min(tem_l, steps), min(tem_u, steps), generator)
+        # §3.2 step 3: l ~ U{tem_l..tem_u} (on this clip's grid: length_range), s ~ U{0..T // stride - l}.
+        length = _uniform_int(*self.length_range(tem_l, tem_u, steps), generator)
         start = _uniform_int(0, steps - length, generator)
         frames = slice(self.temporal_stride * start, self.temporal_stride * (start + length))
 

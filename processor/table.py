@@ -16,6 +16,7 @@ from processor.linear import PROBE
 from torchlight.config import ConfigError, deep_merge, load_yaml
 from torchlight.dist import barrier, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
+from torchlight.util import git_commit
 
 DEFAULTS = dict(
     work_dir="./work_dir/table",
@@ -38,7 +39,7 @@ HELP = dict(  # shown by `python main.py table --help`
     work_dir="every run goes to <work_dir>/<row>/seed<N>; the table to <work_dir>/table.json",
     seeds="each row runs once per seed: top-1 as mean ± std",
     data="merged into every run: e.g. {train_feeder_args: {...}, test_feeder_args: {...}}",
-    rows="[{name, linear: yaml, pretrain: [processor, yaml] (optional), linear_args: {...}}]",
+    rows="[{name, linear: yaml, pretrain: [processor, yaml] (optional), pretrain_args: {...}, linear_args: {...}}]",
     pretrain="overrides for every pretraining run, e.g. --pretrain.num_epoch 2",
     overwrite="true: redo runs whose work_dir exists (the demo), instead of refusing",
 )
@@ -111,7 +112,7 @@ class Table(Orchestrator):
             self.log(f"{row['name']}, seed {seed}: finished before, read from {done}")
             with open(done) as f:
                 return json.load(f)
-        result = self.train_row(row, seed, work)
+        result = dict(self.train_row(row, seed, work), seed=seed, commit=git_commit())
         with atomic_path(done) as tmp, open(tmp, "w") as f:
             json.dump(result, f, indent=1)
         return result
@@ -121,7 +122,7 @@ class Table(Orchestrator):
         if row.get("pretrain"):
             name, config_file = row["pretrain"]
             self.log(f"{row['name']}, seed {seed}: pretraining ({config_file})")
-            pre = self.run(name, config_file, work, seed, self.cfg["pretrain"])
+            pre = self.run(name, config_file, work, seed, row.get("pretrain_args"), self.cfg["pretrain"])
             weights = os.path.join(work, f"epoch{pre.cfg['num_epoch']}_model.pt")
             ratio = pre.stats[-1]["health/loss_over_chance"]
         result = dict(loss_over_chance=ratio)

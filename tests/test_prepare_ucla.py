@@ -89,6 +89,24 @@ def test_arrays_labels_and_cross_view_split(raw, database):
             assert not data[i, :, len(joints):].any() and not data[i, ..., 1].any()  # padding, no 2nd body
 
 
+def test_validation_benchmark_holds_out_subjects_9_and_10_of_the_training_views(raw, tmp_path):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    for name in raw[1]:
+        os.link(os.path.join(raw[0], name + ".json"), folder / (name + ".json"))
+    for view in (1, 2, 3):  # a clip of subject 10 in every view: only views 1 and 2 reach xview_val
+        write_clip(str(folder), ucla_name(2, 10, view), raw[1][ucla_name(2, 1, view)][1].tolist(), 2)
+    out = tmp_path / "out"
+    main(["--data_path", str(folder), "--out_folder", str(out)])
+    with open(out / "xview_val" / "val_label.pkl", "rb") as f:
+        val = pickle.load(f)[0]
+    with open(out / "xview_val" / "train_label.pkl", "rb") as f:
+        train = pickle.load(f)[0]
+    assert val == [ucla_name(2, 10, 1), ucla_name(2, 10, 2)]
+    assert train == sorted(n for n in raw[1] if n[-3:] in ("v01", "v02"))
+    assert not os.path.exists(os.path.join(raw[0], "xview_val"))
+
+
 def test_a_second_run_into_the_folder_is_refused(raw, database):
     with pytest.raises(SystemExit, match=re.escape(f"error: out_folder {database} holds another run's arrays (")):
         main(["--data_path", raw[0], "--out_folder", database])  # the shared rule of docs/errors.md

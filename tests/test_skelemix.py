@@ -61,11 +61,37 @@ def test_draws_stay_within_bounds_and_cover_them():
     assert starts == set(range(0, 16 - 7 + 1))
 
 
-def test_length_is_clamped_to_the_feature_map():
+def test_clamped_length_is_cut_at_the_feature_map():
     g = torch.Generator().manual_seed(2)
     for _ in range(20):
-        _, mask, _ = SkeleMix()(torch.randn(3, 3, 16, 25, 1), 1, 5, 7, 11, generator=g)
+        _, mask, _ = SkeleMix(time_range="clamped")(torch.randn(3, 3, 16, 25, 1), 1, 5, 7, 11, generator=g)
         assert mask.any(1).all()  # l = T // 4 = 4 rows
+
+
+@pytest.mark.parametrize("frames", [16, 32, 48, 128])
+def test_scaled_length_keeps_the_papers_share_of_the_clip(frames):
+    """7-11 of the paper's 16 steps is 43.75-68.75 % of the clip: every drawn length stays inside that share,
+    and the draws cover every whole number of steps inside it (computed here from the share, not the code)."""
+    steps, g = frames // 4, torch.Generator().manual_seed(7)
+    lengths = {int(SkeleMix()(torch.randn(3, 3, frames, 25, 1), 2, 3, 7, 11, generator=g)[1].any(1).sum())
+               for _ in range(200)}
+    inside = {n for n in range(1, steps + 1) if 7 / 16 <= n / steps <= 11 / 16}
+    assert lengths == inside and inside
+
+
+def test_scaled_equals_clamped_on_the_papers_grid():
+    """At 64 frames (the paper's 16 steps) both readings draw the same mixes from the same seed: NTU unchanged."""
+    x = torch.randn(6, 3, 64, 25, 2)
+    for seed in range(5):
+        a = SkeleMix(time_range="scaled")(x, 2, 3, 7, 11, generator=torch.Generator().manual_seed(seed))
+        b = SkeleMix(time_range="clamped")(x, 2, 3, 7, 11, generator=torch.Generator().manual_seed(seed))
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_scaled_length_is_at_least_one_step():
+    g = torch.Generator().manual_seed(8)
+    _, mask, _ = SkeleMix()(torch.randn(3, 3, 8, 25, 1), 1, 1, 1, 2, generator=g)  # 2 steps: 1-2 of 16 -> 1
+    assert int(mask.any(1).sum()) == 1
 
 
 def test_random_region_joint_count():
@@ -117,7 +143,7 @@ def test_gaussian_noise_is_drawn_on_the_device_of_x_from_the_seed(monkeypatch):
 
 def test_other_stride_and_layout():
     x = torch.randn(3, 3, 12, 17, 1)
-    mixed, mask, _ = SkeleMix(layout="coco", temporal_stride=2)(x, 1, 1, 2, 2,
+    mixed, mask, _ = SkeleMix(layout="coco", temporal_stride=2, time_range="clamped")(x, 1, 1, 2, 2,
                                                                generator=torch.Generator().manual_seed(6))
     assert mask.shape == (6, 17) and mask.any(1).sum() == 2
     changed = (mixed != x).any(dim=4).any(dim=1).any(dim=0)
@@ -138,3 +164,5 @@ def test_bad_inputs_are_named():
         SkeleMix(mode="blend")
     with pytest.raises(ValueError, match="'joints'"):
         SkeleMix(region="joints")
+    with pytest.raises(ValueError, match="'paper'"):
+        SkeleMix(time_range="paper")

@@ -54,6 +54,19 @@ def compute_dtype(tensor):
     return tensor.dtype
 
 
+def git_commit():
+    """The commit of the code that runs (`-dirty` when tracked files differ from it), or None outside a checkout:
+    recorded beside every table result so that a number traces back to its code."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.returncode else "") if head.returncode == 0 else None
+
+
 def seed_everything(seed):
     """Seed Python, numpy and torch (all devices)."""
     random.seed(seed)

@@ -6,7 +6,9 @@
 
 One file per clip, `aAA_sSS_eEE_vVV.json` = {"file_name": "aAA_sSS_eEE_vVV", "skeletons": T x 20 x 3
 (metres, Kinect v1 joint order), "label": 1..10}; actions a01-a06, a08, a09, a11, a12 are labels 1..10.
-Cross-view benchmark `xview`: views 1 and 2 train, view 3 is val. Clips shorter than 2 frames are skipped
+Cross-view benchmark `xview`: views 1 and 2 train, view 3 is val. Its validation benchmark `xview_val`, for
+choosing settings without view 3: subjects 1-8 of views 1 and 2 train (829 clips), subjects 9 and 10 val (191,
+about a fifth). Clips shorter than 2 frames are skipped
 and listed. Output `<out>/xview/<part>_data.npy` float32 (N, 3, max_frames, V, M) with the clip as body 1
 and zeros as body 2 (M = 2, as NTU), and `<part>_label.pkl` = (names, 0-based labels). `--layout ntu-rgb+d`
 writes 25 NTU joints instead (joint_map: joints Kinect v1 lacks copy their parent) so that encoders
@@ -26,6 +28,7 @@ from torchlight.io import read_text_lines
 
 ACTIONS = (1, 2, 3, 4, 5, 6, 8, 9, 11, 12)  # action number of label 1..10
 TRAIN_VIEWS = (1, 2)
+VALIDATION_SUBJECTS = (9, 10)  # xview_val: held out of the training views
 NAME = re.compile(r"a(\d\d)_s(\d\d)_e(\d\d)_v(\d\d)")
 JOINTS = 20
 MIN_FRAMES = 2
@@ -89,7 +92,8 @@ def gendata(data_path, out_folder, layout="kinect-v1", max_frames=300, num_perso
     files = sorted(f for f in os.listdir(data_path) if f.endswith(".json"))
     if not files:
         raise ValueError(f"no .json files in {data_path}")
-    clips, parts, short = {}, {("xview", "train"): {}, ("xview", "val"): {}}, []
+    clips, short = {}, []
+    parts = {(benchmark, part): {} for benchmark in ("xview", "xview_val") for part in ("train", "val")}
     with claim_database(out_folder, overwrite):
         for file in tqdm(files, desc="ucla_gendata", unit="file"):
             path = os.path.join(data_path, file)
@@ -98,12 +102,16 @@ def gendata(data_path, out_folder, layout="kinect-v1", max_frames=300, num_perso
             if len(joints) < MIN_FRAMES:
                 short.append(f"{name} ({len(joints)} frames)")
                 continue
-            part = "train" if parse_name(path)[3] in TRAIN_VIEWS else "val"
-            parts["xview", part][name] = label
+            _, subject, _, view = parse_name(path)
+            parts["xview", "train" if view in TRAIN_VIEWS else "val"][name] = label
+            if view in TRAIN_VIEWS:
+                parts["xview_val", "val" if subject in VALIDATION_SUBJECTS else "train"][name] = label
             clips[name] = joints
-        for (_, part), members in parts.items():
-            if not members:
+        for part in ("train", "val"):
+            if not parts["xview", part]:
                 raise ValueError(f"no {part} clips in {data_path} (views {TRAIN_VIEWS} train, the others val)")
+        if not (parts["xview_val", "train"] and parts["xview_val", "val"]):  # a subset without both subject groups
+            del parts["xview_val", "train"], parts["xview_val", "val"]
         index = joint_map("kinect-v1", layout)  # Kinect v1 joints, or the NTU joints made of them
         shape = (3, max_frames, len(index), num_person)
         arrays = ((name, to_array(joints[:, index], shape)) for name, joints in clips.items())

@@ -6,11 +6,14 @@ the merged config as YAML and runs nothing.
 """
 import sys
 
-import yaml
+from torchlight.threads import configure_openmp
 
-from processor import PROCESSORS, configure, describe
-from torchlight.config import ConfigError, load_yaml, parse_overrides
-from torchlight.dist import leave_process_group
+configure_openmp()  # before torch loads OpenMP
+import yaml  # noqa: E402
+
+from processor import PROCESSORS, configure, describe  # noqa: E402
+from torchlight.config import ConfigError, load_yaml, parse_overrides  # noqa: E402
+from torchlight.dist import leave_process_group  # noqa: E402
 
 
 def main(argv=None):

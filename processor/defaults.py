@@ -30,6 +30,7 @@ DEFAULTS = dict(
     grad_clip=None,
     # speed
     speed="exact",
+    cpu_threads="auto",
     amp="off",
     compile=False,
     channels_last=False,
@@ -75,6 +76,8 @@ HELP = dict(
     num_epoch="epochs to train",
     grad_clip="max gradient norm, clipped after backward; none: no clipping",
     amp="mixed precision: off | bf16 | fp16",
+    cpu_threads="threads of a CPU run; auto: OMP_NUM_THREADS if set, else 1 for a narrow model (under 1 M "
+                "parameters: a second thread does not pay), every core for a wide one (docs/speed.md)",
     compile="torch.compile the model",
     channels_last="channels-last memory format for the model",
     device_augment="augment the batch on the device instead of per sample in the loader workers",

@@ -43,6 +43,9 @@ def check_ranges(cfg):
     if cfg["sync_bn"] and cfg["compile"]:
         raise ConfigError("sync_bn and compile are both true: SyncBatchNorm does not trace under "
                           "torch.compile (a graph break at every BatchNorm); set one of them false")
+    threads = cfg["cpu_threads"]
+    if threads != "auto" and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
+        raise ConfigError(f"cpu_threads must be auto or an integer >= 1, got {threads!r}")
     for key, choices in CHOICES.items():
         if cfg[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {cfg[key]!r}")

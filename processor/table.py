@@ -13,6 +13,7 @@ import statistics
 from net.methods import method_name
 from processor import configure
 from processor.linear import PROBE
+from processor.stats import mean_std, paired_interval, verdict
 from torchlight.config import ConfigError, deep_merge, load_yaml
 from torchlight.dist import barrier, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
@@ -29,6 +30,7 @@ DEFAULTS = dict(
     pretrain={},
     linear={},
     overwrite=False,
+    compare=[],
 )
 # Keys the table and the demo pass on to every run they start.
 RUN_HELP = dict(speed="passed to every run: exact, or fast (docs/gpu.md)",
@@ -42,6 +44,7 @@ HELP = dict(  # shown by `python main.py table --help`
     rows="[{name, linear: yaml, pretrain: [processor, yaml] (optional), pretrain_args: {...}, linear_args: {...}}]",
     pretrain="overrides for every pretraining run, e.g. --pretrain.num_epoch 2",
     overwrite="true: redo runs whose work_dir exists (the demo), instead of refusing",
+    compare="[[row, other row], ...]: the paired 95 % interval of row - other over the seeds, both protocols",
 )
 
 
@@ -52,10 +55,6 @@ def slug(name):
     """A row's folder name: a method's own name for any of its names ('SkeleMixCLR+' -> 'skelemixclr_plus',
     net/methods.py), else the name in lower case with `_` for spaces ('random init' -> 'random_init')."""
     return method_name(name) or name.lower().replace("+", "_plus").replace(" ", "_")
-
-
-def mean_std(values):
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 class Orchestrator:
@@ -90,6 +89,10 @@ class Table(Orchestrator):
                 raise ConfigError(f"table row {row['name']!r}: pretrain must be [processor, config file]")
             for config_file in [row["linear"]] + ([pretrain[1]] if pretrain else []):
                 load_yaml(config_file)
+        names = [row["name"] for row in cfg["rows"]]
+        for pair in cfg["compare"]:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(name in names for name in pair)):
+                raise ConfigError(f"table compare {pair!r}: each entry is [row, other row], named as in rows {names}")
         super().__init__(cfg)
 
     def run(self, name, config_file, work_dir, seed, *overrides):
@@ -142,16 +145,30 @@ class Table(Orchestrator):
             for protocol in PROTOCOLS:
                 summary[protocol], summary[f"{protocol}_std"] = mean_std([r[protocol]["top1"] for r in runs])
             rows.append(summary)
+        comparisons = [self.compare(rows, *pair) for pair in cfg["compare"]]
         if is_main_process():
-            print("\n" + self.format(rows), flush=True)
+            print("\n" + self.format(rows, comparisons), flush=True)
             path = os.path.join(cfg["work_dir"], "table.json")
             with atomic_path(path) as tmp, open(tmp, "w") as f:
-                json.dump(dict(results=rows, config=cfg), f, indent=1)
+                json.dump(dict(results=rows, comparisons=comparisons, config=cfg), f, indent=1)
             self.log(f"written {path}")
         barrier()
         return rows
 
-    def format(self, rows):
+    @staticmethod
+    def compare(rows, name, other):
+        """The paired difference of rows `name` - `other` over their seeds, per protocol (processor/stats.py)."""
+        by_name = {r["model"]: {run["seed"]: run for run in r["runs"]} for r in rows}
+        a, b = by_name[name], by_name[other]
+        seeds = sorted(set(a) & set(b))
+        result = dict(row=name, other=other, seeds=seeds)
+        for protocol in PROTOCOLS:
+            mean, low, high = paired_interval([a[s][protocol]["top1"] for s in seeds],
+                                              [b[s][protocol]["top1"] for s in seeds])
+            result[protocol] = dict(difference=mean, low=low, high=high, verdict=verdict(low, high))
+        return result
+
+    def format(self, rows, comparisons=()):
         seeds = self.cfg["seeds"]
         which = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}"
         lines = [f"linear evaluation top-1 %, {which}: paper protocol and normalised probe (docs/method.md)",
@@ -160,4 +177,9 @@ class Table(Orchestrator):
             ratio = "-" if r["loss_over_chance"] is None else f"{r['loss_over_chance']:.3f}"
             cells = [f"{r[p]:.1f}" + (f" ± {r[p + '_std']:.1f}" if len(seeds) > 1 else "") for p in PROTOCOLS]
             lines.append(f"{r['model']:<14}" + "".join(f"{c:>14}" for c in cells) + f"{ratio:>13}")
+        for c in comparisons:
+            cells = [f"{p} {c[p]['difference']:+.1f} [{c[p]['low']:+.1f}, {c[p]['high']:+.1f}] {c[p]['verdict']}"
+                     for p in PROTOCOLS]
+            lines.append(f"{c['row']} - {c['other']}, paired 95 % interval over {len(c['seeds'])} seeds: "
+                         + "; ".join(cells))
         return "\n".join(lines)

@@ -1,13 +1,15 @@
 """The README's main command, `python main.py demo`, at a reduced size, and the table it prints."""
 import json
 import os
+import statistics
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from processor.table import Table, mean_std, slug
+from processor.stats import mean_std
+from processor.table import Table, slug
 from torchlight.config import ConfigError
 
 TINY = "model_args: {hidden_channels: 4, hidden_dim: 16"
@@ -58,6 +60,23 @@ def test_table_mean_and_spread_by_hand(tmp_path):
                               loss_over_chance=None)])
     assert text.splitlines()[2:] == [f"{'SkeletonCLR':<14}{'60.0 ± 10.0':>14}{'70.0 ± 1.2':>14}{'0.812':>13}",
                                      f"{'raw joints':<14}{'55.2 ± 0.5':>14}{'64.0 ± 2.0':>14}{'-':>13}"]
+
+
+def test_table_compares_rows_seed_by_seed(tmp_path):
+    """The paired interval pairs runs by seed, whatever their order; names outside the rows are refused."""
+    def runs(paper):
+        return [dict(seed=s, paper=dict(top1=v), probe=dict(top1=v + 1)) for s, v in paper.items()]
+    rows = [dict(model="A", runs=runs({1: 80.0, 2: 78.0, 3: 79.0})),
+            dict(model="B", runs=runs({3: 74.0, 1: 75.0, 2: 76.0}))]  # differences 5, 2, 5
+    c = Table.compare(rows, "A", "B")
+    half = 4.303 * statistics.stdev([5, 2, 5]) / 3 ** 0.5
+    assert c["seeds"] == [1, 2, 3] and c["paper"]["difference"] == pytest.approx(4.0)
+    assert (c["paper"]["low"], c["paper"]["high"]) == pytest.approx((4 - half, 4 + half))
+    assert c["paper"]["verdict"] == "not significant" and c["probe"]["difference"] == pytest.approx(4.0)
+    row = dict(name="A", linear=str(tmp_path / "x.yaml"))
+    (tmp_path / "x.yaml").write_text("num_epoch: 1\n")
+    with pytest.raises(ConfigError, match="compare \\['A', 'C'\\]"):
+        Table(dict(Table.default_config(), rows=[row], compare=[["A", "C"]], work_dir=str(tmp_path)))
 
 
 def test_table_reads_finished_rows_back_and_overwrite_redoes_them(tmp_path):

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,3 +46,17 @@ def test_gpu_check_fits_a_first_gpu_session():
     from tools import gpu_check, gpu_check_runs
     cuda = [gpu_check_runs.TIMEOUTS[t] for t in ("fast_pretrain", "torchrun[nccl]", "torchrun[nccl+sync_bn]")]
     assert sum(cuda) <= gpu_check.BUDGET_SECONDS <= 7 * 60
+
+
+def test_gpu_check_skips_what_would_start_after_its_budget(tmp_path, capsys):
+    from tools import gpu_check
+    path = tmp_path / "gpu_check.json"
+    threads = torch.get_num_threads()  # the CPU dry run sets one thread: this test process keeps its own
+    try:
+        assert gpu_check.main(["--device", "cpu", "--quick", "--budget", "0", "--only", "grouped_bn,torchrun",
+                               "--json", str(path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(path.read_text())["results"]
+    assert [(r["check"], r["status"], r["why"]) for r in result] == [
+        ("grouped_bn", "SKIP", "the budget of 0 s is spent"), ("torchrun", "SKIP", "the budget of 0 s is spent")]

@@ -1,7 +1,7 @@
 """GPU check: the CUDA paths a CPU cannot exercise, each reported PASS / FAIL / SKIP with its numbers.
 
 python tools/gpu_check.py --json gpu_check.json          # one GPU, a first session: under 8 minutes
-python tools/gpu_check.py --device cpu --quick           # dry run on CPU (~1 min): CUDA-only checks SKIP
+python tools/gpu_check.py --device cpu --quick           # dry run on CPU (1-2 min): CUDA-only checks SKIP
 
 Checks: grouped BatchNorm equal to separate calls; the fused query pass equal to separate passes (loss,
 gradients, BatchNorm running statistics) in fp64, fp32, bf16 and fp16; one training step on the device equal

@@ -37,10 +37,10 @@ SPEEDS = ("exact", "fast")
 
 def fast_settings(device, sync_bn):
     """What `speed: fast` sets (docs/gpu.md): bf16 autocast, TF32, augmentation on the device, up to 8 loader
-    workers and, on CUDA without sync_bn (they do not combine), torch.compile. On a CUDA card without native
-    bf16 fp16 or no autocast, and compile only where inductor can build its kernels (processor.device's
-    `cuda_fast_path`); on a CPU bf16 only where it has native bf16 kernels (elsewhere it is slower than fp32)
-    and no compile (slower than eager there)."""
+    workers and, on CUDA without sync_bn (they do not combine), torch.compile. On CUDA the card decides
+    (processor.device's `cuda_fast_path`): bf16 from compute capability 8.0, else fp16 or no autocast, and
+    compile only where inductor can build its kernels. On a CPU bf16 only where it has native bf16 kernels
+    (elsewhere it is slower than fp32) and no compile (slower than eager there)."""
     import os
 
     import torch

@@ -58,6 +58,7 @@ def test_every_compiling_run_forgets_the_graphs_of_the_runs_before(tiny, tmp_pat
     events = []
     monkeypatch.setattr(torch.compiler, "reset", lambda: events.append("reset"))
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: events.append(type(self).__name__))
+    monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: fn)  # Model.compile's named passes
     data = toy_dataset(tmp_path)
     for run, compiled in enumerate((True, True, False)):
         cls, cfg = tiny("linear_evaluation", "unused", tmp_path / f"run{run}", train_feeder_args=data,

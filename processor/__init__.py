@@ -37,19 +37,24 @@ SPEEDS = ("exact", "fast")
 
 def fast_settings(device, sync_bn):
     """What `speed: fast` sets (docs/gpu.md): bf16 autocast, TF32, augmentation on the device, up to 8 loader
-    workers and, on CUDA without sync_bn (they do not combine), torch.compile. On a CPU bf16 only where it
-    has native bf16 kernels (elsewhere it is slower than fp32) and no compile (slower than eager there)."""
+    workers and, on CUDA without sync_bn (they do not combine), torch.compile. On CUDA the card decides
+    (processor.device's `cuda_fast_path`): bf16 from compute capability 8.0, else fp16 or no autocast, and
+    compile only where inductor can build its kernels. On a CPU bf16 only where it has native bf16 kernels
+    (elsewhere it is slower than fp32) and no compile (slower than eager there)."""
     import os
 
     import torch
 
+    from processor.device import cuda_fast_path
     from torchlight.util import cpu_amp_is_fast
-    cuda = str(device).startswith("cuda") or (device in (None, "auto") and torch.cuda.is_available())
+    cuda = isinstance(device, int) or str(device).startswith("cuda") or (
+        device in (None, "auto") and torch.cuda.is_available())
     fast = dict(tf32=True, device_augment=True, num_workers=min(8, os.cpu_count() or 1))
-    if cuda or cpu_amp_is_fast("bf16"):
+    if cuda:
+        amp, compiles = cuda_fast_path(device)
+        fast.update(amp=amp, compile=compiles and not sync_bn)
+    elif cpu_amp_is_fast("bf16"):
         fast["amp"] = "bf16"
-    if cuda and not sync_bn:
-        fast["compile"] = True
     return fast
 
 

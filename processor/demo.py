@@ -11,7 +11,7 @@ import os
 from feeder.prepare.demo_arrays import demo_arrays
 from processor.table import RUN_HELP, Orchestrator, Table
 from torchlight.config import deep_merge, load_yaml
-from torchlight.dist import all_gather_object, barrier, is_main_process
+from torchlight.dist import barrier, broadcast_object, is_main_process
 from torchlight.io import atomic_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ class Demo(Orchestrator):
     def start(self):
         cfg = self.cfg
         data = self.prepare_data() if is_main_process() else None
-        data = all_gather_object(data)[0]  # the other ranks wait here for rank 0's arrays
+        data = broadcast_object(data)  # the other ranks wait here for rank 0's arrays
         part = {p: dict(data_path=f"{data}/{p}_position.npy", label_path=f"{data}/{p}_label.pkl")
                 for p in ("train", "val")}
         rows = load_yaml(os.path.join(CONFIGS, "table.yaml"))["rows"]

@@ -63,9 +63,12 @@ def unique_names(names):
 def calibrate_batchnorm(model, inputs):
     """Random-init baseline: every BatchNorm's running statistics measured on `inputs` (issue 10 item 1).
 
-    One pass without gradient, BN layers in train mode with a cumulative average (momentum None), every
-    other layer in eval mode (no dropout). Without it a random ST-GCN in eval mode normalises with
-    mean 0 / variance 1 and outputs features of ~1e-8, which no linear classifier can move from chance.
+    One pass without gradient, BN layers in train mode, every other layer in eval mode (no dropout); each
+    running statistic ends as the mean of the batches' statistics, the cumulative average of momentum None.
+    Without it a random ST-GCN in eval mode normalises with mean 0 / variance 1 and outputs features of
+    ~1e-8, which no linear classifier can move from chance. Momentum 1 (the running statistics become the
+    batch's) and the sum taken here keep a compiled model in one graph: momentum None reads a counter on the
+    host in every layer (a graph break each), and a momentum changed per batch is a new graph per batch.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
@@ -73,14 +76,25 @@ def calibrate_batchnorm(model, inputs):
     for m in norms:
         if not nn.parameter.is_lazy(m.running_mean):  # a lazy one is fresh until its first batch
             m.reset_running_stats()
-        m.momentum = None
+        m.momentum = 1.0
         m.train()
+    sums, batches = None, 0
     for x in inputs:
         model(x, return_features=True)
+        stats = [s.to(torch.float64, copy=True) for s in running_statistics(norms)]
+        sums = stats if sums is None else [total + s for total, s in zip(sums, stats)]
+        batches += 1
+    for stat, total in zip(running_statistics(norms), sums or []):
+        stat.copy_(total / batches)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
         m.eval()
     return len(norms)
+
+
+def running_statistics(norms):
+    """The running means and variances of the BatchNorm layers `norms` that keep them."""
+    return [s for m in norms if m.track_running_stats for s in (m.running_mean, m.running_var)]
 
 
 class Evaluation(Processor):

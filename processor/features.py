@@ -19,8 +19,9 @@ def encode_batches(encoder, batches, to_input, autocast, pooled):
         x = to_input(x)
         with autocast():
             outputs.append(encoder(x, return_features=pooled).float())
-        labels.append(y.to(x.device))
-        indices.append(index.to(x.device))
+        # Asynchronous: on CUDA the loader pins every batch, so the copy overlaps the next batch's work.
+        labels.append(y.to(x.device, non_blocking=True))
+        indices.append(index.to(x.device, non_blocking=True))
     encoder.train(training)
     return [torch.cat(t) for t in (outputs, labels, indices)] if outputs else None
 

@@ -16,7 +16,7 @@ from feeder.streams import to_stream
 from net.utils.layouts import model_layout
 from processor.data import make_loader, seed_loaders
 from processor.defaults import DEFAULTS, HELP
-from processor.device import autocast, place_model
+from processor.device import autocast, compile_modules, device_note, place_model
 from processor.features import check_knn_bank, encode_batches, in_dataset_order, knn_top1
 from processor.nonfinite import LossCheck, NonFiniteError
 from processor.schedule import step_lr
@@ -90,15 +90,15 @@ class Processor:
         if dist.get_rank():
             seed_everything(cfg["seed"] + dist.get_rank())
         self.raw_model, self.model = place_model(self.raw_model, cfg, self.device, self.distributed)
-        for module in self.compile_targets() if cfg["compile"] else []:
-            module.compile()  # in place: state-dict names unchanged
+        if cfg["compile"]:
+            compile_modules(self.compile_targets())
         self.optimizer = self.build_optimizer()
         # One CPU generator drives SkeleMix and on-device augmentation; checkpoints carry its state.
         self.generator = torch.Generator().manual_seed(cfg["seed"] + dist.get_rank())
         self.build_data()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
-        if host_warning:
-            self.log(host_warning)
+        for note in filter(None, (host_warning, device_note(self.device, cfg["amp"], cfg["compile"]))):
+            self.log(note)
         if cfg["resume"]:
             self.resume(cfg["resume"])
         if self.main:  # last: it marks the work_dir as this run's (torchlight.io.claim_work_dir)

@@ -15,7 +15,7 @@ from processor import configure
 from processor.linear import PROBE
 from processor.stats import mean_std, paired_interval, verdict
 from torchlight.config import ConfigError, deep_merge, load_yaml
-from torchlight.dist import barrier, init_distributed, is_main_process
+from torchlight.dist import barrier, broadcast_object, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
 from torchlight.util import git_commit
 
@@ -55,6 +55,14 @@ def slug(name):
     """A row's folder name: a method's own name for any of its names ('SkeleMixCLR+' -> 'skelemixclr_plus',
     net/methods.py), else the name in lower case with `_` for spaces ('random init' -> 'random_init')."""
     return method_name(name) or name.lower().replace("+", "_plus").replace(" ", "_")
+
+
+def finished_result(path, overwrite):
+    """The result a finished run wrote to `path`; None when there is none or `overwrite` redoes the run."""
+    if overwrite or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 class Orchestrator:
@@ -108,16 +116,19 @@ class Table(Orchestrator):
 
     def run_row(self, row, seed):
         """Top-1 and top-5 of both protocols and the pretraining's final loss over chance (None for a
-        baseline) of one row and seed; a finished one (its result.json) is read back unless `overwrite`."""
+        baseline) of one row and seed; a finished one (its result.json) is read back unless `overwrite`.
+        Rank 0's disk decides and its result travels to every rank: ranks on other nodes, whose disks may
+        lack the file or hold an older one, would otherwise train while rank 0 skips, and wait forever."""
         work = os.path.join(self.cfg["work_dir"], slug(row["name"]), f"seed{seed}")
         done = os.path.join(work, "result.json")
-        if os.path.isfile(done) and not self.cfg["overwrite"]:
+        result = broadcast_object(finished_result(done, self.cfg["overwrite"]) if is_main_process() else None)
+        if result is not None:
             self.log(f"{row['name']}, seed {seed}: finished before, read from {done}")
-            with open(done) as f:
-                return json.load(f)
+            return result
         result = dict(self.train_row(row, seed, work), seed=seed, commit=git_commit())
-        with atomic_path(done) as tmp, open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
+        if is_main_process():
+            with atomic_path(done) as tmp, open(tmp, "w") as f:
+                json.dump(result, f, indent=1)
         return result
 
     def train_row(self, row, seed, work):

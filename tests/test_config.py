@@ -229,8 +229,9 @@ def test_speed_fast_sets_the_gpu_speed_keys_unless_named(monkeypatch):
     """speed: fast on a GPU: bf16, TF32, device augmentation, min(8, CPUs) workers, compile; keys named in
     the config or on the command line keep their values; speed: exact changes nothing."""
     import torchlight.util
+    from tests.test_device import fake_card
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    fake_card(monkeypatch, (8, 0))  # an A100 with Triton (tests/test_device.py: other cards)
     exact = configure("pretrain", {"method": "skeletonclr"})[1]
     fast = configure("pretrain", {"method": "skeletonclr"}, {"speed": "fast"})[1]
     assert {k: exact[k] for k in ("amp", "tf32", "device_augment", "num_workers", "compile")} == dict(

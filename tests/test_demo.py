@@ -93,6 +93,37 @@ def test_table_reads_finished_rows_back_and_overwrite_redoes_them(tmp_path):
         table.run_row(row, 2)
 
 
+def test_rank0_decides_which_rows_a_table_skips(tmp_path, monkeypatch):
+    """Under torchrun rank 0's disk decides whether a row and seed are finished, and its result travels: a
+    rank on another node skips what rank 0 skips (its own disk lacks the file) and trains what rank 0 trains
+    (its own disk holds a stale file). Here this process is rank 1 of 2 with a mocked broadcast."""
+    import processor.table
+    import torchlight.dist
+    finished = dict(loss_over_chance=0.5, paper=dict(top1=61.0, top5=90.0), probe=dict(top1=70.0, top5=95.0))
+    rank0 = {}  # what rank 0 broadcasts
+    sent, trained = [], []
+
+    def broadcast_object_list(box, src=0):
+        sent.append((list(box), src))
+        box[0] = rank0["result"]
+
+    monkeypatch.setattr(torchlight.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torchlight.dist.dist, "broadcast_object_list", broadcast_object_list)
+    monkeypatch.setattr(processor.table, "is_main_process", lambda: False)
+    row = dict(name="SkeletonCLR", linear="unused")
+    table = Table(dict(Table.default_config(), seeds=[2], work_dir=str(tmp_path)))
+    monkeypatch.setattr(table, "train_row", lambda row, seed, work: trained.append(work) or "trained here")
+    rank0["result"] = finished  # rank 0 finished it; this node's disk has no result.json
+    assert table.run_row(row, 2) == finished and not trained
+    stale = tmp_path / "skeletonclr" / "seed2" / "result.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps(dict(finished, loss_over_chance=0.9)))
+    rank0["result"] = None  # rank 0 redoes it (its disk has none): so does this rank, whatever its disk says
+    assert table.run_row(row, 2) == "trained here" and trained == [str(stale.parent)]
+    assert json.loads(stale.read_text())["loss_over_chance"] == 0.9  # only rank 0 writes the result
+    assert sent == [([None], 0), ([None], 0)]  # rank 1 sends nothing of its own
+
+
 def test_the_data_folder_is_keyed_by_every_setting_that_changes_the_data(tmp_path, monkeypatch):
     import processor.demo as demo
     roots = []

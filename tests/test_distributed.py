@@ -500,6 +500,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_in_the_same_epoch(demo_a
 def test_local_gpu_is_local_rank_only_when_visible(monkeypatch):
     """torchrun on one node: LOCAL_RANK is the GPU; SLURM-style, one GPU per process: device 0 of each."""
     import torchlight.dist
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)  # not started by torchrun
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
     for count, expected in ((4, 1), (1, 0)):
@@ -516,3 +517,46 @@ def test_local_gpu_is_local_rank_only_when_visible(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
     with pytest.raises(ConfigError, match="LOCAL_RANK 3 but this process sees 2 GPUs"):
         select_device("auto")
+
+
+def test_more_torchrun_ranks_than_gpus_is_one_line_on_every_rank(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU node put both ranks on cuda:0 and NCCL failed with its
+    duplicate-GPU error; now every rank stops before NCCL starts, with one line."""
+    import torchlight.dist
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    called = []
+    monkeypatch.setattr(torch.cuda, "set_device", called.append)
+    monkeypatch.setattr(torchlight.dist.dist, "init_process_group", lambda backend: called.append(backend))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        with pytest.raises(ConfigError) as info:
+            init_distributed("auto")
+        assert str(info.value) == ("2 ranks on this node (torchrun --nproc_per_node 2) but it has 1 visible GPU(s): "
+                                   "start at most 1, one per GPU")
+    assert called == []  # neither a GPU chosen nor NCCL started
+    assert init_distributed("cpu") and called == ["gloo"]  # Gloo on CPU needs no GPU per rank
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one rank per node: the node's GPU
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert select_device("cuda", distributed=True) == torch.device("cuda", 0)
+
+
+def test_broadcast_object_is_rank_0s(monkeypatch):
+    import torchlight.dist
+    from torchlight.dist import broadcast_object
+
+    def refuse(box, src=0):
+        raise AssertionError("one process: no collective")
+
+    monkeypatch.setattr(torchlight.dist.dist, "broadcast_object_list", refuse)
+    assert broadcast_object({"a": 1}) == {"a": 1}
+
+    def from_rank0(box, src=0):
+        box[0] = ("rank", src)
+
+    monkeypatch.setattr(torchlight.dist.dist, "broadcast_object_list", from_rank0)
+    monkeypatch.setattr(torchlight.dist, "get_world_size", lambda: 2)
+    assert broadcast_object("mine") == ("rank", 0) and broadcast_object("mine", src=1) == ("rank", 1)

@@ -1,5 +1,6 @@
 """Honest baselines and training-health signals (issue 10): BN-calibrated random encoder, raw-joint row,
 loss over chance, collapse statistics and the not-learning warning, against explicit computations."""
+import copy
 import json
 import math
 
@@ -30,6 +31,55 @@ def test_calibrated_random_encoder_gives_features_of_order_one():
     with torch.no_grad():
         feats = model(x, return_features=True)
     assert 0.1 < feats.std(0).mean() < 10 and 0.1 < feats.abs().mean() < 10
+
+
+def test_calibration_is_the_cumulative_average_of_momentum_none():
+    """Batches of unequal size: every running statistic and counter equals torch's own cumulative average
+    (momentum None), in float64, and each layer's momentum is restored."""
+    torch.manual_seed(0)
+    model = Model(**ENC, num_class=2).double()
+    for m in model.modules():  # unequal momenta: the restore puts each back
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.1 + 0.01 * len(m.running_mean) % 7
+    momenta = {k: m.momentum for k, m in model.named_modules() if hasattr(m, "momentum")}
+    reference = copy.deepcopy(model).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 3, 16, 25, 2, generator=g, dtype=torch.float64) * (1 + n) + n for n in (5, 3, 7)]
+    with torch.no_grad():
+        for m in reference.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+        for x in batches:
+            reference(x, return_features=True)
+    assert calibrate_batchnorm(model, batches) == len(momenta)
+    expected = dict(reference.named_buffers())
+    for k, v in model.named_buffers():
+        torch.testing.assert_close(v, expected[k], rtol=1e-12, atol=1e-12, msg=k)
+    assert model.data_bn.num_batches_tracked == 3 and model.data_bn.running_var.std() > 1  # not a vacuous match
+    assert {k: m.momentum for k, m in model.named_modules() if hasattr(m, "momentum")} == momenta
+
+
+def test_calibrating_a_compiled_encoder_keeps_one_graph():
+    """Momentum None broke a compiled encoder's graph at every BatchNorm (and a per-batch momentum would
+    compile a graph per batch): the calibration now runs as one graph without breaks."""
+    from torch._dynamo.utils import counters
+    graphs = []
+
+    def backend(graph_module, example_inputs):  # counts the graphs dynamo hands over, runs them as traced
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch.manual_seed(0)
+    model = Model(**ENC, num_class=2)
+    model.compile(backend=backend)
+    torch.compiler.reset()
+    counters.clear()
+    x = torch.randn(12, 3, 16, 25, 2)
+    calibrate_batchnorm(model, [x[:4], x[4:8], x[8:]])
+    assert sum(counters["graph_break"].values()) == 0 and len(graphs) == 1
+    torch.compiler.reset()
 
 
 def linear_eval(tiny, tmp_path, data, name, model_args, **overrides):

@@ -112,8 +112,7 @@ def build(name, args, model_args, option, data, **extra):
                test_feeder_args=dict(data), model_args=dict(model_args))
     for key, value in {**option, **extra}.items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
-    cls, cfg = configure(name, cfg)
-    forget_compiled_graphs(cfg)
+    cls, cfg = configure(name, cfg)  # a compiling processor forgets earlier graphs itself
     with contextlib.redirect_stdout(io.StringIO()):  # the processors' start-up log lines
         return cls(cfg)
 

@@ -1,22 +1,22 @@
 """GPU check: the CUDA paths a CPU cannot exercise, each reported PASS / FAIL / SKIP with its numbers.
 
-python tools/gpu_check.py --json gpu_check.json          # one GPU, under 10 minutes (docs/gpu.md)
-python tools/gpu_check.py --device cpu --quick           # dry run on CPU (< 1 min): CUDA-only checks SKIP
+python tools/gpu_check.py --json gpu_check.json          # one GPU, a first session: under 8 minutes
+python tools/gpu_check.py --device cpu --quick           # dry run on CPU (1-2 min): CUDA-only checks SKIP
 
-Checks: grouped BatchNorm equal to separate calls; the fused query pass equal to separate passes in fp64,
-fp32, bf16 and fp16; no host wait in real pretraining steps (torch.cuda.set_sync_debug_mode("error"));
-a bit-exact resume with deterministic: true; compile time and graph count; torchrun (NCCL, with and
-without sync_bn; Gloo on CPU); fused against separate passes' throughput and peak memory at full width.
-Exits non-zero when a check fails.
+Checks: grouped BatchNorm equal to separate calls; the fused query pass equal to separate passes (loss,
+gradients, BatchNorm running statistics) in fp64, fp32, bf16 and fp16; one training step on the device equal
+to the same step on the CPU; no host wait in real pretraining steps (torch.cuda.set_sync_debug_mode("error"));
+a bit-exact resume with deterministic: true; compile time and graph count; `--speed fast` pretraining as a
+user starts it; torchrun (NCCL, with and without sync_bn; Gloo on CPU); fused against separate passes'
+throughput and peak memory at full width. The checks share a budget of BUDGET_SECONDS: a subprocess's
+timeout never runs past it, and a check that would start after it SKIPs. Exits non-zero when a check fails.
 """
 import argparse
 import contextlib
 import copy
 import io
-import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,15 +31,20 @@ if __package__ in (None, ""):  # run as a script: the repository root on sys.pat
 from net.moco import MoCo  # noqa: E402
 from net.st_gcn_fast import grouped_batch_norm  # noqa: E402
 from processor import configure  # noqa: E402
+from tools import gpu_check_runs as runs  # noqa: E402
 from tools.benchmark import write_dataset  # noqa: E402
-from tools.benchmark_timing import PeakMemory, synchronize, timed  # noqa: E402
 from torchlight.util import set_numerics  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES = 16
+BUDGET_SECONDS = 420  # every check together: 7 minutes, and the check running at the deadline may finish
 AMPS = {"fp64": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# (loss relative error, least gradient cosine) of fused against separate passes: two roundings of one function
-TOLERANCES = {"fp64": (1e-9, 1 - 1e-9), "fp32": (1e-4, 0.9999), "bf16": (3e-2, 0.9), "fp16": (5e-3, 0.98)}
+# (loss relative error, least gradient cosine, BatchNorm running statistics' error: buffers_err) of fused
+# against separate passes: two roundings of one function
+TOLERANCES = {"fp64": (1e-9, 1 - 1e-9, 1e-9), "fp32": (1e-4, 0.9999, 1e-4), "bf16": (3e-2, 0.9, 3e-2),
+              "fp16": (5e-3, 0.98, 5e-3)}
+# One fp32 step with TF32 off on the device against the CPU: loss relative error, least gradient cosine,
+# error of the buffers after it (BatchNorm running statistics, the queue; buffers_err)
+VS_CPU = dict(loss_rel=1e-3, grad_cos=0.999, buffers_err=1e-3)
 
 
 class Checks:
@@ -47,7 +52,11 @@ class Checks:
         self.args, self.tmp, self.results = args, tmp, []
         self.device = torch.device(args.device)
         self.cuda = self.device.type == "cuda"
+        self.frames, self.deadline = FRAMES, time.perf_counter() + args.budget
         self.data = write_dataset(tmp, 64 if args.quick else 256, FRAMES)
+
+    def seconds_left(self):
+        return int(self.deadline - time.perf_counter())
 
     def report(self, check, status, **numbers):
         self.results.append(dict(check=check, status=status, **numbers))
@@ -106,149 +115,49 @@ class Checks:
                 out[name] = loss.item(), grads, len(calls)
             (lf, gf, cf), (ls, gs, cs) = out["fused"], out["separate"]
             rel, cos = abs(lf - ls) / abs(ls), torch.nn.functional.cosine_similarity(gf, gs, dim=0).item()
-            ok = rel <= TOLERANCES[amp][0] and cos >= TOLERANCES[amp][1] and (cf, cs) == (1, 4)
+            stats = buffers_err(fused.encoder_q, separate.encoder_q)  # each pass's BN statistics, in order
+            ok = (rel <= TOLERANCES[amp][0] and cos >= TOLERANCES[amp][1] and stats <= TOLERANCES[amp][2]
+                  and (cf, cs) == (1, 4))
             self.report(f"fused_vs_separate[{amp}]", "PASS" if ok else "FAIL", loss_rel=f"{rel:.1e}",
-                        grad_cos=f"{cos:.7f}", encoder_q_calls=f"{cf}/{cs}")
+                        grad_cos=f"{cos:.7f}", bn_stats_err=f"{stats:.1e}", encoder_q_calls=f"{cf}/{cs}",
+                        tolerances=TOLERANCES[amp])
 
-    def no_host_waits(self):
-        """Three real pretraining steps after a warm-up one under torch.cuda.set_sync_debug_mode("error"): any
-        host wait (a .item(), a blocking copy) raises."""
-        cases = {"fp32": {}, "bf16+device_augment+bone": dict(amp="bf16", device_augment=True, stream="bone"),
-                 "gaussian mix": dict(model_args=dict(mix_mode="gaussian"))}
-        for name, extra in cases.items():
-            proc = self.processor("sync", **extra)
-            proc.set_train_mode()
-            proc.train_loader.sampler.set_epoch(0)
-            batches = list(itertools.islice(iter(proc.train_loader), 4))
-            step(proc, batches[0])  # per-device caches, cuDNN's algorithm search
-            if not self.cuda:
-                for batch in batches[1:]:
-                    step(proc, batch)
-                self.report(f"no_host_waits[{name}]", "SKIP", why="the steps ran; sync detection needs CUDA")
-                continue
-            synchronize(self.device)
-            error = None
-            torch.cuda.set_sync_debug_mode("error")
-            try:
-                for batch in batches[1:]:
-                    step(proc, batch)
-                synchronize(self.device)
-            except RuntimeError as e:
-                error = str(e).splitlines()[0][:160]
-            finally:
-                torch.cuda.set_sync_debug_mode(0)
-            self.report(f"no_host_waits[{name}]", "FAIL" if error else "PASS", error=error)
-
-    def resume(self):
-        """2 epochs with deterministic: true against epoch 2 resumed from the epoch-1 checkpoint: bit for bit."""
-        common = dict(num_epoch=2, save_interval=1, deterministic=True, amp="bf16" if self.cuda else "off")
-        straight = self.processor("straight", **common)
-        with contextlib.redirect_stdout(io.StringIO()):
-            straight.start()
-        resumed = self.processor("resumed", resume=os.path.join(self.tmp, "straight", "epoch1_model.pt"), **common)
-        with contextlib.redirect_stdout(io.StringIO()):
-            resumed.start()
-        moved = [k for k, p in straight.raw_model.state_dict().items()
-                 if not torch.equal(p, resumed.raw_model.state_dict()[k])]
-        loss = [straight.stats[1]["train/loss"], resumed.stats[0]["train/loss"]]
-        self.report("resume_bit_exact[deterministic]", "PASS" if not moved and loss[0] == loss[1] else "FAIL",
-                    tensors_differing=len(moved), epoch2_loss=loss)
-
-    def compile(self):
-        """compile: true with bf16: the first step's seconds (compiling), graphs after 1, 3 steps and a kNN pass
-        and 2 more steps (no new graph after the first of each), graph breaks, loss against eager."""
-        if not self.cuda:
-            return self.report("compile", "SKIP", why="CUDA only: minutes to compile on CPU, slower than eager there")
-        from torch._dynamo.utils import counters
-        losses = {}
-        for mode in ("eager", "compile"):
-            torch._dynamo.reset()
-            counters.clear()
+    def step_vs_cpu(self):
+        """One SkeleMixCLR+ training step (loader batch, SkeleMix, 7 InfoNCE losses, backward, SGD, EMA, enqueue)
+        on the device against the same step on the CPU: same seed, initial weights, batch and draws; fp32 with
+        TF32 off, no dropout (the CPU draws its masks differently), separate query passes on both."""
+        out, batch = [], None
+        for device in (self.device, torch.device("cpu")):
             torch.manual_seed(0)
-            proc = self.processor(f"compile_{mode}", amp="bf16", compile=mode == "compile", knn_k=[1],
-                                  model_args=dict(dropout=0.0))
+            proc = self.processor(f"vs_cpu_{device.type}", device=str(device), tf32=False,
+                                  model_args=dict(dropout=0.0, fused_queries=False))
             proc.set_train_mode()
-            proc.train_loader.sampler.set_epoch(0)
-            batches = list(itertools.islice(iter(proc.train_loader), 3))
-            t0 = time.perf_counter()
-            losses[mode] = float(step(proc, batches[0]))
-            synchronize(self.device)
-            first_s = time.perf_counter() - t0
-        graphs = [counters["stats"]["unique_graphs"]]
-        for batch in batches[1:]:
-            step(proc, batch)
-        graphs.append(counters["stats"]["unique_graphs"])
-        proc.knn(proc.raw_model.encoder_q, pooled=False)
-        for batch in batches[1:]:
-            step(proc, batch)
-        graphs.append(counters["stats"]["unique_graphs"])
-        breaks = sum(counters["graph_break"].values())
-        rel = abs(losses["compile"] - losses["eager"]) / abs(losses["eager"])
-        ok = graphs[1] == graphs[0] and not breaks and rel < 2e-2
-        self.report("compile[inductor, bf16]", "PASS" if ok else "FAIL", first_step_s=round(first_s, 1),
-                    graphs=graphs, graph_breaks=breaks, loss_rel=f"{rel:.1e}")
-
-    def torchrun(self):
-        """main.py pretraining under torchrun for 2 epochs: NCCL with and without sync_bn (Gloo on CPU)."""
-        ranks = max(1, min(2, torch.cuda.device_count())) if self.cuda else 2
-        cases = {"nccl": [], "nccl+sync_bn": ["--sync_bn", "true"]} if self.cuda else {"gloo": ["--device", "cpu"]}
-        if not self.cuda:
-            self.report("torchrun[nccl+sync_bn]", "SKIP", why="SyncBatchNorm and NCCL need CUDA")
-        for tag, extra in cases.items():
-            work = os.path.join(self.tmp, tag)
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-                       "main.py", "pretrain_skeletonclr_multi_swapv2", "--work_dir", work, "--batch_size", "16",
-                       "--num_epoch", "2", "--eval_interval", "1", "--knn_k", "[1]", "--progress", "false",
-                       "--num_workers", "0", "--model_args.hidden_channels", "4", "--model_args.hidden_dim", "16",
-                       "--model_args.queue_size", "64", "--train_feeder_args.frames", str(FRAMES),
-                       *[f"--{p}_feeder_args.{k}={v}" for p in ("train", "test") for k, v in self.data.items()], *extra]
-            t0 = time.perf_counter()
-            env = dict(os.environ, OMP_NUM_THREADS="1")
-            run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-            log = open(os.path.join(work, "log.txt")).read() if os.path.exists(os.path.join(work, "log.txt")) else ""
-            ok = run.returncode == 0 and f"{ranks} process(es)" in log and os.path.exists(
-                os.path.join(work, "epoch2_model.pt"))
-            self.report(f"torchrun[{tag}]", "PASS" if ok else "FAIL", ranks=ranks, rc=run.returncode,
-                        seconds=round(time.perf_counter() - t0, 1),
-                        error=None if ok else (run.stderr.strip().splitlines() or [""])[-1][:200])
-
-    def throughput(self):
-        """Pretraining steps/s and peak memory of SkeleMixCLR+ at full width (hidden 16, 256-d, batch 128,
-        64 frames, bf16), fused query pass against separate passes."""
-        if not self.cuda:
-            return self.report("fused_throughput", "SKIP", why="full width on a GPU only")
-        data = write_dataset(self.tmp, 128 * 6, 64)
-        row = {}
-        for name, fused in (("fused", True), ("separate", False)):
-            cls, cfg = configure("pretrain_skeletonclr_multi_swapv2", dict(
-                work_dir=os.path.join(self.tmp, f"speed_{name}"), overwrite=True, batch_size=128, num_workers=4,
-                progress=False, eval_interval=0, save_interval=10 ** 9, device=str(self.device), amp="bf16",
-                device_augment=True, train_feeder_args=dict(data, frames=64),
-                model_args=dict(queue_size=16384, fused_queries=fused)))
-            with contextlib.redirect_stdout(io.StringIO()):
-                proc = cls(cfg)
-            proc.set_train_mode()
-            batches = iter(proc.train_loader)
-            with PeakMemory(self.device) as memory:
-                times = timed(lambda p=proc, b=batches: step(p, next(b)), 1, 4, self.device)
-            row[name] = dict(samples_per_s=round(128 / sorted(times)[len(times) // 2], 1), peak_mb=round(memory.mb))
-            del proc
-            torch.cuda.empty_cache()
-        speedup = row["fused"]["samples_per_s"] / row["separate"]["samples_per_s"]
-        self.report("fused_throughput[full width, bf16]", "PASS" if speedup >= 1 else "FAIL",
-                    speedup=round(speedup, 2), **row)
+            batch = batch or next(iter(proc.train_loader))
+            loss = runs.step(proc, batch).item()
+            grads = torch.cat([p.grad.double().flatten().cpu() for p in proc.raw_model.parameters()
+                               if p.grad is not None])
+            out.append((loss, grads, proc.raw_model))
+        (ld, gd, md), (lc, gc, mc) = out
+        rel, cos = abs(ld - lc) / abs(lc), torch.nn.functional.cosine_similarity(gd, gc, dim=0).item()
+        stats = buffers_err(md, mc)
+        ok = rel <= VS_CPU["loss_rel"] and cos >= VS_CPU["grad_cos"] and stats <= VS_CPU["buffers_err"]
+        self.report(f"step_vs_cpu[{self.device.type} vs cpu, fp32]", "PASS" if ok else "FAIL", loss=round(lc, 5),
+                    loss_rel=f"{rel:.1e}", grad_cos=f"{cos:.7f}", buffers_err=f"{stats:.1e}", tolerances=VS_CPU)
 
 
-def step(proc, batch):
-    """One full training step of `proc` on `batch`; its loss, on the device (reading it would wait)."""
-    inputs = proc.prepare(batch)
-    with proc.autocast():
-        losses = proc.train_step(inputs)
-    proc.optimize(losses["loss"])
-    return losses["loss"].detach()
+def buffers_err(a, b):
+    """Largest difference of any floating-point buffer (BN running statistics, queue) of modules `a` and `b`,
+    per buffer over max(1, max |b|): relative for large buffers, absolute for small ones (a running mean of
+    ~1e-11 after a convolution's bias carries no relative precision)."""
+    pairs = [(x.double().cpu(), y.double().cpu()) for (_, x), (_, y) in zip(a.named_buffers(), b.named_buffers())
+             if x.is_floating_point()]
+    return max(((x - y).abs().max() / y.abs().max().clamp_min(1)).item() for x, y in pairs)
 
 
-CHECKS = ["grouped_bn", "fused_vs_separate", "no_host_waits", "resume", "compile", "torchrun", "throughput"]
+CHECKS = {"grouped_bn": Checks.grouped_bn, "fused_vs_separate": Checks.fused_vs_separate,
+          "step_vs_cpu": Checks.step_vs_cpu, "no_host_waits": runs.no_host_waits, "resume": runs.resume,
+          "compile": runs.compile_check, "fast_pretrain": runs.fast_pretrain, "torchrun": runs.torchrun,
+          "throughput": runs.throughput}
 
 
 def main(argv=None):
@@ -257,15 +166,23 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the CPU dry run")
     parser.add_argument("--only", help="comma-separated checks of: " + ",".join(CHECKS))
     parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--budget", type=int, default=BUDGET_SECONDS, help="seconds for every check together")
     args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(CHECKS)
+    if set(names) - set(CHECKS):
+        parser.error(f"unknown checks {sorted(set(names) - set(CHECKS))}; known: {', '.join(CHECKS)}")
     if args.quick and args.device == "cpu":
         torch.set_num_threads(1)  # tiny models: one thread is far faster on shared cores (no spinning peers)
+    print(f"budget {args.budget} s; subprocess timeouts (s): {runs.TIMEOUTS}", flush=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         checks = Checks(args, tmp)
-        for name in args.only.split(",") if args.only else CHECKS:
+        for name in names:
+            if checks.seconds_left() <= 0:
+                checks.report(name, "SKIP", why=f"the budget of {args.budget} s is spent")
+                continue
             try:
-                getattr(checks, name)()
+                CHECKS[name](checks)
             except Exception as e:  # a crashing check is a failure with its error; the others still run
                 traceback.print_exc()
                 checks.report(name, "FAIL", error=f"{type(e).__name__}: {e}"[:300])

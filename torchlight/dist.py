@@ -26,9 +26,17 @@ def local_rank():
 
 def local_cuda_index():
     """This rank's GPU: LOCAL_RANK when it is a visible device's ordinal, else device 0 when the process sees
-    one GPU (SLURM-style launches give each process its own through CUDA_VISIBLE_DEVICES)."""
+    one GPU (SLURM-style launches give each process its own through CUDA_VISIBLE_DEVICES). torchrun's ranks
+    all see the node's GPUs: more of them on this node (LOCAL_WORLD_SIZE) than visible GPUs is an error on
+    every rank, before NCCL fails on two ranks sharing a GPU."""
     rank, count = local_rank(), torch.cuda.device_count()
-    if rank < count or count == 0:  # no GPU visible: nothing to check against, the device fails where used
+    if count == 0:  # no GPU visible: nothing to check against, the device fails where used
+        return rank
+    node_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 0))  # set by torchrun
+    if node_ranks > count:
+        raise ConfigError(f"{node_ranks} ranks on this node (torchrun --nproc_per_node {node_ranks}) but it has "
+                          f"{count} visible GPU(s): start at most {count}, one per GPU")
+    if rank < count:
         return rank
     if count == 1:
         return 0
@@ -96,6 +104,15 @@ def all_reduce_sum(x):
     if get_world_size() > 1:
         dist.all_reduce(x)
     return x
+
+
+def broadcast_object(obj, src=0):
+    """Rank `src`'s picklable `obj` on every rank (what the others pass is ignored); `obj` in one process."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def all_gather_object(obj):

@@ -26,7 +26,7 @@ from torchlight import dist
 from torchlight.checkpoint import write_checkpoint
 from torchlight.config import ConfigError
 from torchlight.io import open_work_dir, write_yaml
-from torchlight.threads import choose_threads
+from torchlight.threads import set_threads
 from torchlight.util import (
     instantiate,
     prepare_host,
@@ -84,9 +84,7 @@ class Processor:
         self.lock, self.log, self.writer = open_work_dir(cfg["work_dir"], cfg["resume"], cfg["overwrite"], self.main)
         self.log(f"{type(self).__name__} on {self.device}, {self.world} process(es), work_dir {cfg['work_dir']}")
         self.raw_model = self.build_model().to(self.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(choose_threads(cfg["cpu_threads"], self.raw_model))
-            self.log(f"{torch.get_num_threads()} CPU thread(s) (cpu_threads {cfg['cpu_threads']})")
+        threads_note = set_threads(self.device, cfg["cpu_threads"], self.raw_model)
         if dist.get_rank():
             seed_everything(cfg["seed"] + dist.get_rank())
         self.raw_model, self.model = place_model(self.raw_model, cfg, self.device, self.distributed)
@@ -97,7 +95,7 @@ class Processor:
         self.generator = torch.Generator().manual_seed(cfg["seed"] + dist.get_rank())
         self.build_data()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
-        for note in filter(None, (host_warning, device_note(self.device, cfg["amp"], cfg["compile"]))):
+        for note in filter(None, (threads_note, host_warning, device_note(self.device, cfg["amp"], cfg["compile"]))):
             self.log(note)
         if cfg["resume"]:
             self.resume(cfg["resume"])

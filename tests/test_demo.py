@@ -112,14 +112,15 @@ def test_rank0_decides_which_rows_a_table_skips(tmp_path, monkeypatch):
     monkeypatch.setattr(processor.table, "is_main_process", lambda: False)
     row = dict(name="SkeletonCLR", linear="unused")
     table = Table(dict(Table.default_config(), seeds=[2], work_dir=str(tmp_path)))
-    monkeypatch.setattr(table, "train_row", lambda row, seed, work: trained.append(work) or "trained here")
+    monkeypatch.setattr(table, "train_row", lambda row, seed, work: trained.append(work) or {"top1": 1.0})
     rank0["result"] = finished  # rank 0 finished it; this node's disk has no result.json
     assert table.run_row(row, 2) == finished and not trained
     stale = tmp_path / "skeletonclr" / "seed2" / "result.json"
     stale.parent.mkdir(parents=True)
     stale.write_text(json.dumps(dict(finished, loss_over_chance=0.9)))
     rank0["result"] = None  # rank 0 redoes it (its disk has none): so does this rank, whatever its disk says
-    assert table.run_row(row, 2) == "trained here" and trained == [str(stale.parent)]
+    result = table.run_row(row, 2)
+    assert result["top1"] == 1.0 and result["seed"] == 2 and trained == [str(stale.parent)]  # trained here
     assert json.loads(stale.read_text())["loss_over_chance"] == 0.9  # only rank 0 writes the result
     assert sent == [([None], 0), ([None], 0)]  # rank 1 sends nothing of its own
 

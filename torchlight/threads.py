@@ -30,3 +30,12 @@ def choose_threads(requested, model):
         return torch.get_num_threads()
     narrow = sum(p.numel() for p in model.parameters()) < NARROW_PARAMETERS
     return 1 if narrow else os.cpu_count() or 1
+
+
+def set_threads(device, requested, model):
+    """Take choose_threads' count for a CPU run of `model`; the log line saying so (None off the CPU)."""
+    import torch
+    if device.type != "cpu":
+        return None
+    torch.set_num_threads(choose_threads(requested, model))
+    return f"{torch.get_num_threads()} CPU thread(s) (cpu_threads {requested})"

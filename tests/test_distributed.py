@@ -64,7 +64,7 @@ def _child(rank, port, fn, out, args):
         dist.destroy_process_group()
 
 
-def run_ranks(fn, out, *args, timeout=60):
+def run_ranks(fn, out, *args, timeout=180):  # a hang guard, generous for a loaded machine
     """fn(rank, *args) on WORLD spawned processes; their results in rank order. Fails after `timeout` s."""
     ctx = mp.start_processes(_child, args=(free_port(), fn, str(out), args), nprocs=WORLD, join=False,
                              start_method="spawn")

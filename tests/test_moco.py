@@ -174,3 +174,20 @@ def test_cosine_momentum_and_auto_queue_by_hand():
     # half an epoch of keys in whole batches: NW-UCLA's 1,019 clips 15 steps -> 7 batches; tiny sets 1 batch
     assert auto_queue_size(1019, 64) == 448 and auto_queue_size(629, 64) == 256
     assert auto_queue_size(100, 64) == 64 and auto_queue_size(300, 64) == 128
+
+
+@pytest.mark.parametrize("swap, head, temperature, expected", [
+    (None, "mlp", 0.07, dict(loss_ins=7.38921226002276e-05)),
+    ([[2, 3, 7, 11, 3, 1.0]], "mlp_bn", 0.2, dict(loss_ins=3.028470516204834, loss_mix=7.410656929016113)),
+])
+def test_a_seed_gives_the_losses_it_gave_before_the_encoder_contract(swap, head, temperature, expected):
+    """Seed 0, the first step's losses as the encoder-owned pooling and heads computed them (the release's order
+    of initial draws kept): SkeletonCLR and SkeleMixCLR+ at hidden 8, 32-d features, a queue of 64."""
+    torch.manual_seed(0)
+    model = moco(hidden_channels=8, hidden_dim=32, queue_size=64, head=head, temperature=temperature,
+                 swap_params=swap, momentum=0.99)
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(8, 3, 32, 25, 2, generator=g) for _ in range(model.num_queries + 1)]
+    losses = model(views, generator=g)
+    for key, value in expected.items():
+        assert losses[key].item() == pytest.approx(value, rel=1e-4, abs=1e-7), key

@@ -146,7 +146,9 @@ def test_the_small_recipe_takes_another_encoder_by_changing_encoder_alone(regist
     _, from_file = configure("pretrain", load_yaml(str(mine)), source=str(mine))
     _, from_line = configure("pretrain", load_yaml("config/small/skelemixclr_plus.yaml"),
                              {"encoder": {"name": "toy", "width": 4}})
-    assert from_file == from_line and from_file["encoder"] == {"name": "toy", "width": 4}
+    _, dotted = configure("pretrain", load_yaml("config/small/skelemixclr_plus.yaml"),
+                          {"encoder.name": "toy", "encoder.width": 4})
+    assert from_file == from_line == dotted and from_file["encoder"] == {"name": "toy", "width": 4}
     assert from_file["model_args"]["queue_size"] == "auto" and from_file["num_steps"] == 1200
     model = methods.pretraining_model(from_file["encoder"], **{k: v for k, v in from_file["model_args"].items()
                                                               if k != "queue_size"})

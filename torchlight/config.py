@@ -99,6 +99,8 @@ def _set(cfg, path, value, source, defaults):
     leaf = path[-1]
     if replaces(node.get(leaf), value):
         node[leaf] = {}
+    if leaf == "name" and len(path) > 1 and node.get("name", value) != value:
+        node.clear()  # `--encoder.name other`: another component, without the previous one's arguments
     if isinstance(node.get(leaf), dict) and isinstance(value, dict):
         for k, v in value.items():
             _set(cfg, path + [k], v, source, defaults)

@@ -1,17 +1,16 @@
-"""MoCo v2 around an ST-GCN: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ are configurations of it (docs/method.md §3)."""
+"""MoCo v2 around any encoder: SkeletonCLR, SkeleMixCLR and SkeleMixCLR+ configure it (docs/method.md §3)."""
 import copy
 import math
 import warnings
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from net.skelemix import SkeleMix
-from net.utils.layouts import model_layout
+from net.encoders import Network, feature_maps, pool
+from net.losses import info_nce
 from torchlight.dist import concat_all_gather, get_rank, get_world_size
-from torchlight.util import compute_dtype, instantiate
+from torchlight.util import compute_dtype
 
 
 def projection_head(head, hidden_dim, feature_dim):
@@ -26,15 +25,6 @@ def projection_head(head, hidden_dim, feature_dim):
         # MoCo v3's output BN: outputs centred over the batch cannot all point one way (small-scale configs)
         return nn.Sequential(*layers, *[nn.BatchNorm1d(feature_dim, affine=False)] * (head == "mlp_bn_out"))
     raise ValueError(f"unknown projection head {head!r}; use linear, mlp, mlp_bn or mlp_bn_out")
-
-
-def info_nce(q, positive, queue, temperature, extra_negative=None):
-    """InfoNCE with the positive at index 0: CE([q·pos, q·queue, q·extra]/τ, 0) (docs/method.md §3.1, §3.3)."""
-    logits = [(q * positive).sum(1, keepdim=True), q @ queue]
-    if extra_negative is not None:
-        logits.append((q * extra_negative).sum(1, keepdim=True))
-    logits = torch.cat(logits, dim=1) / temperature
-    return F.cross_entropy(logits.float(), torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
 def cosine_momentum(base, progress):
@@ -63,96 +53,47 @@ def training_health(q, k, queue):
             "health/q_std": q.std(0, correction=0).mean()}
 
 
-@dataclass(frozen=True)
-class MixSetting:
-    """One query view's mixes (docs/method.md §3.3): SkeleMix ranges of parts and of feature frames, how many mixed
-    views (`repeat`) and the weight of that view's losses."""
-    spatial: tuple[int, int]
-    temporal: tuple[int, int]
-    repeat: int
-    weight: float
-
-    def valid(self):
-        """Ranges of integers >= 1 with lower <= upper, repeat >= 1, a finite weight."""
-        def count(v):
-            return isinstance(v, int) and v >= 1
-        ranges_ok = all(len(r) == 2 and count(r[0]) and count(r[1]) and r[0] <= r[1]
-                        for r in (self.spatial, self.temporal))
-        return ranges_ok and count(self.repeat) and isinstance(self.weight, (int, float)) and math.isfinite(self.weight)
-
-
-def mix_setting(row):
-    """A MixSetting from a release row [spa_l, spa_u, tem_l, tem_u, repeat, weight], a dict of its fields or
-    itself; None where `row` is none of these."""
-    if isinstance(row, (list, tuple)) and len(row) == 6:
-        row = dict(spatial=row[:2], temporal=row[2:4], repeat=row[4], weight=row[5])
-    if isinstance(row, MixSetting):
-        return row
-    if isinstance(row, dict) and set(row) == {"spatial", "temporal", "repeat", "weight"} \
-            and all(isinstance(row[k], (list, tuple)) for k in ("spatial", "temporal")):
-        return MixSetting(tuple(row["spatial"]), tuple(row["temporal"]), row["repeat"], row["weight"])
-    return None
-
-
-def mix_settings(swap_params):
-    """`model_args.swap_params` as a list of valid MixSettings, one per query view (docs/method.md §3.3), or an error;
-    None or [] is no mix (SkeletonCLR). The one place the release's 6-element rows are read."""
-    rows = swap_params or []
-    mixes = [mix_setting(row) for row in (rows if isinstance(rows, list) else [rows])]
-    if not all(m is not None and m.valid() for m in mixes):
-        raise ValueError(f"model_args.swap_params {swap_params!r}: each row must be [spa_l, spa_u, tem_l, tem_u, "
-                         "repeat, weight] or {spatial: [l, u], temporal: [l, u], repeat, weight}, integers >= 1 "
-                         "with l <= u, a finite weight")
-    return mixes
-
-
 class MoCo(nn.Module):
-    """Query encoder, EMA key encoder and key queue; SkeleMix mixes when `swap_params` is given (docs/method.md §3).
+    """Query network, EMA key network and key queue around a built encoder, with mixes (docs/method.md §3).
 
-    `swap_params` holds one MixSetting per query view (release rows [spa_l, spa_u, tem_l, tem_u, repeat,
-    weight] are read by `mix_settings`): None is SkeletonCLR, [[2, 3, 7, 11, 1, 1.0]] SkeleMixCLR,
-    [[2, 3, 7, 11, 3, 1.0]] SkeleMixCLR+.
-    fused_queries true runs each query view and its mixes as one encoder call with BatchNorm statistics per
-    pass, false the reference, one call per pass (same mathematics); None (default) fuses on CUDA only.
-    Every other keyword goes to the encoder (`net.st_gcn.Model` arguments, `kernels` among them).
+    `encoder` meets net/encoders.py's contract; MoCo pools its feature maps and owns the projection head.
+    `mixes` holds one mix per query view (docs/design.md: the mix interface), each bringing its draws, its
+    pooling, its losses and their chance values: none is SkeletonCLR (one unmixed query view), one
+    `net.skelemix.SkeleMixViews` of repeat 1 SkeleMixCLR, of repeat 3 SkeleMixCLR+ (net/methods.py builds
+    them from a config). The schedules are arguments of `forward`, as MoCo v3 passes its momentum.
+
+    What a pretraining loop reads (processor/pretrain.py): `num_queries`, `queue_size`, `momentum` (the base
+    key momentum), `chance_losses()`, the query and key networks `encoder_q`, `encoder_k` (compiled, monitored;
+    `net.encoders.Network`s, whose state-dict keys are the release's) and `forward`'s dict: `loss` (what is
+    optimised), its parts `loss_*` (their sum is the loss at mix weight 1) and `health/*` signals.
 
     Args:
-        base_encoder: encoder class, by dotted name
         feature_dim: size of the projection head's output, the contrasted features
         queue_size: negative keys in the queue; a multiple of the global batch
-        momentum: EMA momentum of the key encoder
+        momentum: EMA momentum of the key encoder (forward's `momentum` replaces it for a step)
         temperature: InfoNCE temperature
         head: projection head: linear | mlp | mlp_bn | mlp_bn_out
-        swap_params: mixes per query view: rows [spa_l, spa_u, tem_l, tem_u, repeat, weight]; none: SkeletonCLR
-        mix_mode: what fills the SkeleMix region: swap (the partner's joints) | zeros | gaussian
-        mix_region: the joints SkeleMix mixes: parts (whole body parts) | random (random joints)
-        mix_time: scaled (tem_l..tem_u are steps of the paper's 16-step grid, scaled to the clip's) | clamped
-            (steps of the clip's own grid, cut at its length: spatial-only at 32 frames)
         shuffle_bn: DDP: shuffle the key batch across ranks (MoCo's shuffling BN)
-        fused_queries: one encoder call for a query and its mixes; none: on CUDA only
+        fused_queries: one encoder call for a query and its mixes (per-pass BatchNorm statistics where the
+            encoder has `forward_stacked`); none: on CUDA only
     """
 
-    def __init__(self, base_encoder="net.st_gcn.Model", feature_dim=128, queue_size=32768, momentum=0.999,
-                 temperature=0.07, head="mlp", swap_params=None, mix_mode="swap", mix_region="parts",
-                 mix_time="scaled", shuffle_bn=False, fused_queries=None, **encoder_args):
+    def __init__(self, encoder, mixes=(), feature_dim=128, queue_size=32768, momentum=0.999, temperature=0.07,
+                 head="mlp", shuffle_bn=False, fused_queries=None):
         super().__init__()
         self.queue_size, self.momentum, self.temperature = queue_size, momentum, temperature
-        self.mixes = mix_settings(swap_params)
-        self.shuffle_bn = shuffle_bn
-        self.fused_queries = fused_queries
-
-        encoder_args = dict(encoder_args, num_class=feature_dim)
-        self.encoder_q = instantiate(base_encoder, encoder_args, "model_args")
-        self.encoder_q.fc = projection_head(head, self.encoder_q.fc.in_features, feature_dim)
+        self.mixes = list(mixes)
+        self.shuffle_bn, self.fused_queries = shuffle_bn, fused_queries
+        # The release's order of draws, so that a seed gives its initial weights: the encoder is initialised
+        # with a linear head first, then again with the projection head in its place.
+        self.encoder_q = Network(encoder, nn.Linear(encoder.out_channels, feature_dim))
+        self.encoder_q.fc = projection_head(head, encoder.out_channels, feature_dim)
         self.encoder_q.init_weights()
         # Deviation from the release (docs/method.md §3): the key encoder starts as an exact copy.
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
 
-        layout = model_layout(encoder_args)
-        self.skelemix = SkeleMix(layout=layout, temporal_stride=self.encoder_q.temporal_stride,
-                                 mode=mix_mode, region=mix_region, time_range=mix_time)
         self.register_buffer("queue", F.normalize(torch.randn(feature_dim, queue_size), dim=0))
         # The pointer is read every step: a Python int, not the buffer (reading a GPU tensor waits for the
         # GPU). The buffer keeps it in checkpoints and is read back after load_state_dict.
@@ -167,26 +108,21 @@ class MoCo(nn.Module):
         """How many query views a sample needs (the feeder supplies these plus one key view)."""
         return max(1, len(self.mixes))
 
-    def view_weights(self):
-        """The loss weight of each query view: its mix's weight, 1 for SkeletonCLR's one unmixed view."""
-        return [m.weight for m in self.mixes] or [1.0]
-
     def chance_losses(self):
-        """Each loss when every logit is equal (collapsed or untrained outputs): ln(K+1) per InfoNCE, ln(K+2)
-        with the mix's extra negative, times the configured weights and repeats (issue 10 item 2)."""
-        ins = sum(self.view_weights()) * math.log(self.queue_size + 1)
-        if not self.mixes:
-            return {"loss": ins, "loss_ins": ins}
-        mix = sum(m.weight * m.repeat for m in self.mixes) * math.log(self.queue_size + 2)
-        return {"loss": ins + mix, "loss_ins": ins, "loss_mix": mix}
+        """Each part of the loss when every logit is equal (collapsed or untrained outputs): ln(K+1) per
+        InfoNCE, each mix's own chance value, times the view weights (issue 10 item 2)."""
+        weights = [m.weight for m in self.mixes] or [1.0]
+        out = {"loss_ins": sum(weights) * math.log(self.queue_size + 1)}
+        if self.mixes:
+            out["loss_mix"] = sum(m.weight * m.chance(self.queue_size) for m in self.mixes)
+        return out
 
     @torch.no_grad()
-    def _momentum_update_key_encoder(self):
+    def _momentum_update_key_encoder(self, momentum):
         """k = m·k + (1 - m)·q over every parameter, as two multi-tensor kernels (not two per tensor)."""
         keys = list(self.encoder_k.parameters())
-        torch._foreach_mul_(keys, self.momentum)
-        torch._foreach_add_(keys, [q.detach() for q in self.encoder_q.parameters()], alpha=1 - self.momentum)
-
+        torch._foreach_mul_(keys, momentum)
+        torch._foreach_add_(keys, [q.detach() for q in self.encoder_q.parameters()], alpha=1 - momentum)
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys):
         keys = concat_all_gather(keys)  # every rank enqueues the whole global batch (docs/method.md §4b)
@@ -211,62 +147,67 @@ class MoCo(nn.Module):
         k_all = concat_all_gather(k)
         return k_all[torch.argsort(perm).view(get_world_size(), n)[get_rank()]]
 
-    def _query_features(self, im_q, mixes):
-        """Query features of im_q and (p, c) of each (mixed, mask) in `mixes`, through the query encoder.
-
-        fused_queries true: one `forward_grouped` call on the query and its mixes stacked, BatchNorm
-        statistics per pass; false: one call per pass (`forward`, `forward_masked`); None (default): fused
-        on CUDA only. Both compute the same function, gradients and running statistics (tests/test_fused.py);
-        on our 2-core CPU the fused call measured ~20% slower (README: Speed).
-        """
-        fused = bool(mixes) and (im_q.is_cuda if self.fused_queries is None else self.fused_queries)
+    def _fused(self, im_q, passes):
+        """Whether the query and its mixes run as one stacked call: fused_queries, None meaning on CUDA; never
+        with SyncBatchNorm (grouped statistics need plain BatchNorm)."""
+        fused = passes > 1 and (im_q.is_cuda if self.fused_queries is None else self.fused_queries)
         if fused and any(isinstance(m, nn.SyncBatchNorm) for m in self.encoder_q.modules()):
-            fused = False  # grouped statistics need plain BN
-            warnings.warn(f"sync_bn: the query and its {len(mixes)} mixes run as {len(mixes) + 1} encoder calls, "
-                          "not one fused call (grouped BatchNorm statistics need plain BatchNorm)", stacklevel=2)
-        if not fused:
-            return self.encoder_q(im_q), [self.encoder_q.forward_masked(mixed, mask) for mixed, mask in mixes]
-        q, *pcs = self.encoder_q.forward_grouped(torch.cat([im_q, *(mixed for mixed, _ in mixes)]),
-                                                 [None, *(mask for _, mask in mixes)])
-        return q, pcs
+            warnings.warn(f"sync_bn: the query and its {passes - 1} mixes run as {passes} encoder calls, "
+                          "not one fused call (grouped BatchNorm statistics need plain BatchNorm)", stacklevel=3)
+            return False
+        return fused
+
+    def _query_features(self, im_q, mix, draws):
+        """The head's output for im_q and, per draw (clip, context), for each feature the mix pools from it.
+
+        Fused: one stacked encoder call (`net.encoders.feature_maps`); else one call per pass, in order.
+        Both compute the same function, gradients and running statistics (tests/test_fused.py); on our
+        2-core CPU the fused call measured ~20% slower (README: Speed).
+        """
+        encoder, head = self.encoder_q.encoder, self.encoder_q.fc
+        clips = [im_q, *(clip for clip, _ in draws)]
+        maps = iter(feature_maps(encoder, torch.cat(clips), len(clips)) if self._fused(im_q, len(clips))
+                    else map(encoder, clips))  # lazily: each pass's heads run before the next pass
+        q = head(pool(next(maps)))
+        return q, [tuple(map(head, mix.pool(fmap, context))) for (_, context), fmap in zip(draws, maps)]
 
     def _query_losses(self, im_q, mix, k, queue, generator=None):
-        """Normalised q, its instance loss and the sum over the `mix.repeat` mixes of (L_p + L_c) / 2
-        (docs/method.md §3.3); `mix` None (SkeletonCLR) makes no mixes. Every mix is drawn before the encoder runs."""
-        mixes = [self.skelemix(im_q, *mix.spatial, *mix.temporal, generator=generator)
-                 for _ in range(mix.repeat if mix else 0)]
-        q, pcs = self._query_features(im_q, [(mixed, mask) for mixed, mask, _ in mixes])
+        """Normalised q, its instance loss and the sum of the mix's losses over its draws (docs/method.md §3.3);
+        `mix` None (SkeletonCLR) draws nothing. Every draw is made before the encoder runs."""
+        draws = mix.draw(im_q, generator) if mix else []
+        q, features = self._query_features(im_q, mix, draws)
         q = F.normalize(q, dim=1)
         loss_mix = 0.0
-        for (_, _, partner), pc in zip(mixes, pcs):
-            p, c = (F.normalize(f, dim=1) for f in pc)
-            loss_p = info_nce(p, k[partner], queue, self.temperature, extra_negative=c.detach())
-            loss_c = info_nce(c, k, queue, self.temperature, extra_negative=p.detach())
-            loss_mix = loss_mix + (loss_p + loss_c) / 2
+        for (_, context), f in zip(draws, features):
+            loss_mix = loss_mix + mix.losses(f, context, k, queue, self.temperature)
         return q, info_nce(q, k, queue, self.temperature), loss_mix
 
-    def forward(self, views, generator=None):
-        """Losses of one step for `views` = query views followed by the key view (docs/method.md §3.1, §3.3)."""
+    def forward(self, views, generator=None, momentum=None, mix_weight=1.0):
+        """Losses of one step for `views` = query views followed by the key view (docs/method.md §3.1, §3.3).
+
+        momentum: the key momentum of this step (None: `self.momentum`); mix_weight: the weight of the
+        mixes' losses in `loss` (the loop's mix_warmup ramp)."""
         *queries, im_k = views
         if len(queries) != self.num_queries:
             raise ValueError(f"expected {self.num_queries} query views and a key view, got {len(views)} views")
-        self._momentum_update_key_encoder()
+        self._momentum_update_key_encoder(self.momentum if momentum is None else momentum)
         k = self._keys(im_k)
         # A copy (the enqueue below writes the buffer before backward), cast once for every InfoNCE
         # product instead of by autocast in each of them.
         queue = self.queue.to(compute_dtype(self.queue), copy=True)
 
         loss_ins = loss_mix = 0.0
-        for i, (im_q, weight) in enumerate(zip(queries, self.view_weights())):
-            q, ins, mix = self._query_losses(im_q, self.mixes[i] if self.mixes else None, k, queue, generator)
+        for i, im_q in enumerate(queries):
+            mix = self.mixes[i] if self.mixes else None
+            weight = mix.weight if mix else 1.0
+            q, ins, mixed = self._query_losses(im_q, mix, k, queue, generator)
             if i == 0:
                 health = training_health(q.detach(), k, queue)
             loss_ins = loss_ins + weight * ins
-            loss_mix = loss_mix + weight * mix
+            loss_mix = loss_mix + weight * mixed
 
         self._dequeue_and_enqueue(k)
-        loss = loss_ins + loss_mix
-        out = {"loss": loss, "loss_ins": loss_ins}
+        out = {"loss": loss_ins + mix_weight * loss_mix if self.mixes else loss_ins, "loss_ins": loss_ins}
         if self.mixes:
             out["loss_mix"] = loss_mix
         return {**out, **health}

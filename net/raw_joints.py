@@ -8,15 +8,16 @@ class Model(nn.Module):
     The standardisation is a BatchNorm without affine parameters whose running mean and variance linear
     evaluation measures on the training clips (`calibrate_batchnorm`), as for a random encoder; a pretrained
     encoder is only meaningful above this row. Both layers are lazy: their size is that of the first batch,
-    so the row needs no frame or body count. Encoder arguments (hidden_channels, ...) are accepted and
-    unused, so one linear-evaluation config serves this row and the encoder rows.
+    so the row needs no frame or body count. The encoder and layout are accepted and unused, so one
+    linear-evaluation config serves this row and the encoder rows.
 
     Args:
         num_class: outputs of `fc`
-        graph_args: accepted and unused, as the encoder's
+        encoder: accepted and unused
+        layout: accepted and unused
     """
 
-    def __init__(self, num_class=60, graph_args=None, **unused_encoder_args):
+    def __init__(self, num_class=60, encoder=None, layout=None):
         super().__init__()
         self.norm = nn.LazyBatchNorm1d(affine=False)
         self.fc = nn.LazyLinear(num_class)

@@ -1,6 +1,14 @@
-"""SkeleMix: paste a spatio-temporal region of a partner sample into each sample (docs/method.md §3.2)."""
-import torch
+"""SkeleMix: paste a spatio-temporal region of a partner sample into each sample (docs/method.md §3.2), and
+the mix of SkeleMixCLR(+) built on it: its draws, its masked pooling, its losses L_p and L_c and their chance
+values (docs/design.md: the mix interface).
+"""
+import math
+from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
+
+from net.losses import info_nce
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout
 
 MODES = ("swap", "zeros", "gaussian")
@@ -10,6 +18,25 @@ REGIONS = ("parts", "random")
 # the clip's own grid cut at its length (at 32 frames 7-11 becomes 7-8 of 8: a spatial-only mix in effect).
 TIME_RANGES = ("scaled", "clamped")
 PAPER_TIME_STEPS = 16
+
+
+def masked_pool(fmap, mask):
+    """Mean feature inside `mask` (p) and outside it (c), each averaged over bodies (docs/method.md §2, §3.2).
+
+    fmap is (N, M, C, T', V); mask is boolean (T', V) shared by the batch, or (N, T', V). Returns p, c of
+    shape (N, C); a region without any position pools to zeros.
+    """
+    n, m, _, t, v = fmap.shape
+    # Sums over positions and bodies as one batched product with the joints-major map (V, N, M, T', C), the
+    # layout ST-GCN's fast kernels store it in (then the permute is free and the gradient keeps that layout).
+    # Each weight is 1 / (M·positions in the region): the product sums x / count, the mean, in the map's
+    # dtype; summing first would overflow fp16 (800 positions of mean activation 82 exceed 65504).
+    inside = mask.to(torch.promote_types(fmap.dtype, torch.float32)).expand(n, t, v)  # exact counts in bf16
+    weights = torch.stack([inside, 1 - inside], 2).permute(3, 0, 2, 1)[:, :, None]  # (V, N, 1, 2, T')
+    counts = (m * weights.sum((0, 4), keepdim=True)).clamp_min(1)  # (1, N, 1, 2, 1)
+    means = ((weights / counts).to(fmap.dtype) @ fmap.permute(4, 0, 1, 3, 2)).sum((0, 2))  # (N, 2, C)
+    p, c = means.unbind(1)
+    return p, c
 
 
 def _uniform_int(low, high, generator):
@@ -119,3 +146,89 @@ class SkeleMix:
         mask = torch.zeros(steps, v, dtype=torch.bool, device=x.device)
         mask[start:start + length, joints] = True
         return mixed, mask, partner
+
+
+@dataclass(frozen=True)
+class MixSetting:
+    """One query view's mixes (docs/method.md §3.3): SkeleMix ranges of parts and of feature frames, how many mixed
+    views (`repeat`) and the weight of that view's losses."""
+    spatial: tuple[int, int]
+    temporal: tuple[int, int]
+    repeat: int
+    weight: float
+
+    def valid(self):
+        """Ranges of integers >= 1 with lower <= upper, repeat >= 1, a finite weight."""
+        def count(v):
+            return isinstance(v, int) and v >= 1
+        ranges_ok = all(len(r) == 2 and count(r[0]) and count(r[1]) and r[0] <= r[1]
+                        for r in (self.spatial, self.temporal))
+        return ranges_ok and count(self.repeat) and isinstance(self.weight, (int, float)) and math.isfinite(self.weight)
+
+
+def mix_setting(row):
+    """A MixSetting from a release row [spa_l, spa_u, tem_l, tem_u, repeat, weight], a dict of its fields or
+    itself; None where `row` is none of these."""
+    if isinstance(row, (list, tuple)) and len(row) == 6:
+        row = dict(spatial=row[:2], temporal=row[2:4], repeat=row[4], weight=row[5])
+    if isinstance(row, MixSetting):
+        return row
+    if isinstance(row, dict) and set(row) == {"spatial", "temporal", "repeat", "weight"} \
+            and all(isinstance(row[k], (list, tuple)) for k in ("spatial", "temporal")):
+        return MixSetting(tuple(row["spatial"]), tuple(row["temporal"]), row["repeat"], row["weight"])
+    return None
+
+
+def mix_settings(swap_params):
+    """`model_args.swap_params` as a list of valid MixSettings, one per query view (docs/method.md §3.3), or an error;
+    None or [] is no mix (SkeletonCLR). The one place the release's 6-element rows are read."""
+    rows = swap_params or []
+    mixes = [mix_setting(row) for row in (rows if isinstance(rows, list) else [rows])]
+    if not all(m is not None and m.valid() for m in mixes):
+        raise ValueError(f"model_args.swap_params {swap_params!r}: each row must be [spa_l, spa_u, tem_l, tem_u, "
+                         "repeat, weight] or {spatial: [l, u], temporal: [l, u], repeat, weight}, integers >= 1 "
+                         "with l <= u, a finite weight")
+    return mixes
+
+
+class SkeleMixViews:
+    """SkeleMixCLR's mix of one query view (docs/method.md §3.3), a mix of MoCo's (docs/design.md): `setting.repeat`
+    SkeleMix draws, each pooled inside its region (p) and outside it (c), with the losses
+    L_p = InfoNCE(p, partner's key; extra negative c) and L_c = InfoNCE(c, own key; extra negative p), halved."""
+
+    def __init__(self, setting, skelemix):
+        self.setting, self.skelemix = setting, skelemix
+        self.weight = setting.weight
+
+    def draw(self, x, generator=None):
+        """The mixed clips of query view x, each with its (mask, partner); every draw before the encoder runs."""
+        s = self.setting
+        return [(mixed, (mask, partner)) for mixed, mask, partner in
+                (self.skelemix(x, *s.spatial, *s.temporal, generator=generator) for _ in range(s.repeat))]
+
+    def pool(self, fmap, context):
+        """(p, c): the mixed clip's feature map (N, M, C', T', V) pooled inside and outside its region."""
+        mask, _ = context
+        check_mask(mask, fmap.shape[0], fmap.shape[3:])
+        return masked_pool(fmap, mask.to(fmap.device))
+
+    def losses(self, features, context, k, queue, temperature):
+        """(L_p + L_c) / 2 of one draw, from the head's outputs for p and c (docs/method.md §3.3)."""
+        p, c = (F.normalize(f, dim=1) for f in features)
+        _, partner = context
+        loss_p = info_nce(p, k[partner], queue, temperature, extra_negative=c.detach())
+        loss_c = info_nce(c, k, queue, temperature, extra_negative=p.detach())
+        return (loss_p + loss_c) / 2
+
+    def chance(self, queue_size):
+        """The draws' losses when every logit is equal: ln(K + 2) each (the queue, the key and one extra negative)."""
+        return self.setting.repeat * math.log(queue_size + 2)
+
+
+def check_mask(mask, n, grid):
+    """An error naming the value for a mask that is not boolean (T', V) or (N, T', V) on the map's grid."""
+    t, v = grid
+    if mask.dtype != torch.bool or tuple(mask.shape[-2:]) != (t, v) or mask.dim() not in (2, 3) \
+            or (mask.dim() == 3 and mask.shape[0] != n):
+        raise ValueError(f"mask must be boolean (T', V) = ({t}, {v}) or (N, T', V) = ({n}, {t}, {v}), "
+                         f"got {mask.dtype} {tuple(mask.shape)}")

@@ -7,11 +7,12 @@ import torch
 import torch.nn as nn
 
 from net import st_gcn_fast
+from net.encoders import init_like_release
 from net.utils.graph import Graph
 from net.utils.layouts import DEFAULT_LAYOUT
 
 TEMPORAL_KERNEL = 9
-KERNELS = ("fast", "reference")  # model_args.kernels: net/st_gcn_fast.py, or the forward written here
+KERNELS = ("fast", "reference")  # encoder.kernels: net/st_gcn_fast.py, or the forward written here
 
 
 class GraphConv(nn.Module):
@@ -63,50 +64,27 @@ class Block(nn.Module):
         return torch.relu(y)
 
 
-def masked_pool(fmap, mask):
-    """Mean feature inside `mask` (p) and outside it (c), each averaged over bodies (docs/method.md §2, §3.2).
-
-    fmap is (N, M, C, T', V); mask is boolean (T', V) shared by the batch, or (N, T', V).
-    Returns p, c of shape (N, C). A region without any position pools to zeros.
-    """
-    n, m, _, t, v = fmap.shape
-    inside = mask.to(torch.promote_types(fmap.dtype, torch.float32)).expand(n, t, v)  # exact counts in bf16
-
-    def mean_over(region):
-        # Weights 1 / (M·positions in the region): the product sums x / count, the mean, in the map's dtype;
-        # summing first would overflow fp16 (800 positions of mean activation 82 exceed 65504).
-        weights = region / (m * region.sum((1, 2), keepdim=True)).clamp_min(1)
-        return torch.einsum("nmctv,ntv->nc", fmap, weights.to(fmap.dtype))
-
-    return mean_over(inside), mean_over(1 - inside)
-
-
-class Model(nn.Module):
-    """ST-GCN: data BN, 10 graph blocks, global average pooling, mean over bodies, `fc` (docs/method.md §2).
-
-    `forward` gives class scores (or pooled features); `forward_masked` the pooled features inside and
-    outside a SkeleMix region; `forward_grouped` several passes (a query and its mixes) in one call.
+class STGCN(nn.Module):
+    """ST-GCN as an encoder (net/encoders.py): data BN and 10 graph blocks, (N, C, T, V, M) -> (N, M, C', T / 4, V)
+    (docs/method.md §2). Pooling and heads are the wrapper's (`net.encoders.Network`).
 
     Args:
         in_channels: coordinates per joint
         hidden_channels: channels of the first blocks (x2 after the first stride, x4 after the second)
-        hidden_dim: size of the pooled features
-        num_class: outputs of `fc` (classes; the projection head's size under MoCo)
-        graph_args: the skeleton graph: {layout: ntu-rgb+d | kinect-v1 | ..., strategy: spatial}
+        hidden_dim: channels of the feature map (out_channels)
+        layout: the skeleton layout whose 3-subset graph the blocks convolve on
         edge_importance_weighting: a learnt weight per graph edge and block
         dropout: dropout probability in every block but the first
         kernels: fast (net/st_gcn_fast.py) | reference (the forward written here): same function
     """
 
-    def __init__(self, in_channels=3, hidden_channels=16, hidden_dim=256, num_class=60, graph_args=None,
-                 edge_importance_weighting=True, dropout=0.5, kernels="fast", **kwargs):
+    def __init__(self, in_channels=3, hidden_channels=16, hidden_dim=256, layout=DEFAULT_LAYOUT,
+                 edge_importance_weighting=True, dropout=0.5, kernels="fast"):
         super().__init__()
-        if kwargs:
-            raise TypeError(f"unknown ST-GCN argument(s) {sorted(kwargs)}")
         if kernels not in KERNELS:
-            raise ValueError(f"model_args.kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
-        self.kernels = kernels
-        self.graph = Graph(**(graph_args or {"layout": DEFAULT_LAYOUT, "strategy": "spatial"}))
+            raise ValueError(f"encoder.kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+        self.kernels, self.out_channels = kernels, hidden_dim
+        self.graph = Graph(layout)
         self.register_buffer("A", torch.tensor(self.graph.A, dtype=torch.float32))
         num_subsets, num_joints = self.A.shape[:2]
         h = hidden_channels
@@ -121,32 +99,22 @@ class Model(nn.Module):
         self.st_gcn_networks = nn.ModuleList(
             Block(cin, cout, num_subsets, stride, dropout=dropout if i else 0.0, residual=i > 0)
             for i, (cin, cout, stride) in enumerate(plan))
-        self.fc = nn.Linear(hidden_dim, num_class)
         if edge_importance_weighting:
             self.edge_importance = nn.ParameterList(
                 nn.Parameter(torch.ones_like(self.A)) for _ in self.st_gcn_networks)
         else:
             self.edge_importance = [1] * len(self.st_gcn_networks)
-        self.init_weights()
 
     def init_weights(self):
-        """Conv/linear weights ~ N(0, 0.02), biases 0; BN weights ~ N(1, 0.02), biases 0 (docs/method.md §2)."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                nn.init.normal_(module.weight, 0.0, 0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                if module.affine:
-                    nn.init.normal_(module.weight, 1.0, 0.02)
-                    nn.init.zeros_(module.bias)
+        """The release's initialisation (`init_like_release`) and edge weights 1; the wrapper calls it once its
+        head exists, as the release initialised encoder and head together (a seed gives the release's weights)."""
+        init_like_release(self)
         if isinstance(self.edge_importance, nn.ParameterList):
             for importance in self.edge_importance:
                 nn.init.ones_(importance)
 
-    def features_map(self, x):
-        """(N, C, T, V, M) -> final feature map (N, M, C_out, T / temporal_stride, V) (docs/method.md §2)."""
+    def forward(self, x):
+        """(N, C, T, V, M) -> feature map (N, M, hidden_dim, T / temporal_stride, V) (docs/method.md §2)."""
         if self.kernels == "fast":
             return st_gcn_fast.feature_groups(self, x).squeeze(4).permute(1, 2, 4, 3, 0)
         n, c, t, v, m = x.shape
@@ -157,56 +125,9 @@ class Model(nn.Module):
             x = block(x, self.A * importance)
         return x.view(n, m, *x.shape[1:])
 
-    def pooled_passes(self, x, masks):
-        """Pooled features of G = len(masks) passes stacked group-major along x's batch (G·N clips): per pass,
-        the global mean (N, hidden_dim) where its mask is None, else (p, c) = `masked_pool`.
-
-        The G passes compute what G separate calls would, BatchNorm statistics and running-statistics
-        updates included, in group order (the fast kernels stack them into one call).
-        """
-        self.check_masks(x, masks)
+    def forward_stacked(self, x, groups):
+        """The contract's optional stacked passes: x stacks `groups` passes group-major; their maps stacked
+        (G, N, M, C', T', V), BatchNorm statistics per pass. The fast kernels run them as one call."""
         if self.kernels == "fast":
-            return st_gcn_fast.pooled_passes(self, x, masks)
-        pooled = []
-        for clips, mask in zip(x.chunk(len(masks)), masks):
-            fmap = self.features_map(clips)
-            pooled.append(fmap.mean((3, 4)).mean(1) if mask is None else masked_pool(fmap, mask.to(fmap.device)))
-        return pooled
-
-    def check_masks(self, x, masks):
-        """Errors naming the value for a batch that does not split into the passes or a mask of the wrong shape."""
-        gn, _, t, v, _ = x.shape
-        n, t = gn // len(masks), -(-t // self.temporal_stride)  # every stride pads: T' = ceil(T / stride)
-        if n * len(masks) != gn:
-            raise ValueError(f"a batch of {gn} clips does not split into {len(masks)} passes")
-        for mask in masks:
-            if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape[-2:]) != (t, v)
-                                     or mask.dim() not in (2, 3) or (mask.dim() == 3 and mask.shape[0] != n)):
-                raise ValueError(f"mask must be boolean (T', V) = ({t}, {v}) or (N, T', V) = ({n}, {t}, {v}), "
-                                 f"got {mask.dtype} {tuple(mask.shape)}")
-
-    def forward(self, x, return_features=False):
-        """(N, C, T, V, M) -> `fc` of the pooled features, (N, num_class); return_features: the pooled
-        (N, hidden_dim) features themselves."""
-        (pooled,) = self.pooled_passes(x, [None])
-        return pooled if return_features else self.fc(pooled)
-
-    def forward_masked(self, x, mask, return_features=False):
-        """(fc(p), fc(c)) of the features pooled inside and outside `mask` (T', V) or (N, T', V)
-        (docs/method.md §3.2); return_features: (p, c) themselves."""
-        ((p, c),) = self.pooled_passes(x, [mask])
-        return (p, c) if return_features else (self.fc(p), self.fc(c))
-
-    def forward_grouped(self, x, masks, return_features=False):
-        """G passes in one call: x stacks them group-major (G·N clips) and masks holds one entry per pass,
-        None (`forward`'s output) or a mask (`forward_masked`'s). Returns the list of the G outputs, as G
-        separate calls would, `fc` applied per pass in order."""
-        head = nn.Identity() if return_features else self.fc
-        return [tuple(map(head, pooled)) if isinstance(pooled, tuple) else head(pooled)
-                for pooled in self.pooled_passes(x, masks)]
-
-    def compile(self, *args, **kwargs):
-        """nn.Module.compile compiles `forward` only: the named passes are compiled too."""
-        super().compile(*args, **kwargs)
-        self.forward_masked = torch.compile(self.forward_masked, *args, **kwargs)
-        self.forward_grouped = torch.compile(self.forward_grouped, *args, **kwargs)
+            return st_gcn_fast.feature_groups(self, x, groups).permute(4, 1, 2, 5, 3, 0)
+        return torch.stack([self(clips) for clips in x.chunk(groups)])

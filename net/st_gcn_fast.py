@@ -1,5 +1,5 @@
 """The encoder's fast CPU/GPU kernels: the forward of `net.st_gcn`'s modules (same parameters, same
-mathematics as their readable forward, docs/method.md §2), chosen by `Model(kernels="fast")`, the default.
+mathematics as their readable forward, docs/method.md §2), chosen by `STGCN(kernels="fast")`, the default.
 
 What makes it fast:
 - joints-major dense tensors (V, N·M, T, G, C): the graph convolution contracts the joints first, as one
@@ -227,38 +227,6 @@ def block_forward(block, x, A):
     return _dense(y.relu_(), g)
 
 
-def masked_pool(fmap, mask):
-    """`net.st_gcn.masked_pool` on a permuted view (N, M, C, T', V) of the joints-major map: (p, c), (N, C)."""
-    n, m, _, t, v = fmap.shape
-    # Sums over positions and bodies as one batched product with the joints-major map (V, N, M, T', C),
-    # which is how the encoder stores it (then the permute is free and the gradient keeps that layout).
-    # Each weight is 1 / (M·positions in the region): the product sums x / count, the mean, in the map's
-    # dtype; summing first would overflow fp16 (800 positions of mean activation 82 exceed 65504).
-    inside = mask.to(torch.promote_types(fmap.dtype, torch.float32)).expand(n, t, v)  # exact counts in bf16
-    weights = torch.stack([inside, 1 - inside], 2).permute(3, 0, 2, 1)[:, :, None]  # (V, N, 1, 2, T')
-    counts = (m * weights.sum((0, 4), keepdim=True)).clamp_min(1)  # (1, N, 1, 2, 1)
-    means = ((weights / counts).to(fmap.dtype) @ fmap.permute(4, 0, 1, 3, 2)).sum((0, 2))  # (N, 2, C)
-    p, c = means.unbind(1)
-    return p, c
-
-
-def grouped_pool(fmaps, masks):
-    """Pooled features of G stacked passes (V, N, M, T', G, C): (N, G, 2, C), for group g the mean inside
-    masks[g] (T', V) and outside it (masked_pool's p and c), or for masks[g] None the global mean and 0.
-
-    One product for all groups: selecting each group instead would cost a zero-filled copy of the whole
-    map per group in backward.
-    """
-    v, _, m, t = fmaps.shape[:4]
-    inside = torch.stack([torch.ones(t, v, dtype=torch.bool, device=fmaps.device) if mask is None
-                          else mask.to(fmaps.device) for mask in masks])
-    inside = inside.to(torch.promote_types(fmaps.dtype, torch.float32))  # (G, T', V); exact counts in bf16
-    weights = torch.stack([inside, 1 - inside], -1)  # (G, T', V, 2)
-    counts = (m * weights.sum((1, 2), keepdim=True)).clamp_min(1)  # M·(positions in the region): (G, 1, 1, 2)
-    # Weights 1 / count: the product sums x / count in the map's dtype (as masked_pool, no fp16 overflow).
-    return torch.einsum("vnmtgc,gtvs->ngsc", fmaps, (weights / counts).to(fmaps.dtype))
-
-
 def feature_groups(model, x, groups=1):
     """`model`'s feature maps of (G·N, C, T, V, M), G passes stacked group-major: joints-major (V, N, M, T', G, C_out).
 
@@ -279,15 +247,3 @@ def feature_groups(model, x, groups=1):
     for block, A in zip(model.st_gcn_networks, graphs):
         x = block_forward(block, x, A)
     return x.view(v, n, m, *x.shape[2:])
-
-
-def pooled_passes(model, x, masks):
-    """`Model.pooled_passes` with these kernels: one pass pools its own map (global mean, or `masked_pool`),
-    several passes run as one stacked call and pool together (`grouped_pool`)."""
-    if len(masks) == 1:
-        fmap = feature_groups(model, x).squeeze(4)  # (V, N, M, T', C); squeeze, not select: a free backward
-        if masks[0] is None:
-            return [fmap.mean((0, 3)).mean(1)]  # over V and T', then the M bodies
-        return [masked_pool(fmap.permute(1, 2, 4, 3, 0), masks[0].to(fmap.device))]
-    pooled = grouped_pool(feature_groups(model, x, len(masks)), masks)  # (N, G, 2, C)
-    return [p if mask is None else (p, c) for mask, (p, c) in zip(masks, (g.unbind(1) for g in pooled.unbind(1)))]

@@ -64,11 +64,12 @@ def configure(name, config=None, overrides=None, source="config", need_method=Tr
     `need_method` false (help): a pretraining config without a method gets no preset instead of an error.
     `speed: fast` replaces the code defaults of the speed keys by `fast_settings`; a key the config or the
     command line names keeps its value (`--speed fast --amp off` runs fast without autocast)."""
+    from processor.flat_config import nest, nest_overrides
     from torchlight.config import ConfigError, merge
     from torchlight.util import import_class
     if name not in PROCESSORS:
         raise ConfigError(f"unknown processor {name!r}; known: {', '.join(PROCESSORS)}")
-    config, overrides = config or {}, overrides or {}
+    config, overrides = nest(config or {}, source), nest_overrides(overrides or {})
     cls = import_class(PROCESSORS[name])
     method_preset = {}
     if "method" in cls.default_config() and (need_method or overrides.get("method", config.get("method"))
@@ -98,13 +99,14 @@ def describe(name, cls, cfg):
     if "model" in cfg:
         model = import_class(cfg["model"])
         nested.append(("model_args", model, cfg["model_args"]))
-        encoder = cfg["model_args"].get("base_encoder", argument_help(model).get("base_encoder", (None,))[0])
-        if encoder:
-            nested.append(("model_args", import_class(encoder), cfg["model_args"]))
+        nested += [("model_args", target, cfg["model_args"]) for target in getattr(model, "arguments_of", ())]
+    if "encoder" in cfg:
+        from net.encoders import DEFAULT_ENCODER, encoder_class
+        nested.append(("encoder", encoder_class(cfg["encoder"].get("name", DEFAULT_ENCODER)), cfg["encoder"]))
     if "feeder" in cfg:
         nested.append(("train_feeder_args", import_class(cfg["feeder"]), cfg["train_feeder_args"]))
     for key, target, given in nested:
         lines += ["", f"{key} ({target.__module__}.{target.__qualname__}):"]
         lines += [f"  {key}.{arg} = {show(given.get(arg, default))}\n      {meaning}"
-                  for arg, (default, meaning) in argument_help(target).items()]
+                  for arg, (default, meaning) in argument_help(target).items() if meaning]  # built, not configured
     return "\n".join(lines)

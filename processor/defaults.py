@@ -14,8 +14,10 @@ DEFAULTS = dict(
     batch_size=128,
     test_batch_size=256,
     # model
-    model="net.st_gcn.Model",
+    model="net.encoders.Classifier",
     model_args={},
+    encoder={},
+    layout=None,
     weights=None,
     ignore_weights=[],
     # optimisation
@@ -63,7 +65,9 @@ HELP = dict(
     batch_size="global batch: each of N ranks takes batch_size / N",
     test_batch_size="batch of feature extraction and evaluation, per rank",
     model="model class, by dotted name",
-    model_args="arguments of the model (listed below)",
+    model_args="arguments of the model (listed below): the method's settings and the class count",
+    encoder="the encoder: {name: st_gcn | <registered in net/encoders.py> | <dotted class>, <its own arguments>}",
+    layout="the skeleton layout of the data (net/utils/layouts.py); none: ntu-rgb+d",
     weights="checkpoint to initialise from (ours or the original release's)",
     ignore_weights="key prefixes dropped from `weights`",
     optimizer="only SGD",

@@ -10,44 +10,38 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from net.moco import MoCo
+from net.encoders import DEFAULT_ENCODER
+from net.methods import pretraining_model
+from net.weights import IGNORE_WEIGHTS, load_encoder
+from processor.flat_config import nest
 from processor.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from processor.processor import DEFAULTS, Processor
-from torchlight.checkpoint import check_state_dict, read_checkpoint
+from torchlight.checkpoint import read_checkpoint
 from torchlight.config import ConfigError
 from torchlight.io import atomic_path
 from torchlight.util import release_freed_host_memory
 
-# The classifier is trained anew; everything else of the encoder must come from the checkpoint.
-CLASSIFIER_KEYS = {"fc.weight", "fc.bias"}
-# What an evaluation drops from a pretraining checkpoint: projection head, key encoder and queue (docs/method.md §4).
-IGNORE_WEIGHTS = ["encoder_q.fc", "encoder_k", "queue"]
-# The encoder's shape: an evaluation takes it from the pretraining config a checkpoint of ours carries.
-SHAPE_ARGS = ("in_channels", "hidden_channels", "hidden_dim", "graph_args")
+
+def saved_config(weights):
+    """The nested config a checkpoint of ours carries ({} for the release's checkpoints and official ones)."""
+    state = read_checkpoint(weights, "weights file")
+    saved = (state.get("config") or {}) if isinstance(state, dict) else {}
+    return nest(saved, f"the config of {weights}") if isinstance(saved, dict) else {}
 
 
-def load_encoder(model, path, ignore_weights=()):
-    """Load the query encoder of a checkpoint (ours, or the original release's) into `model`.
-
-    Accepts our checkpoints ({'model': ...}), bare state dicts, `module.` prefixes (DataParallel/DDP)
-    and the `encoder_q.` prefix of the contrastive wrapper; keys starting with an `ignore_weights`
-    prefix are dropped first. Returns (loaded, ignored, missing) key lists.
-    """
-    state = read_checkpoint(path, "weights file")
-    state = state.get("model", state) if isinstance(state, dict) else state
-    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
-        raise ConfigError(f"weights file {path} holds no state dict (neither a 'model' entry nor tensors by name)")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    ignored = [k for k in state if any(k.startswith(p) for p in ignore_weights)]
-    state = {k: v for k, v in state.items() if k not in ignored}
-    if any(k.startswith("encoder_q.") for k in state):
-        ignored += [k for k in state if not k.startswith("encoder_q.")]
-        state = {k.removeprefix("encoder_q."): v for k, v in state.items() if k.startswith("encoder_q.")}
-    own = model.state_dict()
-    check_state_dict(path, own, state, may_miss=CLASSIFIER_KEYS, what="encoder", hint=" (see ignore_weights)")
-    missing = sorted(set(own) - set(state))
-    model.load_state_dict(state, strict=False)
-    return sorted(state), sorted(ignored), missing
+def take_encoder_shape(cfg):
+    """The encoder and the layout of `cfg` from its weights' pretraining config: each argument the config or the
+    command line names must be the same. Checkpoints without a config: the config's values stand."""
+    saved = saved_config(cfg["weights"])
+    mine = {f"encoder.{k}": v for k, v in cfg["encoder"].items()}
+    theirs = {f"encoder.{k}": v for k, v in (saved.get("encoder") or {}).items()}
+    mine["layout"], theirs["layout"] = cfg["layout"], saved.get("layout")
+    for key, value in theirs.items():
+        if mine.get(key) is not None and value is not None and mine[key] != value:
+            raise ConfigError(f"{key} {mine[key]!r} differs from {value!r} in the config of {cfg['weights']}: "
+                              "leave it out, the checkpoint gives it")
+    cfg["encoder"] = {**(saved.get("encoder") or {}), **cfg["encoder"]}
+    cfg["layout"] = cfg["layout"] or saved.get("layout")
 
 
 def unique_names(names):
@@ -116,28 +110,18 @@ class Evaluation(Processor):
             return os.path.join(os.path.dirname(os.path.abspath(cfg["weights"])), name)
         data = cfg["test_feeder_args"].get("data_path")
         data = "_".join(os.path.dirname(os.path.abspath(data)).split(os.sep)[-2:]) if data else ""
+        encoder = cfg["encoder"].get("name", DEFAULT_ENCODER).rsplit(".", 1)[-1]
         model = "random_init" if cfg["model"] == DEFAULTS["model"] else cfg["model"].rsplit(".", 2)[-2]
+        model = model if encoder == DEFAULT_ENCODER or model != "random_init" else f"{encoder}_random_init"
         return os.path.join("work_dir", data, model, name)
 
     def build_model(self):
         if self.cfg["weights"]:
-            self.take_encoder_shape()
+            take_encoder_shape(self.cfg)
         model = super().build_model()
         if self.cfg["weights"]:
             self.load_weights(model, self.cfg["ignore_weights"])
         return model
-
-    def take_encoder_shape(self):
-        """model_args of SHAPE_ARGS from the weights' pretraining config; a value the config or command line
-        names must be the same. The release's checkpoints carry no config: the config's values stand."""
-        state = read_checkpoint(self.cfg["weights"], "weights file")
-        saved = (state.get("config") or {}).get("model_args", {}) if isinstance(state, dict) else {}
-        args = self.cfg["model_args"]
-        for key in (k for k in SHAPE_ARGS if k in saved):
-            if key in args and args[key] != saved[key]:
-                raise ConfigError(f"model_args.{key} {args[key]!r} differs from {saved[key]!r} in the config of "
-                                  f"{self.cfg['weights']}: leave it out, the checkpoint gives it")
-            args[key] = saved[key]
 
     def load_weights(self, model, ignore_weights):
         """Load `weights` into `model`, logging and writing weights.json: which keys came from where."""
@@ -289,10 +273,10 @@ class KNNEvaluation(Evaluation):
         # The query encoder with its projection head, built as pretraining built it.
         args = dict(self.cfg["model_args"])
         if self.cfg["weights"]:
-            state = read_checkpoint(self.cfg["weights"], "weights file")
-            args = {**(state.get("config") or {}).get("model_args", {}), **args}
+            take_encoder_shape(self.cfg)
+            args = {**saved_config(self.cfg["weights"]).get("model_args", {}), **args}
         args.pop("num_class", None)  # the head's output size is feature_dim
-        encoder = MoCo(**args).encoder_q
+        encoder = pretraining_model(encoder=self.cfg["encoder"], layout=self.layout, **args).encoder_q
         if self.cfg["weights"]:
             self.load_weights(encoder, ignore_weights=["encoder_k", "queue"])
         return encoder

@@ -3,7 +3,8 @@ the normalised probe (docs/method.md §4)."""
 import torch
 import torch.nn.functional as F
 
-from processor.evaluation import CLASSIFIER_KEYS, Classification
+from net.weights import CLASSIFIER_KEYS
+from processor.evaluation import Classification
 
 # The normalised probe (docs/method.md): linear evaluation on standardised features, at an lr for
 # standardised inputs. It trains every row, raw joints and random encoder included, the same way.

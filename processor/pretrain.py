@@ -18,11 +18,15 @@ def near_chance(loss_over_chance, keys_seen, queue_size, refills=20, margin=0.03
 
 
 class Pretrain(Processor):
-    """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (docs/method.md §3.4)."""
+    """MoCo pretraining with a kNN monitor on un-augmented clips every `eval_interval` epochs (docs/method.md §3.4).
+
+    It reads only the model's documented interface (net/moco.py's MoCo: `num_queries`, `queue_size`,
+    `momentum`, `chance_losses()`, `forward(views, generator, momentum, mix_weight)` and its dict of losses).
+    """
 
     is_monitor = True
-    extra_defaults = dict(method=None, model="net.moco.MoCo", num_epoch=300, step=[300], knn_k=[10, 20, 40],
-                          num_steps=None, momentum_schedule="constant", mix_warmup=0.0)
+    extra_defaults = dict(method=None, model="net.methods.pretraining_model", num_epoch=300, step=[300],
+                          knn_k=[10, 20, 40], num_steps=None, momentum_schedule="constant", mix_warmup=0.0)
     extra_help = dict(method="skeletonclr | skelemixclr | skelemixclr_plus: its preset of model_args sits "
                              "between these defaults and the config",
                       knn_k="the k of the kNN monitor's top-1 accuracies",
@@ -42,9 +46,7 @@ class Pretrain(Processor):
             clips = len(self.dataset(dict(cfg["train_feeder_args"], views=0), "train_feeder_args"))
             cfg["model_args"]["queue_size"] = auto_queue_size(clips, cfg["batch_size"])
             self.log(f"queue_size auto: {cfg['model_args']['queue_size']} keys for {clips} training clips")
-        model = super().build_model()
-        self.base_momentum = model.momentum
-        return model
+        return super().build_model()
 
     def build_data(self):
         cfg = self.cfg
@@ -81,25 +83,26 @@ class Pretrain(Processor):
         return [self.to_input(v, augment=self.cfg["device_augment"]) for v in views]
 
     def train_step(self, views):
-        steps = len(self.train_loader)
-        progress = (self.epoch * steps + self.step_in_epoch) / (self.cfg["num_epoch"] * steps)
-        if self.cfg["momentum_schedule"] == "cosine":
-            self.raw_model.momentum = cosine_momentum(self.base_momentum, progress)
-        losses = self.model(views, generator=self.generator)
-        if self.cfg["mix_warmup"] and "loss_mix" in losses:
-            losses["loss"] = losses["loss_ins"] + min(1.0, progress / self.cfg["mix_warmup"]) * losses["loss_mix"]
-        return losses
+        """The model's losses; the schedules are arguments of its forward (the key momentum, the mixes' weight)."""
+        cfg, steps = self.cfg, len(self.train_loader)
+        progress = (self.epoch * steps + self.step_in_epoch) / (cfg["num_epoch"] * steps)
+        momentum = cosine_momentum(self.raw_model.momentum, progress) if cfg["momentum_schedule"] == "cosine" else None
+        mix_weight = min(1.0, progress / cfg["mix_warmup"]) if cfg["mix_warmup"] else 1.0
+        return self.model(views, generator=self.generator, momentum=momentum, mix_weight=mix_weight)
 
     def train_epoch(self, epoch):
         """The shared epoch, with the health signals of issue 10 item 2 under `health/`."""
         stats = super().train_epoch(epoch)
         stats = {k.replace("train/health/", "health/"): v for k, v in stats.items()}
-        # Against chance, the unweighted total: during mix_warmup train/loss is the ramped one.
-        losses = dict(stats, **{"train/loss": stats["train/loss_ins"] + stats.get("train/loss_mix", 0.0)})
-        for key, chance in self.raw_model.chance_losses().items():
-            stats[f"health/{key}_over_chance"] = losses[f"train/{key}"] / chance
+        # Against chance, the parts the model returns and their unweighted total (during mix_warmup train/loss
+        # is the ramped one, which would understate it).
+        chance = {k: v for k, v in self.raw_model.chance_losses().items() if f"train/{k}" in stats}
+        if not chance:
+            return stats
+        for key, value in chance.items():
+            stats[f"health/{key}_over_chance"] = stats[f"train/{key}"] / value
+        ratio = stats["health/loss_over_chance"] = sum(stats[f"train/{k}"] for k in chance) / sum(chance.values())
         keys_seen = (epoch + 1) * len(self.train_loader) * self.cfg["batch_size"]
-        ratio = stats["health/loss_over_chance"]
         if near_chance(ratio, keys_seen, self.raw_model.queue_size):
             self.log(f"warning: epoch {epoch + 1}: loss {stats['train/loss']:.4g} is {100 * ratio:.1f}% of its chance "
                      f"value, after the queue was refilled {keys_seen // self.raw_model.queue_size} times: the "

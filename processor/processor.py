@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from feeder.augment import augment_batch
 from feeder.streams import to_stream
-from net.utils.layouts import model_layout
+from net.utils.layouts import DEFAULT_LAYOUT
 from processor.data import make_loader, seed_loaders
 from processor.defaults import DEFAULTS, HELP
 from processor.device import autocast, compile_modules, device_note, place_model
@@ -111,7 +111,9 @@ class Processor:
 
     # --- what subclasses say -------------------------------------------------------------------
     def build_model(self):
-        return instantiate(self.cfg["model"], self.cfg["model_args"], "model_args")
+        """`model`, given `model_args`, the `encoder` it is built on and the data's layout."""
+        args = dict(self.cfg["model_args"], encoder=self.cfg["encoder"], layout=self.layout)
+        return instantiate(self.cfg["model"], args, "model_args")
 
     def build_data(self):
         """Create `self.train_loader` (and `self.val_loader` where evaluation needs it)."""
@@ -181,7 +183,7 @@ class Processor:
 
     @property
     def layout(self):
-        return model_layout(self.cfg["model_args"])
+        return self.cfg["layout"] or DEFAULT_LAYOUT
 
     def to_input(self, x, augment=False):
         """A batch on the device, optionally augmented there (docs/method.md §1.5), as the configured stream (§1.4)."""

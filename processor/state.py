@@ -7,11 +7,12 @@ import re
 import numpy as np
 import torch
 
+from processor.flat_config import nest
 from torchlight.checkpoint import check_state_dict, read_checkpoint
 from torchlight.config import ConfigError
 
 # What makes a run: a resume with another value of these is another run (docs/errors.md).
-RESUME_KEYS = ("method", "model", "model_args", "batch_size", "stream")
+RESUME_KEYS = ("method", "model", "model_args", "encoder", "layout", "batch_size", "stream")
 
 
 def rng_state(generator, device):
@@ -71,7 +72,9 @@ def read_resume_checkpoint(path, processor, model_state, cfg, checkpoint_name, d
 
 
 def check_same_run(path, cfg, saved):
-    """The settings that make a run (RESUME_KEYS) match the checkpoint's config (older ones have none)."""
+    """The settings that make a run (RESUME_KEYS) match the checkpoint's config (older ones have none; a flat
+    one is read nested)."""
+    saved = nest(saved, f"the config of {path}")
     for key in RESUME_KEYS:
         if key not in saved:
             continue

@@ -12,6 +12,7 @@ import statistics
 
 from net.methods import method_name
 from processor import configure
+from processor.flat_config import nest
 from processor.linear import PROBE
 from processor.stats import mean_std, paired_interval, verdict
 from torchlight.config import ConfigError, deep_merge, load_yaml
@@ -108,7 +109,9 @@ class Table(Orchestrator):
         cfg = self.cfg
         common = dict(work_dir=work_dir, seed=seed, device=cfg["device"], speed=cfg["speed"],
                       progress=cfg["progress"], overwrite=cfg["overwrite"])
-        config = deep_merge(load_yaml(config_file), cfg["data"], common, *overrides)
+        # Each layer nested first: a later one in the release's flat form overrides an earlier nested one.
+        layers = (load_yaml(config_file), cfg["data"], common, *overrides)
+        config = deep_merge(*(nest(layer, config_file) for layer in layers))
         cls, run_cfg = configure(name, config, {}, source=config_file)
         processor = cls(run_cfg)
         processor.start()

@@ -187,14 +187,14 @@ def test_help_lists_every_key_with_its_default_and_meaning(capsys):
     main.main(["linear_evaluation", "--help"])
     out = capsys.readouterr().out
     for line in ("  base_lr = 3.0", "  weights = null", "  num_epoch = 150", "  step = [80]",
-                 "  model_args.hidden_dim = 256", "  train_feeder_args.window_size = null"):
+                 "  encoder.hidden_dim = 256", "  train_feeder_args.window_size = null"):
         assert line + "\n" in out
     cls, _ = configure("linear_evaluation")
     assert all(f"\n  {key} = " in out for key in cls.default_config())
     main.main(["pretrain_skeletonclr_multi_swapv2", "--help"])
     out = capsys.readouterr().out  # the method's preset, MoCo's and the encoder's arguments
     for line in ("  model_args.swap_params = [[2, 3, 7, 11, 3, 1.0]]", "  model_args.temperature = 0.2",
-                 "  model_args.queue_size = 32768", "  model_args.momentum = 0.999", "  model_args.dropout = 0.5"):
+                 "  model_args.queue_size = 32768", "  model_args.momentum = 0.999", "  encoder.dropout = 0.5"):
         assert line + "\n" in out
 
 
@@ -273,5 +273,56 @@ def test_experiments_inherit_their_data_file_unchanged():
         assert {k: cfg["train_feeder_args"][k] for k in data["train_feeder_args"]} == data["train_feeder_args"]
     assert load_yaml("config/CrosSCLR/skelemixclr_multi_swap_ntu60_xsub_bone.yaml")["stream"] == "bone"
     ucla = load_yaml("config/ucla/linear_eval_skeletonclr_ucla_xview.yaml")
-    assert ucla["model_args"] == dict(num_class=10, graph_args=dict(layout="kinect-v1"))
+    assert ucla["model_args"] == dict(num_class=10) and ucla["layout"] == "kinect-v1"
     assert ucla["train_feeder_args"]["layout"] == ucla["test_feeder_args"]["layout"] == "kinect-v1"
+
+
+# --print_config before the encoder contract: the settings the paper fixes (model_args, optimisation, stream)
+PAPER_SETTINGS = {
+    ("pretrain", "config/CrosSCLR/skelemixclr_multi_swap_ntu60_xsub.yaml"): dict(
+        model_args=dict(head="mlp_bn", temperature=0.2, swap_params=[[2, 3, 7, 11, 3, 1.0]]), batch_size=128,
+        base_lr=0.1, num_epoch=300, step=[300], stream="joint", weight_decay=0.0001, momentum=0.9),
+    ("pretrain", "config/CrosSCLR/skeletonclr_ntu120_xset.yaml"): dict(
+        model_args=dict(head="mlp", temperature=0.07, swap_params=None), batch_size=128, base_lr=0.1,
+        num_epoch=300, step=[300], stream="joint", weight_decay=0.0001, momentum=0.9),
+    ("pretrain", "config/CrosSCLR/skelemixclr_swap_ntu60_xview.yaml"): dict(
+        model_args=dict(head="mlp_bn", temperature=0.2, swap_params=[[2, 3, 7, 11, 1, 1.0]]), batch_size=128,
+        base_lr=0.1, num_epoch=300, step=[300], stream="joint", weight_decay=0.0001, momentum=0.9),
+    ("linear_evaluation", "config/linear_eval/linear_eval_skelemixclr_multi_swap_ntu60_xsub.yaml"): dict(
+        model_args=dict(num_class=60), batch_size=128, base_lr=3.0, num_epoch=150, step=[80], stream="joint",
+        weight_decay=0.0, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("name, path", PAPER_SETTINGS)
+def test_ntu_configs_print_the_papers_settings_as_before(name, path, capsys):
+    """The nested configuration changes no setting the paper fixes: the values --print_config gave before it,
+    and the paper's encoder (ST-GCN at its default width, NTU layout) where the config names none."""
+    main.main([name, "--config", path, "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert {k: cfg[k] for k in PAPER_SETTINGS[name, path]} == PAPER_SETTINGS[name, path]
+    assert cfg["encoder"] == {} and cfg["layout"] is None
+
+
+def test_every_ntu_config_keeps_the_default_encoder_and_layout():
+    for path in glob.glob("config/*/*.yaml"):
+        config = load_yaml(path)
+        if "ntu" in os.path.basename(path) and "table" not in path:
+            assert "encoder" not in config and "layout" not in config, path
+
+
+def test_the_releases_flat_form_is_read_as_the_nested_one(tmp_path):
+    """model_args.base_encoder and ST-GCN's arguments beside MoCo's, graph_args.layout; on the command line too."""
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(yaml.safe_dump(dict(model_args=dict(
+        base_encoder="net.st_gcn.Model", in_channels=3, hidden_channels=16, hidden_dim=256, dropout=0.5,
+        graph_args=dict(layout="kinect-v1", strategy="spatial"), queue_size=512, head="mlp_bn"))))
+    _, cfg = configure("pretrain_skeletonclr", load_yaml(flat), {"model_args.kernels": "reference"}, str(flat))
+    assert cfg["encoder"] == dict(name="st_gcn", in_channels=3, hidden_channels=16, hidden_dim=256, dropout=0.5,
+                                  kernels="reference")
+    assert cfg["layout"] == "kinect-v1" and cfg["model_args"]["queue_size"] == 512
+    assert not {"base_encoder", "hidden_channels", "graph_args"} & set(cfg["model_args"])
+    _, evaluation = configure("linear_evaluation", {"model": "net.st_gcn.Model", "model_args": {"hidden_dim": 64}})
+    assert evaluation["model"] == "net.encoders.Classifier" and evaluation["encoder"] == {"hidden_dim": 64}
+    with pytest.raises(ConfigError, match=r"model_args.hidden_dim 64 contradicts encoder.hidden_dim 32"):
+        configure("linear_evaluation", {"encoder": {"hidden_dim": 32}, "model_args": {"hidden_dim": 64}})

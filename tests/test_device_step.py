@@ -5,11 +5,11 @@ import contextlib
 
 import pytest
 import torch
+from flat import moco
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from feeder.augment import augment_batch
 from feeder.streams import to_stream
-from net.moco import MoCo
 from net.st_gcn import Block
 from net.st_gcn_fast import block_forward
 from processor import configure
@@ -45,7 +45,7 @@ def test_skelemixclr_plus_step_on_a_device_never_waits_for_it(monkeypatch):
     no value is read from the device and the only host-to-device copies are each view's augmentation
     draws (frame indices and shear matrices), asynchronous."""
     torch.manual_seed(0)
-    model = MoCo(**MOCO).to("meta").train()
+    model = moco(**MOCO).to("meta").train()
     generator = torch.Generator().manual_seed(0)
     x = torch.empty(4, 3, 16, 25, 2, device="meta")
     model([to_stream(x, "bone")] * 2, generator=generator)  # the first step builds the per-device index caches
@@ -78,13 +78,13 @@ def test_cpu_dropout_keeps_the_byte_mask():
 
 
 def test_ema_update_is_two_multi_tensor_ops():
-    model = MoCo(**MOCO)
+    model = moco(**MOCO)
     with torch.no_grad():
         for p in model.encoder_q.parameters():
             p.add_(1.0)
     expected = [0.999 * k + 0.001 * q for q, k in zip(model.encoder_q.parameters(), model.encoder_k.parameters())]
     with Ops() as ops:
-        model._momentum_update_key_encoder()
+        model._momentum_update_key_encoder(0.999)
     assert ops.count[torch.ops.aten._foreach_mul_] == ops.count[torch.ops.aten._foreach_add_] == 1
     assert torch.ops.aten.mul_ not in ops.count and torch.ops.aten.add_ not in ops.count
     for k, e in zip(model.encoder_k.parameters(), expected):
@@ -107,7 +107,7 @@ class QueueCasts(TorchDispatchMode):
 def test_queue_is_cast_once_per_step_under_autocast():
     """7 InfoNCE products with the queue (1 instance + 3 mixes x 2), one bf16 copy of it."""
     torch.manual_seed(0)
-    model = MoCo(**dict(MOCO, dropout=0.0, queue_size=32)).train()  # (8, 32): no weight has that shape
+    model = moco(**dict(MOCO, dropout=0.0, queue_size=32)).train()  # (8, 32): no weight has that shape
     x = torch.randn(4, 3, 16, 25, 2)
     with QueueCasts(model.queue.shape) as counter, torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model([x, x], generator=torch.Generator().manual_seed(0))

@@ -21,9 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 from conftest import tiny_run
+from flat import moco
 from torch.nn.parallel import DistributedDataParallel
 
-from net.moco import MoCo
 from processor import configure
 from processor.nonfinite import NonFiniteError
 from torchlight.config import ConfigError
@@ -144,7 +144,7 @@ def moco_steps(rank, world, bn, steps=2):
     one process; in float64 DDP and one process agree to ~1e-14, so a real difference cannot hide.
     """
     torch.manual_seed(0)
-    model = MoCo(**MOCO)
+    model = moco(**MOCO)
     if bn == "eval":
         # BN from running statistics (those of other clips): every clip's features independent of its batch.
         for m in model.modules():
@@ -211,7 +211,7 @@ def test_ddp_moco_step_equals_one_process_with_the_global_batch(tmp_path):
 
 def shuffle_bn_worker(rank):
     torch.manual_seed(0)
-    model = MoCo(**MOCO, shuffle_bn=True)
+    model = moco(**MOCO, shuffle_bn=True)
     x = clips(WORLD * B, 3)
     torch.manual_seed(7)  # rank 0's permutation is the one broadcast
     keys = model._keys(x[rank * B:(rank + 1) * B])
@@ -223,7 +223,7 @@ def shuffle_bn_worker(rank):
 def test_shuffle_bn_keys_and_gathered_queue(tmp_path):
     ranks = run_ranks(shuffle_bn_worker, tmp_path)
     torch.manual_seed(0)
-    model = MoCo(**MOCO)
+    model = moco(**MOCO)
     x = clips(WORLD * B, 3)
     torch.manual_seed(7)
     perm = torch.randperm(WORLD * B)
@@ -251,7 +251,8 @@ def pretrain_worker(rank, data, root):
         proc = cls(cfg)
         start = proc.start_epoch
         proc.start()
-        params = {k: v.clone() for k, v in proc.raw_model.named_parameters()}
+        params = {k: v.detach().clone() for k, v in proc.raw_model.state_dict(keep_vars=True).items()
+                  if isinstance(v, torch.nn.Parameter)}  # by the checkpoint's names
         stats = [{k: v for k, v in s.items() if not k.endswith("per_s")} for s in proc.stats]
         return dict(stats=stats, params=params, queue=proc.raw_model.queue.clone(), start_epoch=start,
                     sampler_epoch=proc.train_loader.sampler.epoch, ddp=type(proc.model).__name__,
@@ -277,7 +278,8 @@ def test_pretraining_on_two_ranks_writes_on_rank0_and_resumes_exactly(demo_array
         a, b = (r[run] for r in ranks)
         assert a["ddp"] == "DistributedDataParallel" and a["sampler_epoch"] == b["sampler_epoch"] == 1
         # DDP re-sends the BatchNorm statistics every forward, not the queue (identical by construction).
-        assert "encoder_q.data_bn.running_mean" in a["broadcast"] and not {"queue", "queue_ptr"} & a["broadcast"]
+        assert "encoder_q.encoder.data_bn.running_mean" in a["broadcast"]
+        assert not {"queue", "queue_ptr"} & a["broadcast"]
         assert a["stats"] == b["stats"]  # logged means are over the global batch; kNN over the whole val set
         assert torch.equal(a["queue"], b["queue"])
         for name, value in a["params"].items():

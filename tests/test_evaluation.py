@@ -7,11 +7,10 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from flat import classifier, moco
 
-from net.moco import MoCo
-from net.st_gcn import Model
+from net.weights import load_encoder
 from processor import configure
-from processor.evaluation import load_encoder
 from tools import ensemble
 from torchlight.config import ConfigError
 
@@ -40,7 +39,7 @@ def linear(tiny, tmp_path, data, **overrides):
 def calibrated_encoder(path, data_path):
     """A random encoder whose BN running statistics are those of the data (as after pretraining)."""
     torch.manual_seed(0)
-    model = Model(**ENC, num_class=2).train()
+    model = classifier(**ENC, num_class=2).train()
     x = torch.from_numpy(np.load(data_path))
     with torch.no_grad():
         for _ in range(60):
@@ -156,8 +155,8 @@ def test_augmented_linear_evaluation_runs_the_encoder_every_step(demo_arrays, ti
 
 def moco_state(prefix=""):
     torch.manual_seed(0)
-    moco = MoCo(**ENC, feature_dim=8, queue_size=8, head="mlp_bn")
-    return moco, {prefix + k: v for k, v in moco.state_dict().items()}
+    model = moco(**ENC, feature_dim=8, queue_size=8, head="mlp_bn")
+    return model, {prefix + k: v for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("wrap", [OrderedDict, lambda s: {"model": s}])
@@ -165,7 +164,7 @@ def moco_state(prefix=""):
 def test_checkpoints_of_ours_and_of_the_original_release_load(tmp_path, wrap, prefix):
     moco, state = moco_state(prefix)
     torch.save(wrap(state), tmp_path / "ckpt.pt")
-    model = Model(**ENC, num_class=5)
+    model = classifier(**ENC, num_class=5)
     loaded, ignored, missing = load_encoder(model, str(tmp_path / "ckpt.pt"),
                                             ["encoder_q.fc", "encoder_k", "queue"])
     assert missing == ["fc.bias", "fc.weight"]
@@ -179,16 +178,16 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
     _, state = moco_state()
     torch.save(state, tmp_path / "ckpt.pt")
     with pytest.raises(ConfigError, match="unexpected.*fc.0.weight"):
-        load_encoder(Model(**ENC), str(tmp_path / "ckpt.pt"), ["encoder_k", "queue"])
+        load_encoder(classifier(**ENC), str(tmp_path / "ckpt.pt"), ["encoder_k", "queue"])
     state["encoder_q.data_bn.weight"] = torch.ones(3)
     torch.save(state, tmp_path / "ckpt.pt")
     with pytest.raises(ConfigError, match=r"data_bn.weight has shape \(3,\), the model expects \(75,\)"):
-        load_encoder(Model(**ENC), str(tmp_path / "ckpt.pt"), ["encoder_q.fc", "encoder_k", "queue"])
+        load_encoder(classifier(**ENC), str(tmp_path / "ckpt.pt"), ["encoder_q.fc", "encoder_k", "queue"])
     torch.save({"encoder_q.fc.weight": torch.zeros(1)}, tmp_path / "empty.pt")
     with pytest.raises(ConfigError, match="does not hold this encoder: missing"):
-        load_encoder(Model(**ENC), str(tmp_path / "empty.pt"), ["encoder_q.fc"])
+        load_encoder(classifier(**ENC), str(tmp_path / "empty.pt"), ["encoder_q.fc"])
     with pytest.raises(ConfigError, match="weights file not found: nope.pt"):
-        load_encoder(Model(**ENC), "nope.pt")
+        load_encoder(classifier(**ENC), "nope.pt")
 
 
 def test_evaluation_takes_the_encoders_shape_from_the_checkpoint_and_refuses_another(tiny, tmp_path):
@@ -200,12 +199,12 @@ def test_evaluation_takes_the_encoders_shape_from_the_checkpoint_and_refuses_ano
                tmp_path / "ckpt.pt")
     cls, cfg = tiny("linear_evaluation", "unused", tmp_path / "lin", train_feeder_args=data, test_feeder_args=data,
                     weights=str(tmp_path / "ckpt.pt"), model_args=dict(num_class=2))
-    del cfg["model_args"]["hidden_channels"], cfg["model_args"]["hidden_dim"]
+    del cfg["encoder"]["hidden_channels"], cfg["encoder"]["hidden_dim"]
     proc = cls(cfg)
-    assert proc.raw_model.fc.in_features == 16 and proc.cfg["model_args"]["hidden_channels"] == 4
-    torch.testing.assert_close(proc.raw_model.data_bn.weight, moco.encoder_q.data_bn.weight)
-    cfg = dict(cfg, work_dir=str(tmp_path / "other"), model_args=dict(num_class=2, hidden_dim=32))
-    with pytest.raises(ConfigError, match=r"model_args.hidden_dim 32 differs from 16 in the config of .*ckpt.pt"):
+    assert proc.raw_model.fc.in_features == 16 and proc.cfg["encoder"]["hidden_channels"] == 4
+    torch.testing.assert_close(proc.raw_model.encoder.data_bn.weight, moco.encoder_q.encoder.data_bn.weight)
+    cfg = dict(cfg, work_dir=str(tmp_path / "other"), encoder=dict(hidden_dim=32))
+    with pytest.raises(ConfigError, match=r"encoder.hidden_dim 32 differs from 16 in the config of .*ckpt.pt"):
         cls(cfg)
 
 
@@ -274,8 +273,8 @@ def test_ensemble_refuses_foreign_mismatched_and_non_finite_scores(tmp_path):
 def test_knn_features_head_or_pooled_of_the_checkpoints_query_encoder(demo_arrays, tiny, tmp_path):
     torch.manual_seed(0)
     args = dict(ENC, feature_dim=8, queue_size=8, head="mlp_bn")
-    moco = MoCo(**args).eval()
-    torch.save({"model": moco.state_dict(), "config": {"model_args": args}}, tmp_path / "ckpt.pt")
+    pretrained = moco(**args).eval()
+    torch.save({"model": pretrained.state_dict(), "config": {"model_args": args}}, tmp_path / "ckpt.pt")
     for features, width in (("head", 8), ("pooled", 16)):
         cls, cfg = tiny("knn_evaluation", demo_arrays, tmp_path / features, knn_k=[1], knn_features=features,
                         weights=str(tmp_path / "ckpt.pt"), model_args=dict(num_class=12))
@@ -284,7 +283,7 @@ def test_knn_features_head_or_pooled_of_the_checkpoints_query_encoder(demo_array
         x = next(iter(proc.val_loader))[0].float()
         with torch.no_grad():
             out = proc.raw_model.eval()(x, return_features=features == "pooled")
-            expected = moco.encoder_q(x, return_features=features == "pooled")
+            expected = pretrained.encoder_q(x, return_features=features == "pooled")
         assert out.shape == (len(x), width)
         torch.testing.assert_close(out, expected)
         accs = proc.start()

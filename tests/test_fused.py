@@ -4,9 +4,10 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from flat import classifier, moco
 
-from net.moco import MoCo
-from net.st_gcn import Model
+from net.encoders import feature_maps, pool
+from net.skelemix import masked_pool
 from net.st_gcn_fast import _is_narrow, grouped_batch_norm
 
 TINY = dict(hidden_channels=4, hidden_dim=8, dropout=0.0)
@@ -90,9 +91,10 @@ def test_narrow_batch_norm_bf16_within_rounding():
 
 
 def test_stacked_passes_equal_separate_calls():
-    """Model.forward_grouped against the same model called once per pass (forward, forward_masked)."""
+    """The encoder's forward_stacked against the same encoder called once per pass, each map pooled (globally or
+    inside and outside a mask) and through a head with BatchNorm."""
     torch.manual_seed(0)
-    model = Model(**TINY, num_class=6).double().train()
+    model = classifier(**TINY, num_class=6).double().train()
     model.fc = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6)).double()
     with torch.no_grad():  # BN scales and shifts away from 1 and 0, so a misplaced group shows
         for m in model.modules():
@@ -104,8 +106,12 @@ def test_stacked_passes_equal_separate_calls():
     g = torch.Generator().manual_seed(5)
     masks = [None] + [torch.rand(4, 25, generator=g) > 0.5 for _ in range(2)]
 
-    outs = model.forward_grouped(torch.cat(xs), masks)
-    refs = [ref(x) if mask is None else ref.forward_masked(x, mask) for x, mask in zip(xs, masks)]
+    def pooled(network, fmaps):
+        return [network.fc(pool(f)) if mask is None else tuple(map(network.fc, masked_pool(f, mask)))
+                for f, mask in zip(fmaps, masks)]
+
+    outs = pooled(model, model.encoder.forward_stacked(torch.cat(xs), 3))
+    refs = pooled(ref, [ref.encoder(x) for x in xs])
     flat = [outs[0], *outs[1], *outs[2]]
     flat_ref = [refs[0], *refs[1], *refs[2]]
     for a, b in zip(flat, flat_ref):
@@ -115,9 +121,24 @@ def test_stacked_passes_equal_separate_calls():
     sum((b * w).sum() for b, w in zip(flat_ref, weights)).backward()
     assert_same_state(model, ref)
     with torch.no_grad():  # eval mode: the running statistics apply to every pass
-        outs, refs = model.eval().forward_grouped(torch.cat(xs), masks), ref.eval().forward_masked(xs[1], masks[1])
-        for a, b in zip(outs[1], refs):
+        outs = model.eval().encoder.forward_stacked(torch.cat(xs), 3)
+        for a, b in zip(outs, [ref.eval().encoder(x) for x in xs]):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_an_encoder_without_stacked_passes_runs_them_one_by_one():
+    """feature_maps falls back to one forward per pass where an encoder has no forward_stacked."""
+    calls = []
+
+    class Plain(nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return x.permute(0, 4, 1, 2, 3)
+
+    x = clips(6, 0)
+    maps = feature_maps(Plain(), x, 3)
+    assert calls == [2, 2, 2] and len(maps) == 3
+    torch.testing.assert_close(maps[1], x[2:4].permute(0, 4, 1, 2, 3))
 
 
 @pytest.mark.parametrize("separate_kernels", ["fast", "reference"])
@@ -126,10 +147,10 @@ def test_fused_queries_equal_separate_passes(method, separate_kernels):
     """A whole MoCo step: loss, every gradient and every running statistic, fused against separate passes
     (with the fast kernels, or with the readable forward of net/st_gcn.py)."""
     torch.manual_seed(0)
-    fused = MoCo(**TINY, feature_dim=8, queue_size=16, temperature=0.2, fused_queries=True, **METHODS[method]).double()
+    fused = moco(**TINY, feature_dim=8, queue_size=16, temperature=0.2, fused_queries=True, **METHODS[method]).double()
     separate = copy.deepcopy(fused)
     separate.fused_queries = False
-    separate.encoder_q.kernels = separate.encoder_k.kernels = separate_kernels
+    separate.encoder_q.encoder.kernels = separate.encoder_k.encoder.kernels = separate_kernels
     views = [clips(4, seed) for seed in range(1 + fused.num_queries)]
     losses = [model(views, generator=torch.Generator().manual_seed(3)) for model in (fused, separate)]
     for key in losses[1]:
@@ -144,7 +165,7 @@ def test_sync_bn_runs_separate_passes_and_says_so():
     """SyncBatchNorm has no grouped statistics: the fused pass is switched off with a one-line warning of its
     cost, and the loss is the separate passes' (outside a process group SyncBatchNorm is BatchNorm)."""
     torch.manual_seed(0)
-    separate = MoCo(**TINY, feature_dim=8, queue_size=16, fused_queries=False, **METHODS["skelemixclr_plus"]).double()
+    separate = moco(**TINY, feature_dim=8, queue_size=16, fused_queries=False, **METHODS["skelemixclr_plus"]).double()
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(separate))
     synced.fused_queries = True
     views = [clips(4, seed) for seed in range(1 + separate.num_queries)]

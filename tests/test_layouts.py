@@ -3,14 +3,14 @@ encoder, SkeleMix, streams, preprocessing and feeder take the layout they are gi
 import numpy as np
 import pytest
 import torch
+from flat import classifier
 
 from feeder.feeder import Feeder
 from feeder.prepare.preprocess import preprocess_clip
 from feeder.streams import bone
 from net.skelemix import SkeleMix
-from net.st_gcn import Model
 from net.utils.graph import Graph
-from net.utils.layouts import DEFAULT_LAYOUT, JOINT_MAPS, LAYOUTS, Layout, get_layout, joint_map, model_layout
+from net.utils.layouts import JOINT_MAPS, LAYOUTS, Layout, get_layout, joint_map
 
 # docs/method.md §2 / §1.4 / §3.2 / §1.3, 1-based, copied from the text.
 PAPER_INWARD = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
@@ -158,11 +158,11 @@ def test_unknown_and_inconsistent_layouts_are_named():
 def test_encoder_builds_the_layout_graph(name):
     v = LAYOUTS[name].num_joints
     torch.manual_seed(0)
-    model = Model(hidden_channels=4, hidden_dim=16, num_class=5, graph_args=dict(layout=name))
-    assert model.A.shape == (3, v, v) and model.data_bn.num_features == 3 * v
+    model = classifier(hidden_channels=4, hidden_dim=16, num_class=5, graph_args=dict(layout=name))
+    assert model.encoder.A.shape == (3, v, v) and model.encoder.data_bn.num_features == 3 * v
     assert model(torch.randn(2, 3, 16, v, 2)).shape == (2, 5)
     if name == "coco":  # 2D keypoints: two input channels
-        model2d = Model(in_channels=2, hidden_channels=4, hidden_dim=16, num_class=5,
+        model2d = classifier(in_channels=2, hidden_channels=4, hidden_dim=16, num_class=5,
                         graph_args=dict(layout=name))
         assert model2d(torch.randn(2, 2, 16, v, 1)).shape == (2, 5)
 
@@ -232,9 +232,3 @@ def test_feeder_checks_the_joint_count_of_its_layout(tmp_path):
     assert clip.shape == (3, 8, 20, 2)
     with pytest.raises(ValueError, match="expected shape \\(N, 3, T, 25, M\\)"):
         Feeder(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
-
-
-def test_model_layout_reads_graph_args_or_the_default():
-    assert DEFAULT_LAYOUT == "ntu-rgb+d" and get_layout(DEFAULT_LAYOUT).num_joints == 25
-    assert model_layout({}) == model_layout(None) == model_layout({"graph_args": None}) == "ntu-rgb+d"
-    assert model_layout({"graph_args": {"layout": "kinect-v1", "strategy": "spatial"}}) == "kinect-v1"

@@ -5,15 +5,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from flat import moco
 
-from net.moco import MixSetting, MoCo, mix_settings
+from net.skelemix import MixSetting, masked_pool, mix_settings
 
 TINY = dict(hidden_channels=4, hidden_dim=16, dropout=0.0, feature_dim=8, queue_size=12)
 
 
 def make(**kwargs):
     torch.manual_seed(0)
-    return MoCo(**{**TINY, **kwargs})
+    return moco(**{**TINY, **kwargs})
 
 
 def batch(n=4, t=16, seed=1):
@@ -96,15 +97,16 @@ def test_skelemix_losses_by_hand():
     ref.load_state_dict(state)
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        ref._momentum_update_key_encoder()
+        ref._momentum_update_key_encoder(ref.momentum)
         k = F.normalize(ref.encoder_k(im_k), dim=1)
         q = F.normalize(ref.encoder_q(im_q), dim=1)
         ins = cross_entropy_at_zero(torch.cat([(q * k).sum(1, keepdim=True), q @ queue0], 1) / 0.2)
         mix = 0.0
         for _ in range(2):
-            mixed, mask, partner = ref.skelemix(im_q, 2, 3, 1, 2, generator=g)
+            mixed, mask, partner = ref.mixes[0].skelemix(im_q, 2, 3, 1, 2, generator=g)
             assert all(int(partner[i]) != i for i in range(4))
-            p, c = (F.normalize(f, dim=1) for f in ref.encoder_q.forward_masked(mixed, mask))
+            pc = masked_pool(ref.encoder_q.encoder(mixed), mask)
+            p, c = (F.normalize(ref.encoder_q.fc(f), dim=1) for f in pc)
             lp = torch.stack([torch.cat([(p[i] * k[partner[i]]).sum()[None], p[i] @ queue0,
                                          (p[i] * c[i]).sum()[None]]) for i in range(4)]) / 0.2
             lc = torch.stack([torch.cat([(c[i] * k[i]).sum()[None], c[i] @ queue0,
@@ -113,6 +115,22 @@ def test_skelemix_losses_by_hand():
     assert losses["loss_ins"].item() == pytest.approx(0.5 * ins, rel=1e-4, abs=1e-6)
     assert losses["loss_mix"].item() == pytest.approx(mix, rel=1e-4, abs=1e-6)
     assert losses["loss"].item() == pytest.approx(0.5 * ins + mix, rel=1e-4, abs=1e-6)
+
+
+def test_schedules_are_arguments_of_forward():
+    """momentum replaces the EMA momentum for one step; mix_weight weighs the mixes' losses in `loss` only."""
+    model = make(head="mlp_bn", temperature=0.2, swap_params=[[2, 3, 1, 2, 1, 1.0]])
+    with torch.no_grad():
+        for p in model.encoder_q.parameters():
+            p.add_(1.0)
+    k0 = [p.clone() for p in model.encoder_k.parameters()]
+    q0 = [p.clone() for p in model.encoder_q.parameters()]
+    losses = model([batch(seed=5), batch(seed=6)], generator=torch.Generator().manual_seed(0), momentum=0.25,
+                   mix_weight=0.3)
+    for k, a, b in zip(model.encoder_k.parameters(), k0, q0):
+        torch.testing.assert_close(k, 0.25 * a + 0.75 * b)
+    assert model.momentum == 0.999  # the base momentum is not changed by a step's
+    torch.testing.assert_close(losses["loss"], losses["loss_ins"] + 0.3 * losses["loss_mix"])
 
 
 def test_stop_gradient_on_the_extra_negative():
@@ -136,7 +154,7 @@ def test_release_rows_dicts_and_settings_read_as_the_same_mixes():
     assert mix_settings(None) == [] and mix_settings([]) == []
     model = make(head="mlp_bn", swap_params=[[2, 3, 1, 2, 2, 0.5], dict(spatial=[1, 1], temporal=[1, 2],
                                                                           repeat=1, weight=2.0)])
-    assert model.mixes == [MixSetting((2, 3), (1, 2), 2, 0.5), MixSetting((1, 1), (1, 2), 1, 2.0)]
+    assert [m.setting for m in model.mixes] == [MixSetting((2, 3), (1, 2), 2, 0.5), MixSetting((1, 1), (1, 2), 1, 2.0)]
     assert model.num_queries == 2 and make().mixes == [] and make().num_queries == 1
 
 
@@ -156,3 +174,20 @@ def test_cosine_momentum_and_auto_queue_by_hand():
     # half an epoch of keys in whole batches: NW-UCLA's 1,019 clips 15 steps -> 7 batches; tiny sets 1 batch
     assert auto_queue_size(1019, 64) == 448 and auto_queue_size(629, 64) == 256
     assert auto_queue_size(100, 64) == 64 and auto_queue_size(300, 64) == 128
+
+
+@pytest.mark.parametrize("swap, head, temperature, expected", [
+    (None, "mlp", 0.07, dict(loss_ins=7.38921226002276e-05)),
+    ([[2, 3, 7, 11, 3, 1.0]], "mlp_bn", 0.2, dict(loss_ins=3.028470516204834, loss_mix=7.410656929016113)),
+])
+def test_a_seed_gives_the_losses_it_gave_before_the_encoder_contract(swap, head, temperature, expected):
+    """Seed 0, the first step's losses as the encoder-owned pooling and heads computed them (the release's order
+    of initial draws kept): SkeletonCLR and SkeleMixCLR+ at hidden 8, 32-d features, a queue of 64."""
+    torch.manual_seed(0)
+    model = moco(hidden_channels=8, hidden_dim=32, queue_size=64, head=head, temperature=temperature,
+                 swap_params=swap, momentum=0.99)
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(8, 3, 32, 25, 2, generator=g) for _ in range(model.num_queries + 1)]
+    losses = model(views, generator=g)
+    for key, value in expected.items():
+        assert losses[key].item() == pytest.approx(value, rel=1e-4, abs=1e-7), key

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from flat import moco
 
 from feeder.feeder import Feeder
-from net.moco import MoCo
 from tools import feature_picture, skelemix_picture
 
 TINY = "{hidden_channels: 4, hidden_dim: 16, dropout: 0.0}"
@@ -97,11 +97,11 @@ def test_skelemix_picture_writes_a_png(demo_arrays, tmp_path, capsys):
 def test_feature_picture_writes_a_png_with_and_without_weights(demo_arrays, tmp_path):
     pytest.importorskip("matplotlib")
     ckpt = tmp_path / "pretrained.pt"
-    torch.save({"model": MoCo(hidden_channels=4, hidden_dim=16, dropout=0.0, queue_size=32).state_dict()}, ckpt)
+    torch.save({"model": moco(hidden_channels=4, hidden_dim=16, dropout=0.0, queue_size=32).state_dict()}, ckpt)
     for weights in ([], ["--weights", str(ckpt)]):
         out = tmp_path / f"features{len(weights)}.png"
         feature_picture.main(["--data_path", parts(demo_arrays)[0], "--label_path", parts(demo_arrays)[1],
-                              "--model_args", TINY, "--stream", "bone", "--max_clips", "30", "--method", "pca",
+                              "--encoder", TINY, "--stream", "bone", "--max_clips", "30", "--method", "pca",
                               "--out", str(out), *weights])
         assert png_shape(out) == (660, 825)
 
@@ -133,13 +133,13 @@ def test_feature_picture_takes_model_args_and_stream_from_the_checkpoints_config
     model_args = dict(hidden_channels=4, hidden_dim=16, dropout=0.0, queue_size=32, head="mlp_bn",
                       swap_params=[[2, 3, 7, 11, 1, 1.0]])  # a pretraining run's: MoCo's arguments too
     ckpt = tmp_path / "epoch1_model.pt"
-    torch.save({"model": MoCo(**model_args).state_dict(), "config": dict(model_args=model_args, stream="motion")},
+    torch.save({"model": moco(**model_args).state_dict(), "config": dict(model_args=model_args, stream="motion")},
                ckpt)
     out = tmp_path / "features.png"
     feature_picture.main(["--data_path", parts(demo_arrays)[0], "--label_path", parts(demo_arrays)[1],
                           "--weights", str(ckpt), "--max_clips", "20", "--method", "pca", "--out", str(out)])
     assert capsys.readouterr().out.strip().endswith(
-        "motion stream, model_args {'hidden_channels': 4, 'hidden_dim': 16, 'dropout': 0.0}")
+        "motion stream, encoder {'hidden_channels': 4, 'hidden_dim': 16, 'dropout': 0.0}")
     with pytest.raises(SystemExit, match="does not hold this encoder"):  # --model_args wins over the checkpoint
         feature_picture.main(["--data_path", parts(demo_arrays)[0], "--label_path", parts(demo_arrays)[1],
                               "--weights", str(ckpt), "--model_args", "{hidden_channels: 4}", "--out", str(out)])

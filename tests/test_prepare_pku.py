@@ -9,12 +9,12 @@ import re
 import numpy as np
 import pytest
 import torch
+from flat import moco
 
 from feeder.feeder import Feeder
 from feeder.prepare.demo import clip_joints
 from feeder.prepare.pku import main, read_split
 from feeder.prepare.preprocess import preprocess
-from net.moco import MoCo
 from processor import configure
 from torchlight.config import load_yaml
 
@@ -193,7 +193,7 @@ def test_linear_evaluation_transfers_an_ntu_encoder(database, tiny, tmp_path):
     """docs/method.md §4 across datasets with the shipped transfer config: NTU-pretrained encoder, PKU-MMD labels."""
     preprocess(str(database), str(tmp_path / "arrays"), frames=16)
     torch.manual_seed(0)
-    pretrained = MoCo(hidden_channels=4, hidden_dim=16, dropout=0.0, queue_size=32)  # NTU layout
+    pretrained = moco(hidden_channels=4, hidden_dim=16, dropout=0.0, queue_size=32)  # NTU layout
     torch.save({"model": pretrained.state_dict()}, tmp_path / "ntu.pt")
     config = load_yaml(os.path.join(REPO, "config", "transfer", TRANSFER))
     data = {f"{key}_feeder_args": dict(data_path=str(tmp_path / "arrays" / "xsub" / f"{part}_position.npy"),

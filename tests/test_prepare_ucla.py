@@ -175,7 +175,7 @@ def test_skelemixclr_plus_and_linear_evaluation_on_kinect_v1(arrays, tiny, tmp_p
                     model_args=dict(queue_size=32, graph_args=V1), **feeders)
     pre = cls(cfg)
     pre.start()
-    assert pre.raw_model.skelemix.layout.name == "kinect-v1"
+    assert pre.raw_model.mixes[0].skelemix.layout.name == "kinect-v1"
     assert all(np.isfinite(s["train/loss"]) and s["train/loss_mix"] > 0 for s in pre.stats)
     weights = tmp_path / "pre" / "epoch1_model.pt"
     state = torch.load(weights, weights_only=False)["model"]
@@ -216,7 +216,8 @@ def test_cpu_scale_ucla_configs(path):
         assert cfg[key]["data_path"] == f"./data/ucla_frame32/xview/{part}_position.npy"
     if command[1].startswith("pretrain"):  # the recipe's departures from the paper (docs/method.md §3-4)
         args = cfg["model_args"]
-        assert (args["dropout"], args["momentum"], cfg["base_lr"], args["graph_args"]) == (0.0, 0.99, 0.01, V1)
+        assert (cfg["encoder"]["dropout"], args["momentum"], cfg["base_lr"], cfg["layout"]) == (0.0, 0.99, 0.01,
+                                                                                            V1["layout"])
         # each method's own head, one temperature, the mixes ramped in, one body (docs/experiments.md)
         head = "mlp" if cfg["method"] == "skeletonclr" else "mlp_bn"
         assert (args["head"], args["temperature"], cfg["mix_warmup"]) == (head, 0.07, 0.5)
@@ -229,7 +230,7 @@ def test_ucla_configs(path):
     command = re.search(r"# python main.py (\w+) --config (\S+)", open(path).read())
     assert command and command[2] == os.path.relpath(path, REPO)
     _, cfg = configure(command[1], load_yaml(path))
-    assert cfg["model_args"]["graph_args"] == V1
+    assert cfg["layout"] == V1["layout"]
     for key, part in (("train_feeder_args", "train"), ("test_feeder_args", "val")):
         assert cfg[key] == dict(data_path=f"./data/ucla_frame64/xview/{part}_position.npy",
                                 label_path=f"./data/ucla_frame64/xview/{part}_label.pkl", **V1)

@@ -152,7 +152,7 @@ def test_small_data_recipe_derives_epochs_queue_and_key_momentum(demo_arrays, ti
     assert proc.raw_model.queue_size == 16 * max(1, clips // 16 // 2)
     seen = []
     update = proc.raw_model._momentum_update_key_encoder
-    proc.raw_model._momentum_update_key_encoder = lambda: (seen.append(proc.raw_model.momentum), update())[1]
+    proc.raw_model._momentum_update_key_encoder = lambda m: (seen.append(m), update(m))[1]
     proc.start()
     total = proc.cfg["num_epoch"] * steps
     assert seen == pytest.approx([1 - 0.1 * (math.cos(math.pi * i / total) + 1) / 2 for i in range(total)])
@@ -211,7 +211,19 @@ def test_loss_over_chance_during_mix_warmup_is_that_of_the_unweighted_loss(demo_
                     batch_size=16, model_args=dict(queue_size=32))
     proc = cls(cfg)
     proc.start()
-    stats, chance = proc.stats[0], proc.raw_model.chance_losses()["loss"]
+    stats, chance = proc.stats[0], sum(proc.raw_model.chance_losses().values())
     assert stats["train/loss"] < stats["train/loss_ins"] + stats["train/loss_mix"]  # ramped
     assert stats["health/loss_over_chance"] == pytest.approx(
         (stats["train/loss_ins"] + stats["train/loss_mix"]) / chance)
+
+
+def test_a_model_returning_only_its_loss_trains(demo_arrays, tiny, tmp_path):
+    """Pretraining reads only the documented interface: a model without loss parts (no loss_ins) trains and logs
+    no chance ratio instead of failing."""
+    cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=1, batch_size=16,
+                    model_args=dict(queue_size=32))
+    proc = cls(cfg)
+    forward = proc.raw_model.forward
+    proc.raw_model.forward = lambda *args, **kwargs: {"loss": forward(*args, **kwargs)["loss"]}
+    proc.start()
+    assert "train/loss" in proc.stats[0] and not any(k.endswith("_over_chance") for k in proc.stats[0])

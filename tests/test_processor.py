@@ -161,7 +161,7 @@ def test_resume_with_two_workers_and_evaluation_is_bitwise_exact(small, tiny, tm
     (dict(model_args=dict(swap_params=[[2, 3, 7, 11, -1, 1.0]])), "each row must be"),
     (dict(model_args=dict(swap_params=[[2, 3, 7, 11, 1, float("nan")]])), "a finite weight"),
     (dict(model_args=dict(hidden_channels="four")),
-     "key 'model_args.hidden_channels' in model_args: expected int like the default 16, got 'four'"),
+     "key 'encoder.hidden_channels' in encoder: expected int like the default 16, got 'four'"),
 ])
 def test_bad_config_values_are_one_line_errors_before_training(small, tiny, tmp_path, overrides, message):
     cls, cfg = tiny(PRETRAIN, small, tmp_path, **{**SMALL, **overrides,
@@ -191,8 +191,9 @@ def test_damaged_or_foreign_checkpoints_are_one_line_errors(small, tiny, tmp_pat
             pretrain(tiny, small, tmp_path / "a", num_epoch=2, resume=str(path))
         with pytest.raises(ConfigError, match=f"weights file {path}"):
             build(tiny, "linear_evaluation", small, tmp_path / "b", weights=str(path))
-    with pytest.raises(ConfigError, match="was trained with model_args.hidden_channels 4, this run has 8"):
-        pretrain(tiny, small, tmp_path / "c", num_epoch=2, resume=str(good), model_args=dict(hidden_channels=8))
+    with pytest.raises(ConfigError, match="was trained with encoder.hidden_channels 4, this run has 8"):
+        pretrain(tiny, small, tmp_path / "c", num_epoch=2, resume=str(good),
+                 model_args=dict(SMALL["model_args"], hidden_channels=8))
     with pytest.raises(ConfigError, match=f"resume checkpoint {good} is at epoch 1, num_epoch is 1: nothing left"):
         pretrain(tiny, small, tmp_path / "d", resume=str(good))
     cls, cfg = tiny("linear_evaluation", small, tmp_path / "lin", weights=str(good), num_epoch=1,
@@ -261,7 +262,7 @@ def test_resuming_an_older_checkpoint_refuses_to_replace_later_ones(small, tiny,
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(model_args=dict(hidden_channels=8)), "model_args.hidden_channels 4, this run has 8"),
+    (dict(model_args=dict(hidden_channels=8)), "encoder.hidden_channels 4, this run has 8"),
     (dict(batch_size=16, model_args=dict(queue_size=16)), "batch_size 8, this run has 16"),
     (dict(method="skeletonclr"), "method 'skelemixclr', this run has 'skeletonclr'"),
 ])

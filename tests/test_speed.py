@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
+from flat import classifier
 
-from net.st_gcn import Model
 from net.st_gcn_fast import _keep_mask
 from processor import configure
 from tools import benchmark
@@ -22,7 +22,7 @@ TINY = dict(hidden_channels=4, hidden_dim=16, dropout=0.0)
 
 def tiny_encoder(**kwargs):
     torch.manual_seed(0)
-    return Model(**dict(TINY, num_class=6, **kwargs))
+    return classifier(**dict(TINY, num_class=6, **kwargs))
 
 
 def clips(n=4, t=16, seed=1):
@@ -43,7 +43,7 @@ def test_dropout_mask_rate_scale_and_layout():
         assert abs(kept.float().mean().item() - (1 - p)) < 0.01  # 102400 draws: 0.01 is > 6 sigma
     bits = torch.stack([_keep_mask(y, 0.5).flatten() for _ in range(2)])
     assert not torch.equal(bits[0], bits[1])
-    model = Model(**dict(TINY, dropout=0.5)).eval()
+    model = classifier(**dict(TINY, dropout=0.5)).eval()
     torch.testing.assert_close(model(clips()), model(clips()))  # no dropout in eval mode
 
 

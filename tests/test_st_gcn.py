@@ -1,12 +1,15 @@
-"""ST-GCN encoder: the readable forward against docs/method.md §2 written out, the fast kernels against it."""
+"""ST-GCN encoder: the readable forward against docs/method.md §2 written out, the fast kernels against it; the
+pooling around it (net/encoders.py, net/skelemix.py) against explicit means."""
 import copy
 
 import pytest
 import torch
 import torch.nn as nn
+from flat import classifier
 
-from net import st_gcn_fast
-from net.st_gcn import Model, masked_pool
+from net.encoders import build_encoder, pool
+from net.skelemix import check_mask, masked_pool
+from net.st_gcn import STGCN
 
 STRIDES = [1, 1, 1, 1, 2, 1, 1, 2, 1, 1]  # docs/method.md §2 temporal stride of the 10 blocks
 
@@ -93,7 +96,7 @@ def tiny_model(**kwargs):
     """Same structure as the full model (residual convs in blocks 4, 7, 9) at a tiny width."""
     torch.manual_seed(0)
     args = dict(in_channels=3, hidden_channels=4, hidden_dim=24, num_class=5, dropout=0.0)
-    return Model(**dict(args, **kwargs))
+    return classifier(**dict(args, **kwargs))
 
 
 def randomise(model, seed=1):
@@ -123,19 +126,19 @@ def sample_input(n=3, t=16, seed=2):
 def readable(model):
     """A copy of the model that runs the forward written in net/st_gcn.py (`kernels: reference`)."""
     model = copy.deepcopy(model)
-    model.kernels = "reference"
+    model.encoder.kernels = "reference"
     return model
 
 
 def reference(model, x):
     """The readable forward on a copy of the model: feature map and output."""
     model = readable(model)
-    return model.features_map(x), model(x)
+    return model.encoder(x), model(x)
 
 
 def test_fast_kernels_equal_readable_forward():
     """kernels: fast (net/st_gcn_fast.py) against the readable forward in float64, in training mode:
-    forward, forward_masked and forward_grouped outputs, every gradient and every BN running statistic."""
+    forward, masked pooling and stacked outputs, every gradient and every BN running statistic."""
     torch.manual_seed(0)
     fast = randomise(tiny_model()).double().train()
     slow = readable(fast)
@@ -147,9 +150,10 @@ def test_fast_kernels_equal_readable_forward():
         # backward after each call: a later call's running-statistics update would bump what BN saved
         out = model(x)
         out.sum().backward()
-        p, c = model.forward_masked(x, mask)
+        p, c = map(model.fc, masked_pool(model.encoder(x), mask))
         (p * c).sum().backward()
-        q, (gp, gc) = model.forward_grouped(torch.cat([x, x.flip(0)]), masks)
+        maps = model.encoder.forward_stacked(torch.cat([x, x.flip(0)]), 2)
+        q, (gp, gc) = model.fc(pool(maps[0])), map(model.fc, masked_pool(maps[1], masks[1]))
         ((q * gp).sum() + gc.square().sum()).backward()
         outputs.append([out, p, c, q, gp, gc])
     assert outputs[1][0].abs().max() > 0.1  # the comparison is not between two near-zero tensors
@@ -170,7 +174,7 @@ def test_forward_matches_reference(training):
     x = sample_input().double()
     fmap_ref, logits_ref = reference(model, x)
     with torch.no_grad():
-        fmap, logits = model.features_map(x), model(x)
+        fmap, logits = model.encoder(x), model(x)
     assert fmap.shape == (3, 2, 24, 4, 25) and logits.shape == (3, 5)
     assert logits_ref.abs().max() > 0.1  # the comparison is not between two near-zero tensors
     torch.testing.assert_close(fmap, fmap_ref, atol=1e-10, rtol=1e-10)
@@ -180,7 +184,7 @@ def test_forward_matches_reference(training):
 def test_readable_block_is_method_order():
     """The readable block is docs/method.md §2 written out: 1x1 conv, sum over subsets of x_k A_k, tcn, residual."""
     model = randomise(tiny_model()).double().eval()
-    block, A = model.st_gcn_networks[4], model.A * model.edge_importance[4]
+    block, A = model.encoder.st_gcn_networks[4], model.encoder.A * model.encoder.edge_importance[4]
     x = torch.randn(2, 4, 16, 25, dtype=torch.float64)
     y = block.gcn.conv(x)
     y = sum(torch.matmul(y[:, 8 * k:8 * (k + 1)], A[k]) for k in range(3))
@@ -193,7 +197,7 @@ def test_return_features_is_pooled_feature_map():
     model = randomise(tiny_model()).eval()
     x = sample_input()
     with torch.no_grad():
-        fmap, pooled = model.features_map(x), model(x, return_features=True)
+        fmap, pooled = model.encoder(x), model(x, return_features=True)
     torch.testing.assert_close(pooled, fmap.mean(dim=(1, 3, 4)), atol=1e-6, rtol=0)
 
 
@@ -207,13 +211,12 @@ def explicit_masked_means(fmap, mask):
     return torch.stack(ps), torch.stack(cs)
 
 
-@pytest.mark.parametrize("pool", [masked_pool, st_gcn_fast.masked_pool])
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_masked_pool_equals_explicit_means(per_sample, pool):
+def test_masked_pool_equals_explicit_means(per_sample):
     g = torch.Generator().manual_seed(3)
     fmap = torch.randn(4, 2, 6, 5, 25, generator=g)
     mask = torch.rand((4, 5, 25) if per_sample else (5, 25), generator=g) > 0.6
-    p, c = pool(fmap, mask)
+    p, c = masked_pool(fmap, mask)
     p_ref, c_ref = explicit_masked_means(fmap, mask)
     torch.testing.assert_close(p, p_ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(c, c_ref, atol=1e-6, rtol=0)
@@ -228,11 +231,9 @@ def test_pooling_in_fp16_at_large_activations_stays_finite():
     mask[4:12, 3:10] = True
     p_ref, c_ref = explicit_masked_means(fmap, mask)
     p, c = masked_pool(fmap.half(), mask)
-    fast_p, fast_c = st_gcn_fast.masked_pool(fmap.half(), mask)
-    joints_major = fmap.permute(4, 0, 1, 3, 2)[:, :, :, :, None].half()  # (V, N, M, T', 1, C)
-    grouped = st_gcn_fast.grouped_pool(joints_major, [mask])
-    for value, expected in ((p, p_ref), (c, c_ref), (fast_p, p_ref), (fast_c, c_ref), (grouped[:, 0, 0], p_ref),
-                            (grouped[:, 0, 1], c_ref)):
+    joints_major = fmap.permute(4, 0, 1, 3, 2).half().permute(1, 2, 4, 3, 0)  # the fast kernels' layout
+    fast_p, fast_c = masked_pool(joints_major, mask)
+    for value, expected in ((p, p_ref), (c, c_ref), (fast_p, p_ref), (fast_c, c_ref)):
         assert value.dtype == torch.float16 and torch.isfinite(value).all()
         torch.testing.assert_close(value.double(), expected, atol=0.2, rtol=0)  # fp16 spacing at 100: 0.0625
 
@@ -245,8 +246,8 @@ def test_forward_with_mask_returns_fc_of_masked_means():
     fmap_ref, _ = reference(model, x)
     p_ref, c_ref = explicit_masked_means(fmap_ref, mask)
     with torch.no_grad():
-        p, c = model.forward_masked(x, mask, return_features=True)
-        fc_p, fc_c = model.forward_masked(x, mask)
+        p, c = masked_pool(model.encoder(x), mask)
+        fc_p, fc_c = model.fc(p), model.fc(c)
     torch.testing.assert_close(p, p_ref, atol=1e-10, rtol=0)
     torch.testing.assert_close(c, c_ref, atol=1e-10, rtol=0)
     torch.testing.assert_close(fc_p, p_ref @ model.fc.weight.T + model.fc.bias, atol=1e-10, rtol=0)
@@ -254,9 +255,8 @@ def test_forward_with_mask_returns_fc_of_masked_means():
 
 
 def test_bad_mask_shape_is_named():
-    model = tiny_model().eval()
-    with pytest.raises(ValueError, match=r"\(16, 25\)"):
-        model.forward_masked(sample_input(), torch.ones(16, 25, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(4, 25\).*got torch.bool \(16, 25\)"):
+        check_mask(torch.ones(16, 25, dtype=torch.bool), 3, tiny_model().encoder(sample_input()).shape[3:])
 
 
 def test_state_dict_has_release_names_and_loads_strictly():
@@ -278,20 +278,21 @@ def test_without_edge_importance():
 
 
 def test_temporal_stride_and_defaults():
-    model = Model()
-    assert model.temporal_stride == 4
+    model = classifier()
+    encoder = model.encoder
+    assert encoder.temporal_stride == 4 and encoder.out_channels == 256
     assert model.fc.in_features == 256 and model.fc.out_features == 60
-    widths = [b.gcn.conv.out_channels // 3 for b in model.st_gcn_networks]
+    widths = [b.gcn.conv.out_channels // 3 for b in encoder.st_gcn_networks]
     assert widths == [16] * 4 + [32] * 3 + [64] * 2 + [256]
-    assert [b.tcn[2].stride[0] for b in model.st_gcn_networks] == STRIDES
-    assert all(b.tcn[4].p == 0.5 for b in model.st_gcn_networks[1:])  # dropout from block 1 on
-    assert not isinstance(model.st_gcn_networks[0].tcn[4], nn.Dropout)
-    assert "A" in model.state_dict() and model.A.shape == (3, 25, 25)
+    assert [b.tcn[2].stride[0] for b in encoder.st_gcn_networks] == STRIDES
+    assert all(b.tcn[4].p == 0.5 for b in encoder.st_gcn_networks[1:])  # dropout from block 1 on
+    assert not isinstance(encoder.st_gcn_networks[0].tcn[4], nn.Dropout)
+    assert "A" in model.state_dict() and encoder.A.shape == (3, 25, 25)
 
 
 def test_init_statistics():
     torch.manual_seed(0)
-    model = Model()
+    model = classifier()
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     weights = torch.cat([m.weight.flatten() for m in layers])
@@ -300,7 +301,7 @@ def test_init_statistics():
     assert abs(weights.mean()) < 1e-3 and abs(weights.std() - 0.02) < 1e-3
     assert abs(bn_w.mean() - 1) < 3e-3 and abs(bn_w.std() - 0.02) < 3e-3
     assert biases.abs().max() == 0 and bn_b.abs().max() == 0
-    assert all(torch.equal(p, torch.ones(3, 25, 25)) for p in model.edge_importance)
+    assert all(torch.equal(p, torch.ones(3, 25, 25)) for p in model.encoder.edge_importance)
 
 
 def test_init_weights_covers_a_replaced_fc():
@@ -316,13 +317,13 @@ def test_channels_last_gives_the_same_output_and_gradients():
     x = sample_input()
     ref = model(x)
     ref.sum().backward()
-    ref_grad = model.st_gcn_networks[3].gcn.conv.weight.grad.clone()
+    ref_grad = model.encoder.st_gcn_networks[3].gcn.conv.weight.grad.clone()
     model.zero_grad()
     model = model.to(memory_format=torch.channels_last)
     out = model(x)
     out.sum().backward()
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(model.st_gcn_networks[3].gcn.conv.weight.grad, ref_grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.encoder.st_gcn_networks[3].gcn.conv.weight.grad, ref_grad, atol=1e-4, rtol=1e-4)
 
 
 def test_other_layout_and_unknown_argument():
@@ -330,6 +331,8 @@ def test_other_layout_and_unknown_argument():
     x = torch.randn(2, 3, 8, 17, 1)
     assert model(x).shape == (2, 5)
     with pytest.raises(TypeError, match="hidden_channel"):
-        Model(hidden_channel=8)
-    with pytest.raises(ValueError, match="model_args.kernels must be one of fast, reference, got 'slow'"):
-        Model(kernels="slow")
+        STGCN(hidden_channel=8)
+    with pytest.raises(ValueError, match="encoder STGCN: .*unexpected keyword argument 'hidden_channel'"):
+        build_encoder(dict(name="st_gcn", hidden_channel=8))
+    with pytest.raises(ValueError, match="encoder.kernels must be one of fast, reference, got 'slow'"):
+        STGCN(kernels="slow")

@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 if __package__ in (None, ""):  # run as a script: the repository root on sys.path
     import _bootstrap  # noqa: F401
-import net.st_gcn as st_gcn  # noqa: E402
+from net.encoders import Classifier  # noqa: E402
 from net.moco import MoCo  # noqa: E402
 from processor import configure  # noqa: E402
 from tools.benchmark_options import encoder_only, speed_options  # noqa: E402
@@ -75,7 +75,7 @@ def encoder_figures(args, model_args, option, device):
     FLOPs and, for compile, the seconds of the compiling call."""
     torch.manual_seed(0)
     set_numerics(tf32=option.get("tf32", False))  # as the processors do for their config
-    model = st_gcn.Model(**model_args).to(device).train()
+    model = Classifier(dict(model_args)).to(device).train()  # model_args: the encoder's own
     if option.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     x = torch.randn(args.encoder_batch, 3, args.frames, 25, 2, device=device)

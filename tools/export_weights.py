@@ -13,7 +13,9 @@ if not __package__:
 
 import torch  # noqa: E402
 
-from net.moco import MoCo  # noqa: E402
+from net.methods import pretraining_model  # noqa: E402
+from net.utils.layouts import DEFAULT_LAYOUT, get_layout  # noqa: E402
+from processor.flat_config import nest  # noqa: E402
 from torchlight.checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
 
 FINGERPRINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights",
@@ -29,10 +31,11 @@ def sha256(path):
 def fingerprint(state):
     """The first 8 pooled features of a fixed random clip through the shipped encoder, in eval mode: a change
     of the weights, of the encoder or of how they load shows here."""
-    args = {k: v for k, v in state["config"]["model_args"].items() if k != "num_class"}
-    encoder = MoCo(**args).encoder_q.eval()
+    config = nest(state["config"])
+    layout = config.get("layout") or DEFAULT_LAYOUT
+    encoder = pretraining_model(config.get("encoder"), layout, **config["model_args"]).encoder_q.eval()
     encoder.load_state_dict({k.removeprefix("encoder_q."): v for k, v in state["model"].items()})
-    joints = encoder.A.shape[-1]
+    joints = get_layout(layout).num_joints
     x = torch.randn(2, 3, 32, joints, 1, generator=torch.Generator().manual_seed(0))
     return encoder(x, return_features=True)[:, :8].flatten().tolist()
 

@@ -7,7 +7,6 @@ Without --weights the encoder is randomly initialised (the baseline picture to c
 size (--model_args) and --stream default to those recorded in the checkpoint's config (ours carry it).
 """
 import argparse
-import inspect
 import os
 
 import numpy as np
@@ -18,9 +17,10 @@ if __package__ in (None, ""):  # run as a script: the repository root on sys.pat
     import _bootstrap  # noqa: F401
 from feeder.feeder import Feeder  # noqa: E402
 from feeder.streams import STREAMS, to_stream  # noqa: E402
-from net.st_gcn import Model  # noqa: E402
-from net.utils.layouts import model_layout  # noqa: E402
-from processor.evaluation import IGNORE_WEIGHTS, load_encoder  # noqa: E402
+from net.encoders import Classifier  # noqa: E402
+from net.utils.layouts import DEFAULT_LAYOUT  # noqa: E402
+from net.weights import IGNORE_WEIGHTS, load_encoder  # noqa: E402
+from processor.flat_config import nest  # noqa: E402
 from torchlight.checkpoint import read_checkpoint  # noqa: E402
 from torchlight.util import select_device  # noqa: E402
 
@@ -34,11 +34,17 @@ def recorded_config(weights):
     return (state.get("config") if isinstance(state, dict) else None) or {}
 
 
-def encoder_args(model_args):
-    """The ST-GCN's own arguments among a run's `model_args` (a pretraining run's also hold MoCo's); not
-    num_class, the size of a classifier the picture does not use."""
-    own = inspect.signature(Model).parameters
-    return {k: v for k, v in model_args.items() if k in own and k != "num_class"}
+def encoder_and_layout(args, recorded):
+    """(encoder, layout): --encoder, else --model_args (the release's flat form), else the checkpoint's config's."""
+    given = {"encoder": args.encoder} if args.encoder is not None else \
+        {"model_args": args.model_args} if args.model_args is not None else None
+    if given is not None:
+        (key, text), = given.items()
+        given = {key: yaml.safe_load(text) or {}}
+        if not isinstance(given[key], dict):
+            raise ValueError(f"--{key} must be a YAML mapping, got {text!r}")
+    config, saved = nest(given if given is not None else recorded), nest(recorded)
+    return config.get("encoder") or {}, config.get("layout") or saved.get("layout") or DEFAULT_LAYOUT
 
 
 def has_sklearn():
@@ -125,8 +131,9 @@ def parse_args(argv=None):
     parser.add_argument("--weights", help="checkpoint (ours or the original release's); random encoder if omitted")
     parser.add_argument("--data_path", required=True, help="a *_position.npy array (N, 3, T, V, M)")
     parser.add_argument("--label_path", required=True, help="its label file (.pkl or .npy)")
-    parser.add_argument("--model_args", help="encoder arguments as YAML, e.g. '{hidden_dim: 256}' "
-                                             "(default: the checkpoint's, else the ST-GCN defaults)")
+    parser.add_argument("--encoder", help="the encoder as YAML, e.g. '{name: st_gcn, hidden_dim: 256}' "
+                                          "(default: the checkpoint's, else the default encoder)")
+    parser.add_argument("--model_args", help="the release's flat form of --encoder, e.g. '{hidden_dim: 256}'")
     parser.add_argument("--stream", choices=STREAMS, help="default: the checkpoint's, else joint")
     parser.add_argument("--max_clips", type=int, default=2000, help="a random subset of this many clips")
     parser.add_argument("--method", choices=("auto", "tsne", "pca"), default="auto")
@@ -141,23 +148,14 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         recorded = recorded_config(args.weights)
-        if args.model_args is None:
-            model_args = encoder_args(recorded.get("model_args") or {})
-        else:
-            model_args = yaml.safe_load(args.model_args) or {}
+        encoder, layout = encoder_and_layout(args, recorded)
         stream = args.stream or recorded.get("stream", "joint")
-        if not isinstance(model_args, dict):
-            raise ValueError(f"--model_args must be a YAML mapping, got {args.model_args!r}")
         if args.max_clips < 1:
             raise ValueError(f"--max_clips must be >= 1, got {args.max_clips}")
         method = resolve_method(args.method)
-        layout = model_layout(model_args)
         dataset = Feeder(args.data_path, args.label_path, layout=layout)
         torch.manual_seed(args.seed)
-        try:
-            model = Model(**model_args)
-        except TypeError as err:
-            raise ValueError(f"--model_args: {err}") from None
+        model = Classifier(encoder, layout=layout)
         if args.weights:
             load_encoder(model, args.weights, IGNORE)
         device = select_device(args.device)
@@ -172,7 +170,7 @@ def main(argv=None):
     name = {"tsne": "t-SNE", "pca": "PCA"}[method]
     plot(points, labels, f"{name} of {len(points)} clips, {stream} stream, {source}", args.out)
     print(f"wrote {args.out}: {method} of {len(points)} clips, {len(np.unique(labels))} classes, {stream} stream, "
-          f"model_args {model_args}")
+          f"encoder {encoder}")
 
 
 if __name__ == "__main__":

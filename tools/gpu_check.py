@@ -28,7 +28,7 @@ import torch.nn as nn  # noqa: E402
 
 if __package__ in (None, ""):  # run as a script: the repository root on sys.path
     import _bootstrap  # noqa: F401
-from net.moco import MoCo  # noqa: E402
+from net.methods import pretraining_model  # noqa: E402
 from net.st_gcn_fast import grouped_batch_norm  # noqa: E402
 from processor import configure  # noqa: E402
 from tools import gpu_check_runs as runs  # noqa: E402
@@ -93,9 +93,10 @@ class Checks:
         set_numerics(tf32=False)
         for amp, dtype in AMPS.items():
             torch.manual_seed(0)
-            fused = MoCo(hidden_channels=4 if self.args.quick else 8, hidden_dim=16 if self.args.quick else 32,
-                         dropout=0.0, feature_dim=16, queue_size=64, head="mlp_bn", temperature=0.2,
-                         swap_params=[[2, 3, 1, 2, 3, 1.0]], fused_queries=True).to(self.device)
+            encoder = dict(hidden_channels=4 if self.args.quick else 8, hidden_dim=16 if self.args.quick else 32,
+                           dropout=0.0)
+            fused = pretraining_model(encoder, feature_dim=16, queue_size=64, head="mlp_bn", temperature=0.2,
+                                      swap_params=[[2, 3, 1, 2, 3, 1.0]], fused_queries=True).to(self.device)
             fused = fused.double() if amp == "fp64" else fused
             separate = copy.deepcopy(fused)
             separate.fused_queries = False
@@ -104,9 +105,10 @@ class Checks:
             out = {}
             for name, model in (("fused", fused), ("separate", separate)):
                 calls = []  # the query encoder's entry points, wrapped on this instance to count its calls
-                for entry in ("forward", "forward_masked", "forward_grouped"):
-                    method = getattr(model.encoder_q, entry)
-                    setattr(model.encoder_q, entry, lambda *a, m=method, c=calls, **k: c.append(1) or m(*a, **k))
+                encoder = model.encoder_q.encoder
+                for entry in ("forward", "forward_stacked"):
+                    method = getattr(encoder, entry)
+                    setattr(encoder, entry, lambda *a, m=method, c=calls, **k: c.append(1) or m(*a, **k))
                 with torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                     loss = model(views, generator=torch.Generator().manual_seed(3))["loss"]
                 loss.backward()

@@ -11,12 +11,19 @@ class ConfigError(ValueError):
     """A bad configuration: the message names the file, key or value."""
 
 
+def replaces(old, new):
+    """Whether mapping `new` replaces `old` instead of merging into it: it names another component (another
+    `name`, as `encoder: {name: ctrgcn, ...}` over `encoder: {name: st_gcn, hidden_channels: 8}`)."""
+    return isinstance(old, dict) and isinstance(new, dict) and new.get("name", old.get("name")) != old.get("name")
+
+
 def deep_merge(*dicts):
     """Nested dicts merged left to right (later wins): the one merge of configs assembled from several places."""
     out = {}
     for d in dicts:
         for k, v in (d or {}).items():
-            out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+            merge_into = isinstance(v, dict) and isinstance(out.get(k), dict) and not replaces(out[k], v)
+            out[k] = deep_merge(out[k], v) if merge_into else v
     return out
 
 
@@ -90,6 +97,10 @@ def _set(cfg, path, value, source, defaults):
             raise ConfigError(f"key {'.'.join(path)!r} in {source}: {part!r} is not a mapping")
         node = node[part]
     leaf = path[-1]
+    if replaces(node.get(leaf), value):
+        node[leaf] = {}
+    if leaf == "name" and len(path) > 1 and node.get("name", value) != value:
+        node.clear()  # `--encoder.name other`: another component, without the previous one's arguments
     if isinstance(node.get(leaf), dict) and isinstance(value, dict):
         for k, v in value.items():
             _set(cfg, path + [k], v, source, defaults)

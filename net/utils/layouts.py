@@ -103,11 +103,6 @@ JOINT_MAPS = {
 DEFAULT_LAYOUT = "ntu-rgb+d"  # NTU RGB+D's 25 joints: every model, feeder and tool unless told otherwise
 
 
-def model_layout(model_args):
-    """The skeleton layout `model_args` name (`graph_args.layout`), else DEFAULT_LAYOUT."""
-    return ((model_args or {}).get("graph_args") or {}).get("layout", DEFAULT_LAYOUT)
-
-
 def get_layout(name):
     """The registered layout called `name`, or a one-line error listing the known ones."""
     if isinstance(name, Layout):

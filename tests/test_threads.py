@@ -27,6 +27,8 @@ def test_narrow_models_take_one_thread_wide_ones_every_core(monkeypatch):
     assert threads.choose_threads("auto", model_of(threads.NARROW_PARAMETERS - 1)) == 1
     assert threads.choose_threads("auto", model_of(threads.NARROW_PARAMETERS)) == os.cpu_count()
     assert threads.choose_threads(3, model_of(10)) == 3  # the config's number wins
+    lazy = torch.nn.Sequential(torch.nn.LazyLinear(10), torch.nn.Linear(10, 10))  # the raw-joint probe's kind
+    assert threads.choose_threads("auto", lazy) == 1
 
 
 def test_the_users_omp_num_threads_wins(monkeypatch, restore_threads):

@@ -28,7 +28,8 @@ def choose_threads(requested, model):
         return int(requested)
     if USER_THREADS:
         return torch.get_num_threads()
-    narrow = sum(p.numel() for p in model.parameters()) < NARROW_PARAMETERS
+    from torch.nn.parameter import is_lazy  # a lazy layer (the raw-joint probe's) has no size yet: it counts 0
+    narrow = sum(p.numel() for p in model.parameters() if not is_lazy(p)) < NARROW_PARAMETERS
     return 1 if narrow else os.cpu_count() or 1
 
 

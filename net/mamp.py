@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from net.utils.layouts import DEFAULT_LAYOUT, get_layout
+
 ENCODER_PREFIXES = ("joints_embed.", "blocks.", "norm.", "temp_embed", "pos_embed")
 
 
@@ -89,13 +91,13 @@ class MAMPTransformer(nn.Module):
         dim_feat: token width, the feature map's channels
         depth, num_heads, mlp_ratio: the transformer's
         num_frames: longest clip; the temporal embedding has num_frames / t_patch_size steps
-        num_joints: joints V (one token per joint)
+        layout: the skeleton layout of net/utils/layouts.py: its V joints are V tokens per step
         t_patch_size: frames per token, the temporal stride
         drop_path_rate: stochastic depth, rising linearly to this value over the blocks (fine-tuning: 0.3)
     """
 
     def __init__(self, in_channels=3, dim_feat=256, depth=8, num_heads=8, mlp_ratio=4, num_frames=120,
-                 num_joints=25, t_patch_size=4, drop_path_rate=0.0):
+                 layout=DEFAULT_LAYOUT, t_patch_size=4, drop_path_rate=0.0):
         super().__init__()
         if num_frames % t_patch_size:
             raise ValueError(f"MAMP num_frames {num_frames} is not a multiple of t_patch_size {t_patch_size}")
@@ -104,7 +106,7 @@ class MAMPTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim_feat, num_heads, mlp_ratio, rate) for rate in rates)
         self.norm = nn.LayerNorm(dim_feat)
         self.temp_embed = nn.Parameter(torch.zeros(1, num_frames // t_patch_size, 1, dim_feat))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1, num_joints, dim_feat))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1, get_layout(layout).num_joints, dim_feat))
         self.out_channels = dim_feat
         self.temporal_stride = t_patch_size
         self.init_weights()

@@ -82,3 +82,9 @@ def test_wrong_bodies_or_joints_are_refused():
         CTRGCN(base_channel=8)(torch.randn(1, 3, 16, 25, 1))
     with pytest.raises(ValueError, match="multiple of its 4 temporal branches"):
         CTRGCN(base_channel=6)
+
+
+def test_graph_comes_from_the_layout():
+    model = CTRGCN(base_channel=8, num_person=1, layout="kinect-v1").eval()
+    assert model.l1.gcn1.PA.shape == (3, 20, 20)
+    assert model(torch.randn(1, 3, 16, 20, 1)).shape == (1, 1, 32, 4, 20)

@@ -75,3 +75,8 @@ def test_stochastic_depth_only_in_training():
 def test_clips_the_embedding_cannot_take_are_refused(shape):
     with pytest.raises(ValueError, match="MAMP encoder takes V=25 joints"):
         MAMPTransformer(**SMALL)(torch.randn(shape))
+
+
+def test_layout_sets_the_joint_tokens():
+    model = MAMPTransformer(dim_feat=32, depth=1, num_heads=4, layout="kinect-v1").eval()
+    assert model(torch.randn(1, 3, 32, 20, 1)).shape == (1, 1, 32, 8, 20)

@@ -133,6 +133,7 @@ class Block(nn.Module):
 
 class CTRGCN(nn.Module):
     """CTR-GCN encoder: data BN over (body, joint, coordinate), then 10 blocks `l1`..`l10` (paper §3.5).
+    The network around it (net/encoders.py, `Network`) calls `init_weights`, the official initialisation.
 
     Widths base, base, base, base, 2·base (stride 2), 2·base, 2·base, 4·base (stride 2), 4·base, 4·base.
 
@@ -156,7 +157,6 @@ class CTRGCN(nn.Module):
             self.add_module(f"l{i + 1}", Block(cin, cout, A, stride, residual=i > 0, adaptive=adaptive))
         self.out_channels = 4 * b
         self.temporal_stride = math.prod(stride for _, _, stride in plan)
-        self.init_weights()
 
     def blocks(self):
         return [getattr(self, f"l{i}") for i in range(1, 11)]
@@ -191,9 +191,9 @@ class CTRGCN(nn.Module):
         return x.view(n, m, *x.shape[1:])
 
 
-def official_state_dict(state_dict):
-    """An official CTR-GCN state dict (optionally saved from DataParallel, `module.` prefixes) mapped to
-    this encoder's keys: returns (kept, dropped), dropped naming the classifier keys left out."""
-    state_dict = {k.removeprefix("module."): value for k, value in state_dict.items()}
-    kept = {k: value for k, value in state_dict.items() if k not in CLASSIFIER}
-    return kept, sorted(k for k in state_dict if k in CLASSIFIER)
+def official_state_dict(state):
+    """net/weights.py's hook: an official CTR-GCN state dict (as net/weights.py hands it: the tensors by name,
+    `module.` prefixes stripped) in this encoder's keys. Returns (kept, dropped): dropped names the
+    classifier keys left out."""
+    kept = {k: value for k, value in state.items() if k not in CLASSIFIER}
+    return kept, sorted(k for k in state if k in CLASSIFIER)

@@ -25,8 +25,8 @@ from torchlight.util import import_class
 # short name -> encoder class, by dotted name (one line per encoder file) or the class itself
 ENCODERS = {
     "st_gcn": "net.st_gcn.STGCN",
-    # "ctrgcn": "net.ctrgcn.CTRGCN",  (CTR-GCN, its own file)
-    # "mamp": "net.mamp.MAMP",  (MAMP's transformer, its own file)
+    "ctrgcn": "net.ctrgcn.CTRGCN",
+    "mamp": "net.mamp.MAMPTransformer",
 }
 DEFAULT_ENCODER = "st_gcn"
 

@@ -85,6 +85,7 @@ class Block(nn.Module):
 
 class MAMPTransformer(nn.Module):
     """MAMP's encoder: joint embedding, + spatial and temporal position embeddings, `depth` blocks, LayerNorm.
+    The network around it (net/encoders.py, `Network`) calls `init_weights`, the official initialisation.
 
     Args:
         in_channels: coordinates per joint
@@ -109,7 +110,6 @@ class MAMPTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1, get_layout(layout).num_joints, dim_feat))
         self.out_channels = dim_feat
         self.temporal_stride = t_patch_size
-        self.init_weights()
 
     def init_weights(self):
         """The official initialisation: position embeddings ~ N(0, 0.02) truncated at ±2, linear layers
@@ -141,10 +141,9 @@ class MAMPTransformer(nn.Module):
         return x.view(n, m, steps, v, -1).permute(0, 1, 4, 2, 3)
 
 
-def official_state_dict(checkpoint):
-    """An official MAMP checkpoint `{'model': state_dict}` (pretraining or linear / fine-tuning) mapped to
-    this encoder's keys: returns (kept, dropped), dropped naming the decoder, mask token and head keys."""
-    state_dict = checkpoint["model"] if "model" in checkpoint else checkpoint
-    state_dict = {k.removeprefix("module."): value for k, value in state_dict.items()}
-    kept = {k: value for k, value in state_dict.items() if k.startswith(ENCODER_PREFIXES)}
-    return kept, sorted(k for k in state_dict if k not in kept)
+def official_state_dict(state):
+    """net/weights.py's hook: the state dict of an official MAMP checkpoint `{'model': state_dict}` (pretraining
+    or linear / fine-tuning; net/weights.py reads it from under 'model', `module.` prefixes stripped) in this
+    encoder's keys. Returns (kept, dropped): dropped names the decoder, mask token and head keys."""
+    kept = {k: value for k, value in state.items() if k.startswith(ENCODER_PREFIXES)}
+    return kept, sorted(k for k in state if k not in kept)

@@ -36,11 +36,24 @@ def test_names_and_shapes_are_the_official_ones_less_the_classifier():
     assert all(shapes[k] == expected[k] for k in shapes)
 
 
-def test_official_state_dict_strips_dataparallel_and_names_the_classifier():
-    state = {f"module.{k}": torch.zeros(shape) for k, shape in official_keys().items()}
+def test_official_state_dict_names_the_classifier():
+    state = {k: torch.zeros(shape) for k, shape in official_keys().items()}
     kept, dropped = official_state_dict(state)
     assert dropped == ["fc.bias", "fc.weight"]
     CTRGCN().load_state_dict(kept, strict=True)
+
+
+def test_a_dataparallel_official_file_loads_through_net_weights_without_its_classifier(tmp_path):
+    """net/weights.py strips `module.` and calls the hook although every key is the network's own: the official
+    classifier `fc` (here of the classifier's very shape) is dropped, not loaded into the new classifier."""
+    from net.encoders import Classifier
+    from net.weights import load_encoder
+    model = Classifier({"name": "ctrgcn", "base_channel": 8}, num_class=60)
+    state = {f"module.{k}": torch.full(v.shape, 0.5) for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "official.pt")
+    loaded, dropped, missing = load_encoder(model, str(tmp_path / "official.pt"))
+    assert dropped == missing == ["fc.bias", "fc.weight"] and len(loaded) == len(state) - 2
+    assert torch.all(model.encoder.l1.gcn1.PA == 0.5) and not torch.all(model.fc.weight == 0.5)
 
 
 def test_graph_is_the_official_adjacency():

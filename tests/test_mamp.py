@@ -30,8 +30,7 @@ def test_names_and_shapes_are_the_official_encoder():
 
 @pytest.mark.parametrize("model", ["linprobe", "pretrain"])
 def test_official_checkpoints_load_naming_what_is_dropped(model):
-    checkpoint = {"model": {k: torch.zeros(shape) for k, shape in KEYS[model].items()}}
-    kept, dropped = official_state_dict(checkpoint)
+    kept, dropped = official_state_dict({k: torch.zeros(shape) for k, shape in KEYS[model].items()})
     MAMPTransformer().load_state_dict(kept, strict=True)
     heads = {"linprobe": {"head"}, "pretrain": {"decoder_blocks", "decoder_embed", "decoder_norm",
                                                  "decoder_pos_embed", "decoder_pred", "decoder_temp_embed",

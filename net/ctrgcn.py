@@ -147,6 +147,9 @@ class CTRGCN(nn.Module):
 
     def __init__(self, in_channels=3, base_channel=64, num_person=2, layout=DEFAULT_LAYOUT, adaptive=True):
         super().__init__()
+        if base_channel < 8:  # the blocks' relation convs have in_channels // 8 channels (the official rule)
+            raise ValueError(f"CTR-GCN base_channel must be at least 8 (its relation convs have base_channel // 8 "
+                             f"channels), got {base_channel}")
         A = torch.tensor(Graph(layout).A, dtype=torch.float32)
         self.num_person, self.num_joints = num_person, A.shape[-1]
         self.data_bn = nn.BatchNorm1d(num_person * in_channels * self.num_joints)

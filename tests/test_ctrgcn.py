@@ -94,7 +94,9 @@ def test_wrong_bodies_or_joints_are_refused():
     with pytest.raises(ValueError, match="M=2 bodies"):
         CTRGCN(base_channel=8)(torch.randn(1, 3, 16, 25, 1))
     with pytest.raises(ValueError, match="multiple of its 4 temporal branches"):
-        CTRGCN(base_channel=6)
+        CTRGCN(base_channel=10)
+    with pytest.raises(ValueError, match="base_channel must be at least 8 .*, got 4"):
+        CTRGCN(base_channel=4)
 
 
 def test_graph_comes_from_the_layout():

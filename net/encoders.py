@@ -9,9 +9,11 @@ The contract. An encoder is an `nn.Module`
 Nothing else: no classifier, no pooling, no masked pooling. Pooling (`pool`), SkeleMix's masked pooling
 (net/skelemix.py) and the heads (`Network`) are the method's.
 
-One optional capability: `forward_stacked(x, groups)`, where x stacks `groups` passes group-major
-(G·N clips), returns their G feature maps stacked (G, N, M, C', T', V), each pass with BatchNorm statistics
-of its own, as G separate `forward` calls in order would compute (a query and its mixes in one call).
+Two optional capabilities: `init_weights()`, called by the `Network` around the encoder once its head exists
+(ST-GCN's release initialisation, CTR-GCN's and MAMP's official ones), and `forward_stacked(x, groups)`: where
+x stacks `groups` passes group-major (G·N clips), it returns their G feature maps stacked (G, N, M, C', T', V),
+each pass with BatchNorm statistics of its own, as G separate `forward` calls in order would compute (a query
+and its mixes in one call).
 `feature_maps` uses it where an encoder has it and falls back to G calls otherwise.
 """
 import inspect
@@ -25,8 +27,8 @@ from torchlight.util import import_class
 # short name -> encoder class, by dotted name (one line per encoder file) or the class itself
 ENCODERS = {
     "st_gcn": "net.st_gcn.STGCN",
-    # "ctrgcn": "net.ctrgcn.CTRGCN",  (CTR-GCN, its own file)
-    # "mamp": "net.mamp.MAMP",  (MAMP's transformer, its own file)
+    "ctrgcn": "net.ctrgcn.CTRGCN",
+    "mamp": "net.mamp.MAMPTransformer",
 }
 DEFAULT_ENCODER = "st_gcn"
 

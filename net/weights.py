@@ -5,8 +5,10 @@ What is read, in order:
 - a state dict of tensors by name, bare or under 'model' (ours, the release's, MAMP's `{'model': ...}`);
 - `module.` prefixes (DataParallel, DDP) stripped; keys under an `ignore_weights` prefix dropped;
 - a contrastive wrapper's query encoder (`encoder_q.`) kept, everything else of it dropped;
-- where the keys are not the encoder's own and its file defines `official_state_dict(state)`, that hook's
-  renaming (an official CTR-GCN or MAMP state dict to the encoder's names); keys it leaves out are dropped.
+- where the keys are not the encoder's own (its classifier `fc.*` beside them counts as not: an official
+  CTR-GCN's is its classifier) and the state is no wrapper's query encoder, the hook of the encoder's file:
+  `official_state_dict(state)`, given the state dict read so far, returns it in the encoder's names, or
+  (it, the keys it dropped) (an official CTR-GCN or MAMP state dict); keys it leaves out are dropped.
 What is loaded must then have exactly the network's keys (its classifier `fc.*` may be missing) and shapes:
 otherwise one line names the file, the keys or the key and both shapes.
 """
@@ -41,11 +43,12 @@ def encoder_state(state, own, encoder, ignore_weights=()):
     """(state in the network's names, dropped keys): the steps of this module's docstring after reading."""
     dropped = [k for k in state if any(k.startswith(p) for p in ignore_weights)]
     state = {k: v for k, v in state.items() if k not in dropped}
-    if any(k.startswith("encoder_q.") for k in state):
+    wrapped = any(k.startswith("encoder_q.") for k in state)
+    if wrapped:
         dropped += [k for k in state if not k.startswith("encoder_q.")]
         state = {k.removeprefix("encoder_q."): v for k, v in state.items() if k.startswith("encoder_q.")}
     hook = official_hook(encoder)
-    if hook is not None and not set(state) <= set(own):
+    if hook is not None and not wrapped and not set(state) <= set(own) - CLASSIFIER_KEYS:
         renamed = hook(dict(state))
         # The hook returns the renamed state dict, or (it, the keys it dropped); without that list a key
         # whose tensor it did not pass on is the dropped one.

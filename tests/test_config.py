@@ -1,11 +1,13 @@
 """Config merging and the command line (torchlight.config, main.py)."""
 import glob
+import json
 import os
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 import main
@@ -305,10 +307,37 @@ def test_ntu_configs_print_the_papers_settings_as_before(name, path, capsys):
 
 
 def test_every_ntu_config_keeps_the_default_encoder_and_layout():
+    """Except the configs named after another encoder (`_ctrgcn_`, `_mamp_`), which set `encoder:` alone."""
     for path in glob.glob("config/*/*.yaml"):
         config = load_yaml(path)
         if "ntu" in os.path.basename(path) and "table" not in path:
-            assert "encoder" not in config and "layout" not in config, path
+            other = next((name for name in OTHER_ENCODERS if f"_{name}_" in os.path.basename(path)), None)
+            assert ("encoder" not in config or config["encoder"]["name"] == other) and "layout" not in config, path
+
+
+# The configs on another encoder, each in its official NTU-60 shape: the state dict's keys and shapes of the
+# official code (tests/data/*_official_keys.json, less the classifier / head) and the clip length.
+OTHER_ENCODERS = {"ctrgcn": 64, "mamp": 120}
+
+
+def official_shapes(name):
+    keys = json.load(open(f"tests/data/{name}_official_keys.json"))
+    keys = keys["linprobe"] if name == "mamp" else keys
+    return {k: v for k, v in keys.items() if not k.startswith(("fc.", "head."))}
+
+
+@pytest.mark.parametrize("path", sorted(p for p in glob.glob("config/*/*.yaml")
+                                        if any(f"_{name}_" in p for name in OTHER_ENCODERS)))
+def test_the_other_encoders_configs_print_and_build_the_official_shapes(path, capsys):
+    from net.encoders import build_encoder
+    name = "linear_evaluation" if "linear_eval" in path else "pretrain"
+    main.main([name, "--config", path, "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    encoder = build_encoder(cfg["encoder"], cfg["layout"])
+    frames = OTHER_ENCODERS[cfg["encoder"]["name"]]
+    assert {k: list(v.shape) for k, v in encoder.state_dict().items()} == official_shapes(cfg["encoder"]["name"])
+    assert cfg["train_feeder_args"].get("frames", 64) == frames and cfg["stream"] == "joint"
+    assert encoder.eval()(torch.zeros(1, 3, frames, 25, 2)).shape[1:] == (2, 256, frames // 4, 25)
 
 
 def test_the_releases_flat_form_is_read_as_the_nested_one(tmp_path):

@@ -52,13 +52,13 @@ def test_the_log_says_what_the_card_lacks(monkeypatch):
 
 
 def test_every_compiling_run_forgets_the_graphs_of_the_runs_before(tiny, tmp_path, monkeypatch):
-    """A table or the demo runs many models in one process; all compiled encoders share Model.forward, whose
+    """A table or the demo runs many models in one process; all compiled encoders share STGCN.forward, whose
     cache holds 8 versions before torch runs it eager. Each compiling run now resets dynamo before it
     compiles (compilation stubbed out); a run without compile leaves it alone."""
     events = []
     monkeypatch.setattr(torch.compiler, "reset", lambda: events.append("reset"))
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: events.append(type(self).__name__))
-    monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: fn)  # Model.compile's named passes
+    monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: fn)  # Network.compile's stacked passes
     data = toy_dataset(tmp_path)
     for run, compiled in enumerate((True, True, False)):
         cls, cfg = tiny("linear_evaluation", "unused", tmp_path / f"run{run}", train_feeder_args=data,
@@ -67,4 +67,4 @@ def test_every_compiling_run_forgets_the_graphs_of_the_runs_before(tiny, tmp_pat
     cls, cfg = tiny("pretrain", "unused", tmp_path / "pretrain", train_feeder_args=data, test_feeder_args=data,
                     method="skeletonclr", compile=True)
     cls(cfg)
-    assert events == ["reset", "Model", "reset", "Model", "reset", "Model", "Model"]  # pretraining: both encoders
+    assert events == ["reset", "STGCN", "reset", "STGCN", "reset", "STGCN", "STGCN"]  # pretraining: both encoders

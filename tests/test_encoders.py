@@ -80,7 +80,7 @@ def test_network_keeps_the_encoders_own_keys_beside_fc(registered):
 
 
 def test_unknown_encoder_and_bad_argument_are_one_line_errors(registered):
-    with pytest.raises(ValueError, match=r"unknown encoder 'nope'; registered: st_gcn, toy"):
+    with pytest.raises(ValueError, match=r"unknown encoder 'nope'; registered: st_gcn, ctrgcn, mamp, toy"):
         build_encoder({"name": "nope"})
     with pytest.raises(ValueError, match=r"encoder ToyEncoder: .*unexpected keyword argument 'depth'"):
         build_encoder({"name": "toy", "depth": 3})
@@ -153,3 +153,24 @@ def test_the_small_recipe_takes_another_encoder_by_changing_encoder_alone(regist
     model = methods.pretraining_model(from_file["encoder"], **{k: v for k, v in from_file["model_args"].items()
                                                               if k != "queue_size"})
     assert model.mixes[0].skelemix.temporal_stride == 2  # SkeleMix's grid is the toy's
+
+
+@pytest.mark.parametrize("encoder, key", [
+    ("{name: ctrgcn, base_channel: 8, num_person: 1}", "encoder_q.l10.gcn1.PA"),
+    ("{name: mamp, dim_feat: 16, depth: 1, num_heads: 2, num_frames: 32}", "encoder_q.joints_embed.proj.weight")])
+def test_the_small_recipe_pretrains_ctrgcn_and_mamp_through_main(encoder, key, demo_arrays, tmp_path):
+    """The registered CTR-GCN and MAMP (tiny widths; CTR-GCN's narrowest with a relation channel is 8) on the small
+    recipe, changed by `--encoder` alone: one epoch of SkeleMixCLR+ (SkeleMix on each encoder's (T / 4, V) grid),
+    a checkpoint that carries the encoder."""
+    import os
+    config = tmp_path / "small.yaml"
+    data = {f"{p}_feeder_args": dict(data_path=f"{demo_arrays}/{d}_position.npy",
+                                     label_path=f"{demo_arrays}/{d}_label.pkl")
+            for p, d in (("train", "train"), ("test", "val"))}
+    config.write_text(f"_base_: {os.path.abspath('config/small/skelemixclr_plus.yaml')}\n" + yaml.safe_dump(data))
+    main.main(["pretrain", "--config", str(config), "--encoder", encoder, "--num_steps", "null", "--num_epoch", "1",
+               "--batch_size", "32", "--progress", "false", "--work_dir", str(tmp_path / "pre")])
+    state = torch.load(tmp_path / "pre" / "epoch1_model.pt", weights_only=False)
+    assert state["config"]["encoder"] == yaml.safe_load(encoder) and key in state["model"]
+    assert state["config"]["num_steps"] is None and state["config"]["train_feeder_args"]["frames"] == 32
+    assert "loss_mix" in (tmp_path / "pre" / "log.txt").read_text()

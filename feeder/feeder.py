@@ -97,7 +97,7 @@ class Feeder(torch.utils.data.Dataset):
             raise ValueError(f"feeder label_fraction must be in (0, 1], got {label_fraction!r}")
         self.views, self.frames, self.window_size, self.augment = views, frames, window_size, augment
         self.shear_amplitude, self.padding_ratio = shear_amplitude, padding_ratio
-        self.seed, self.bodies = seed, bodies
+        self.seed, self.bodies, self.dims = seed, bodies, get_layout(layout).dims
         # In shared memory: persistent loader workers see set_epoch without being re-forked every epoch.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -132,7 +132,7 @@ class Feeder(torch.utils.data.Dataset):
     @property
     def augment_args(self):
         """The augmentation's settings (docs/method.md §1.5): `augment_sample` here, `augment_batch` on the device."""
-        return dict(shear_amplitude=self.shear_amplitude, padding_ratio=self.padding_ratio)
+        return dict(shear_amplitude=self.shear_amplitude, padding_ratio=self.padding_ratio, dims=self.dims)
 
     def __len__(self):
         return len(self.indices)

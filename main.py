@@ -11,6 +11,7 @@ import yaml
 from processor import PROCESSORS, configure, describe
 from torchlight.config import ConfigError, load_yaml, parse_overrides
 from torchlight.dist import leave_process_group
+from torchlight.util import logged_errors
 
 
 def main(argv=None):
@@ -32,7 +33,9 @@ def main(argv=None):
             failed = False
             print(describe(argv[0], cls, cfg) if wants_help else yaml.safe_dump(cfg, sort_keys=False), end="\n")
             return None
-        result = cls(cfg).start()
+        processor = cls(cfg)
+        with logged_errors(processor.log):  # the error line in log.txt too
+            result = processor.start()
         failed = False
         return result
     except (ConfigError, FileNotFoundError, ValueError) as e:

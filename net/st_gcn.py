@@ -99,10 +99,8 @@ class Model(nn.Module):
     """
 
     def __init__(self, in_channels=3, hidden_channels=16, hidden_dim=256, num_class=60, graph_args=None,
-                 edge_importance_weighting=True, dropout=0.5, kernels="fast", **kwargs):
+                 edge_importance_weighting=True, dropout=0.5, kernels="fast"):
         super().__init__()
-        if kwargs:
-            raise TypeError(f"unknown ST-GCN argument(s) {sorted(kwargs)}")
         if kernels not in KERNELS:
             raise ValueError(f"model_args.kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
         self.kernels = kernels

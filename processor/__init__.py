@@ -72,12 +72,46 @@ def configure(name, config=None, overrides=None, source="config", need_method=Tr
         method_preset = preset(method)
     defaults = merge(cls.default_config(), method_preset, {}, source="preset")
     cfg = merge(defaults, config, overrides, source=source)
+    named = set(config) | {key.split(".")[0] for key in overrides}
+    if cfg.get("num_steps") is not None and "num_epoch" in named:  # one would silently win
+        raise ConfigError(f"num_epoch {cfg['num_epoch']} and num_steps {cfg['num_steps']} are both given ({source} "
+                          "and its bases, or the command line): give one; --num_steps null trains num_epoch epochs")
     if cfg.get("speed", "exact") not in SPEEDS:
         raise ConfigError(f"speed must be exact or fast, not {cfg['speed']!r}")
     if cfg.get("speed") == "fast" and "amp" in cfg:  # a processor (a table passes speed on to its runs)
-        named = set(config) | {key.split(".")[0] for key in overrides}
         cfg.update({k: v for k, v in fast_settings(cfg["device"], cfg["sync_bn"]).items() if k not in named})
+    check_nested_keys(cfg)
     return cls, cfg
+
+
+def named_args(cls):
+    """({argument: default or None} of `cls`'s constructor, whether it also takes any keyword (**kwargs))."""
+    import inspect
+    params = inspect.signature(cls).parameters.values()
+    named = {p.name: None if p.default is p.empty else p.default
+             for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def check_nested_keys(cfg):
+    """Every key of model_args and of the feeders' args is an argument of the class it is passed to (the model
+    and, for a wrapper passing the rest on, its base_encoder): a typo is refused, also by --print_config."""
+    from torchlight.config import ConfigError
+    from torchlight.util import import_class
+    checks = []
+    if "model" in cfg:
+        known, anything = named_args(import_class(cfg["model"]))
+        if anything and "base_encoder" in known:  # MoCo: the rest goes to the encoder
+            encoder, anything = named_args(import_class(cfg["model_args"].get("base_encoder") or known["base_encoder"]))
+            known = {**known, **encoder}
+        checks.append(("model_args", None if anything else known))
+    if "feeder" in cfg:
+        known, anything = named_args(import_class(cfg["feeder"]))
+        checks += [(key, None if anything else known) for key in ("train_feeder_args", "test_feeder_args")]
+    for key, known in checks:
+        unknown = sorted(set(cfg.get(key) or {}) - set(known)) if known is not None else []
+        if unknown:
+            raise ConfigError(f"unknown key {key}.{unknown[0]}: known are {', '.join(sorted(known))}")
 
 
 def describe(name, cls, cfg):

@@ -43,7 +43,7 @@ HELP = dict(  # shown by `python main.py demo --help`
     label_fraction="linear evaluation trains on this share of the training labels (per class); "
                    "pretraining sees every training clip, unlabelled: the setting SSL is for",
     seed="seed of the data and of every run",
-    pretrain="overrides for both pretraining runs, e.g. --pretrain.num_epoch 2",
+    pretrain="overrides for both pretraining runs, e.g. --pretrain.num_steps 100",
 )
 
 

@@ -1,5 +1,6 @@
 """Evaluation protocols: what they share, fine-tune / semi-supervised and kNN (docs/method.md §4); linear
 evaluation is processor/linear.py."""
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,8 @@ CLASSIFIER_KEYS = {"fc.weight", "fc.bias"}
 IGNORE_WEIGHTS = ["encoder_q.fc", "encoder_k", "queue"]
 # The encoder's shape: an evaluation takes it from the pretraining config a checkpoint of ours carries.
 SHAPE_ARGS = ("in_channels", "hidden_channels", "hidden_dim", "graph_args")
+# The shipped weights' folder (tracked by git): evaluations of its files write under ./work_dir instead.
+SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
 
 def load_encoder(model, path, ignore_weights=()):
@@ -90,16 +93,25 @@ class Evaluation(Processor):
     extra_help = dict(result_file="the result's file name in work_dir")
 
     @classmethod
+    def protocol_folder(cls, cfg):
+        """The folder name of this protocol's results (`work_dir_name`; linear evaluation's probe differs)."""
+        return cls.work_dir_name
+
+    @classmethod
     def default_work_dir(cls, cfg):
-        """Beside the weights' run: `<run>/linear`, `<run>/finetune`, `<run>/knn`, `_1pct_labels` added with a
-        label_fraction. A baseline without weights has no run: ./work_dir/<data>/<model>/<protocol>, such as
+        """Beside the weights' run: `<run>/linear`, `<run>/probe`, `<run>/finetune`, `<run>/knn`, `_1pct_labels`
+        added with a label_fraction; for a shipped file of weights/, ./work_dir/<its stem>/<protocol>. A baseline
+        without weights has no run: ./work_dir/<data>/<model>/<protocol>, such as
         ./work_dir/ucla_frame32_xview/random_init/linear."""
-        name = cls.work_dir_name
+        name = cls.protocol_folder(cfg)
         fraction = cfg["train_feeder_args"].get("label_fraction")
         if fraction is not None:
             name += f"_{100 * fraction:g}pct_labels"
         if cfg["weights"]:
-            return os.path.join(os.path.dirname(os.path.abspath(cfg["weights"])), name)
+            run = os.path.dirname(os.path.abspath(cfg["weights"]))
+            if os.path.realpath(run) == os.path.realpath(SHIPPED_WEIGHTS):  # never write into the repository
+                run = os.path.join("work_dir", os.path.splitext(os.path.basename(cfg["weights"]))[0])
+            return os.path.join(run, name)
         data = cfg["test_feeder_args"].get("data_path")
         data = "_".join(os.path.dirname(os.path.abspath(data)).split(os.sep)[-2:]) if data else ""
         model = "random_init" if cfg["model"] == DEFAULTS["model"] else cfg["model"].rsplit(".", 2)[-2]
@@ -115,15 +127,18 @@ class Evaluation(Processor):
 
     def take_encoder_shape(self):
         """model_args of SHAPE_ARGS from the weights' pretraining config; a value the config or command line
-        names must be the same. The release's checkpoints carry no config: the config's values stand."""
+        names must be the same, or null to take it from the checkpoint even where a base config sets it. The
+        release's checkpoints carry no config: the config's values stand."""
         state = read_checkpoint(self.cfg["weights"], "weights file")
         saved = (state.get("config") or {}).get("model_args", {}) if isinstance(state, dict) else {}
         args = self.cfg["model_args"]
         for key in (k for k in SHAPE_ARGS if k in saved):
-            if key in args and args[key] != saved[key]:
+            if args.get(key) is not None and args[key] != saved[key]:  # null: an inherited width left out
                 raise ConfigError(f"model_args.{key} {args[key]!r} differs from {saved[key]!r} in the config of "
                                   f"{self.cfg['weights']}: leave it out, the checkpoint gives it")
             args[key] = saved[key]
+        for key in [k for k in SHAPE_ARGS if k in args and args[k] is None]:
+            del args[key]  # no checkpoint value either: the code default
 
     def load_weights(self, model, ignore_weights):
         """Load `weights` into `model`, logging and writing weights.json: which keys came from where."""
@@ -159,9 +174,10 @@ class Evaluation(Processor):
 class Classification(Evaluation):
     """Supervised training of an encoder + classifier with top-1/top-5 evaluation and a result file."""
 
-    extra_defaults = dict(Evaluation.extra_defaults,
+    extra_defaults = dict(Evaluation.extra_defaults, keep_checkpoints=False,
                           augment=False)  # train on the crop + shear of docs/method.md §1.5 (§4 trains without)
-    extra_help = dict(Evaluation.extra_help, augment="train on cropped and sheared clips (the protocol: without)")
+    extra_help = dict(Evaluation.extra_help, augment="train on cropped and sheared clips (the protocol: without)",
+                      keep_checkpoints="keep every checkpoint written (false: the last and the best-on-val only)")
     checkpoint_name = "eval_epoch{}.pt"  # never a pretraining checkpoint's name: it may sit beside one
 
     def __init__(self, cfg):
@@ -214,6 +230,12 @@ class Classification(Evaluation):
     def save_checkpoint(self, epoch, extra=None):
         """With the evaluations so far: a resumed run's result.json keeps the whole history and its best."""
         super().save_checkpoint(epoch, dict(extra or {}, history=self.history, best=self.best))
+        if self.main and not self.cfg["keep_checkpoints"]:
+            keep = {epoch + 1, (self.best or {}).get("epoch")}
+            for older in range(1, epoch + 1):
+                if older not in keep:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(self.cfg["work_dir"], self.checkpoint_name.format(older)))
 
     def resume(self, path):
         state = super().resume(path)

@@ -21,18 +21,12 @@ from processor.features import check_knn_bank, encode_batches, in_dataset_order,
 from processor.nonfinite import LossCheck, NonFiniteError
 from processor.schedule import step_lr
 from processor.state import read_resume_checkpoint, rng_state, set_rng_state
-from processor.validate import validate
+from processor.validate import expand_home, validate
 from torchlight import dist
 from torchlight.checkpoint import write_checkpoint
 from torchlight.config import ConfigError
 from torchlight.io import open_work_dir, write_yaml
-from torchlight.util import (
-    instantiate,
-    prepare_host,
-    seed_everything,
-    select_device,
-    set_numerics,
-)
+from torchlight.util import instantiate, logged_errors, prepare_host, seed_everything, select_device, set_numerics
 
 PROGRESS_SECONDS = 1.0  # least time between the progress bar's loss reads (each read waits for the device)
 
@@ -61,12 +55,13 @@ class Processor:
 
     def __init__(self, cfg):
         """Check the config, then build in this order: work_dir, model, optimizer, data, resume, config.yaml."""
+        expand_home(cfg)
         validate(cfg)  # first: a refused value leaves nothing in the work_dir
         cfg["work_dir"] = cfg["work_dir"] or self.default_work_dir(cfg)
         self.cfg = cfg
         self.distributed = dist.init_distributed(cfg["device"])
         self.device = select_device(cfg["device"], self.distributed)
-        host_warning = prepare_host(self.device, cfg["amp"])
+        self.host_warning = prepare_host(self.device, cfg["amp"])
         self.world = dist.get_world_size()
         if cfg["batch_size"] % self.world:
             raise ConfigError(f"batch_size {cfg['batch_size']} is not divisible by the {self.world} ranks")
@@ -82,6 +77,12 @@ class Processor:
         self.main = dist.is_main_process()
         self.lock, self.log, self.writer = open_work_dir(cfg["work_dir"], cfg["resume"], cfg["overwrite"], self.main)
         self.log(f"{type(self).__name__} on {self.device}, {self.world} process(es), work_dir {cfg['work_dir']}")
+        with logged_errors(self.log):  # a refusal from here on is also log.txt's last line
+            self.build()
+
+    def build(self):
+        """Model, optimizer, data, resume and config.yaml, in this order, in the opened work_dir."""
+        cfg = self.cfg
         self.raw_model = self.build_model().to(self.device)
         if dist.get_rank():
             seed_everything(cfg["seed"] + dist.get_rank())
@@ -93,8 +94,8 @@ class Processor:
         self.generator = torch.Generator().manual_seed(cfg["seed"] + dist.get_rank())
         self.build_data()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
-        if host_warning:
-            self.log(host_warning)
+        if self.host_warning:
+            self.log(self.host_warning)
         if cfg["resume"]:
             self.resume(cfg["resume"])
         if self.main:  # last: it marks the work_dir as this run's (torchlight.io.claim_work_dir)

@@ -39,7 +39,7 @@ HELP = dict(  # shown by `python main.py table --help`
     seeds="each row runs once per seed: top-1 as mean ± std",
     data="merged into every run: e.g. {train_feeder_args: {...}, test_feeder_args: {...}}",
     rows="[{name, linear: yaml, pretrain: [processor, yaml] (optional), linear_args: {...}}]",
-    pretrain="overrides for every pretraining run, e.g. --pretrain.num_epoch 2",
+    pretrain="overrides for every pretraining run, e.g. --pretrain.num_steps 100",
     overwrite="true: redo runs whose work_dir exists (the demo), instead of refusing",
 )
 

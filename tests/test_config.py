@@ -274,3 +274,65 @@ def test_experiments_inherit_their_data_file_unchanged():
     ucla = load_yaml("config/ucla/linear_eval_skeletonclr_ucla_xview.yaml")
     assert ucla["model_args"] == dict(num_class=10, graph_args=dict(layout="kinect-v1"))
     assert ucla["train_feeder_args"]["layout"] == ucla["test_feeder_args"]["layout"] == "kinect-v1"
+
+
+def test_epochs_and_steps_cannot_both_be_given():
+    """Before: --num_epoch under the small recipe (num_steps 1200) was ignored without a word."""
+    config = load_yaml("config/small/skelemixclr.yaml")
+    with pytest.raises(ConfigError, match="num_epoch 5 and num_steps 1200 are both given .*--num_steps null"):
+        configure("pretrain", config, {"num_epoch": 5})
+    _, cfg = configure("pretrain", config, {"num_epoch": 5, "num_steps": None})
+    assert cfg["num_epoch"] == 5 and cfg["num_steps"] is None
+    with pytest.raises(ConfigError, match="both given"):
+        configure("pretrain", dict(config, num_epoch=3))
+
+
+def test_a_base_named_twice_or_a_deep_chain_is_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("seed: 2\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    (tmp_path / "twice.yaml").write_text("_base_: [a.yaml, b.yaml]\n")
+    with pytest.raises(ConfigError, match="a.yaml is a _base_ twice in one config"):
+        load_yaml(str(tmp_path / "twice.yaml"))
+    for i in range(12):  # f0 <- f1 <- ... <- f11
+        (tmp_path / f"f{i}.yaml").write_text(f"_base_: f{i - 1}.yaml\n" if i else "seed: 3\n")
+    assert load_yaml(str(tmp_path / "f8.yaml")) == {"seed": 3}
+    with pytest.raises(ConfigError, match="_base_ chain deeper than 8 files"):
+        load_yaml(str(tmp_path / "f11.yaml"))
+    # Before: each file naming the next one twice made 2^n reads (a hang), now the second is refused.
+    for i in range(30):
+        (tmp_path / f"g{i}.yaml").write_text(f"_base_: [g{i - 1}.yaml, g{i - 1}.yaml]\n" if i else "seed: 4\n")
+    with pytest.raises(ConfigError, match="_base_ twice|deeper than 8"):
+        load_yaml(str(tmp_path / "g29.yaml"))
+
+
+@pytest.mark.parametrize("key", ["train_feeder_args.frmes", "test_feeder_args.bodys", "model_args.hiden_dim"])
+def test_print_config_refuses_unknown_nested_keys(key, capsys):
+    with pytest.raises(SystemExit, match=f"^error: unknown key {key}: known are "):
+        main.main(["pretrain", "--config", "config/small/skelemixclr.yaml", f"--{key}", "3", "--print_config"])
+    assert capsys.readouterr().out == ""
+    main.main(["pretrain", "--config", "config/small/skelemixclr.yaml", "--model_args.hidden_dim", "3",
+               "--print_config"])
+    assert "hidden_dim: 3" in capsys.readouterr().out
+
+
+def test_small_recipe_sets_bodies_for_every_feeder():
+    """Before: the kNN monitor's val clips kept both bodies while its bank had one."""
+    for path in glob.glob("config/small/*.yaml") + glob.glob("config/ucla/*_small.yaml"):
+        config = load_yaml(path)
+        if "rows" in config:  # a table
+            continue
+        if "num_steps" in config:
+            _, cfg = configure("pretrain", dict(config, method=config.get("method", "skeletonclr")), source=path)
+        else:
+            _, cfg = configure("linear_evaluation", config, source=path)
+        assert cfg["train_feeder_args"]["bodies"] == cfg["test_feeder_args"]["bodies"] == 1, path
+
+
+def test_ucla_semi_and_finetune_configs():
+    _, semi = configure("finetune_evaluation", load_yaml("config/ucla/semi10_ucla_xview_small.yaml"))
+    _, fine = configure("finetune_evaluation", load_yaml("config/ucla/finetune_ucla_xview_small.yaml"))
+    for cfg in (semi, fine):
+        assert cfg["model_args"]["num_class"] == 10 and cfg["model_args"]["graph_args"]["layout"] == "kinect-v1"
+        assert cfg["test_feeder_args"]["data_path"].endswith("xview/val_position.npy")
+    assert semi["train_feeder_args"]["label_fraction"] == 0.1 and "label_fraction" not in fine["train_feeder_args"]
+    assert fine["grad_clip"] == 5.0 and fine["num_epoch"] == 110

@@ -155,7 +155,8 @@ def test_resume_with_two_workers_and_evaluation_is_bitwise_exact(small, tiny, tm
 @pytest.mark.parametrize("overrides, message", [
     (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
     (dict(test_batch_size=0), "test_batch_size must be an integer >= 1, got 0"),
-    (dict(model_args=dict(queue_size=0)), "model_args.queue_size 0 must be at least the global batch_size 8"),
+    (dict(model_args=dict(queue_size=4)), "model_args.queue_size 4 must be at least the global batch_size 8"),
+    (dict(model_args=dict(queue_size=-8)), "model_args.queue_size must be an integer >= 1 or auto, got -8"),
     (dict(model_args=dict(swap_params=[2, 3, 7, 11, 1, 1.0])), r"model_args.swap_params \[2, 3, 7, 11, 1, 1.0\]"),
     (dict(model_args=dict(swap_params=[[2, 3, 7, 11, 0, 1.0]])), "each row must be"),
     (dict(model_args=dict(swap_params=[[2, 3, 7, 11, -1, 1.0]])), "each row must be"),

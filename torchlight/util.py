@@ -1,4 +1,5 @@
 """Run-time helpers: import by dotted name, seeding, numerics, device selection, host memory."""
+import contextlib
 import ctypes
 import ctypes.util
 import importlib
@@ -156,3 +157,13 @@ def select_device(spec="auto", distributed=False):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {spec!r}: this machine has no CUDA device torch can use; use auto or cpu")
     return torch.device("cuda", local_cuda_index()) if distributed and device.type == "cuda" else device
+
+
+@contextlib.contextmanager
+def logged_errors(log):
+    """Inside, a refusal (ValueError, ConfigError, OSError) is also written with `log` as `error: ...`, then raised."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        log(f"error: {err}")
+        raise

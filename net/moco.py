@@ -140,7 +140,7 @@ class MoCo(nn.Module):
         self.fused_queries = fused_queries
 
         encoder_args = dict(encoder_args, num_class=feature_dim)
-        self.encoder_q = instantiate(base_encoder, encoder_args, "model_args")
+        self.encoder_q = instantiate(base_encoder, encoder_args, "model_args", nn.Module)
         self.encoder_q.fc = projection_head(head, self.encoder_q.fc.in_features, feature_dim)
         self.encoder_q.init_weights()
         # Deviation from the release (docs/method.md §3): the key encoder starts as an exact copy.

@@ -96,17 +96,21 @@ def named_args(cls):
 def check_nested_keys(cfg):
     """Every key of model_args and of the feeders' args is an argument of the class it is passed to (the model
     and, for a wrapper passing the rest on, its base_encoder): a typo is refused, also by --print_config."""
+    from torch.nn import Module
+    from torch.utils.data import Dataset
+
     from torchlight.config import ConfigError
     from torchlight.util import import_class
     checks = []
     if "model" in cfg:
-        known, anything = named_args(import_class(cfg["model"]))
+        known, anything = named_args(import_class(cfg["model"], Module))
         if anything and "base_encoder" in known:  # MoCo: the rest goes to the encoder
-            encoder, anything = named_args(import_class(cfg["model_args"].get("base_encoder") or known["base_encoder"]))
+            encoder = cfg["model_args"].get("base_encoder") or known["base_encoder"]
+            encoder, anything = named_args(import_class(encoder, Module))
             known = {**known, **encoder}
         checks.append(("model_args", None if anything else known))
     if "feeder" in cfg:
-        known, anything = named_args(import_class(cfg["feeder"]))
+        known, anything = named_args(import_class(cfg["feeder"], Dataset))
         checks += [(key, None if anything else known) for key in ("train_feeder_args", "test_feeder_args")]
     for key, known in checks:
         unknown = sorted(set(cfg.get(key) or {}) - set(known)) if known is not None else []

@@ -110,7 +110,7 @@ class Processor:
 
     # --- what subclasses say -------------------------------------------------------------------
     def build_model(self):
-        return instantiate(self.cfg["model"], self.cfg["model_args"], "model_args")
+        return instantiate(self.cfg["model"], self.cfg["model_args"], "model_args", torch.nn.Module)
 
     def build_data(self):
         """Create `self.train_loader` (and `self.val_loader` where evaluation needs it)."""
@@ -155,7 +155,7 @@ class Processor:
 
     def dataset(self, args, what):
         """The feeder for `args`; the skeleton layout defaults to the model's."""
-        return instantiate(self.cfg["feeder"], {"layout": self.layout, **args}, what)
+        return instantiate(self.cfg["feeder"], {"layout": self.layout, **args}, what, torch.utils.data.Dataset)
 
     def loader(self, dataset, train):
         """A loader of `dataset` (processor/data.py), kept in `loaders` so that every epoch reseeds it."""

@@ -17,8 +17,10 @@ from .config import ConfigError, check_type
 IMPORTABLE_PACKAGES = ("feeder", "net", "processor", "torchlight", "tools")
 
 
-def import_class(name):
-    """The object at dotted path `name`, e.g. 'net.st_gcn.Model': of this project, or a torch class."""
+def import_class(name, base=None):
+    """The class at dotted path `name`, e.g. 'net.st_gcn.Model': of this project, or a torch class; with `base`,
+    a subclass of it (a model must be an nn.Module, a feeder a Dataset). A function is never returned: a config
+    naming `torchlight.io.write_yaml` as its model would call it."""
     module, _, attr = str(name).rpartition(".")
     package = module.split(".")[0]
     if package not in (*IMPORTABLE_PACKAGES, "torch"):
@@ -28,15 +30,18 @@ def import_class(name):
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError):
         raise ConfigError(f"cannot import {name!r}") from None
-    if package == "torch" and not inspect.isclass(obj):  # torch.load, torch.hub.load: functions that run files
-        raise ConfigError(f"{name!r} is not importable from a config: of torch only classes are")
+    if not inspect.isclass(obj):  # torch.load, torchlight.io.write_yaml: functions that read or write files
+        raise ConfigError(f"{name!r} is not importable from a config: it is not a class")
+    if base is not None and not issubclass(obj, base):
+        raise ConfigError(f"{name!r} is not a {base.__module__}.{base.__qualname__} subclass, which a config "
+                          "naming it here must give")
     return obj
 
 
-def instantiate(name, kwargs, what):
-    """Build `name(**kwargs)`; a wrong keyword, or a value unlike its keyword's default (hidden_channels 'four'),
-    becomes a one-line error naming `what`."""
-    cls = import_class(name)
+def instantiate(name, kwargs, what, base=None):
+    """Build `name(**kwargs)` (`name` a subclass of `base`, see `import_class`); a wrong keyword, or a value unlike
+    its keyword's default (hidden_channels 'four'), becomes a one-line error naming `what`."""
+    cls = import_class(name, base)
     defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
     kwargs = {k: check_type(v, defaults.get(k), f"{what}.{k}", what) for k, v in (kwargs or {}).items()}
     try:

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout
-from torchlight.io import first_non_finite, load_npy, safe_pickle_load
+from torchlight.io import first_non_finite, load_npy, read_manifest, safe_pickle_load
 
 from .augment import augment_sample, center_crop, temporal_resize
 
@@ -38,6 +38,21 @@ def class_indices(labels, path):
     if len(bad):
         raise ValueError(f"{path}: label {labels[bad[0]]} of clip {bad[0]} is not a class index (an integer >= 0)")
     return values.astype(np.int64)
+
+
+def check_manifest(data_path, layout, data):
+    """`data` (the array at `data_path`) agrees with the manifest.json beside it, if any: the layout, the frames
+    and its part's clip count (feeder/prepare/preprocess.py). A part of another run, as an overwrite killed
+    midway could once leave, is refused instead of being read beside the others."""
+    manifest = read_manifest(os.path.dirname(os.path.abspath(data_path))) or {}
+    part = os.path.basename(data_path).removesuffix(".npy").removesuffix("_position").removesuffix("_motion")
+    clips = (manifest.get("parts") or {}).get(part)
+    problems = [f"{what} {said} there, {found} here" for what, said, found in (
+        ("layout", manifest.get("layout"), layout), ("frames", manifest.get("frames"), data.shape[2]),
+        (f"{part} clips", clips, len(data))) if said is not None and said != found]
+    if problems:
+        raise ValueError(f"{data_path} disagrees with the manifest.json beside it ({'; '.join(problems)}): "
+                         "written by another run or for another layout; preprocess the data again")
 
 
 def labelled_subset(labels, fraction, seed):
@@ -107,6 +122,7 @@ class Feeder(torch.utils.data.Dataset):
         if self.data.ndim != 5 or self.data.shape[1] != 3 or self.data.shape[3] != num_joints:
             raise ValueError(f"{data_path}: expected shape (N, 3, T, {num_joints}, M) for layout {layout!r}, "
                              f"got {self.data.shape}")
+        check_manifest(data_path, get_layout(layout).name, self.data)
         names, self.labels = read_labels(label_path)
         if len(self.labels) != len(self.data):
             raise ValueError(f"{label_path} has {len(self.labels)} labels but {data_path} "

@@ -72,7 +72,7 @@ def test_outputs_are_what_training_reads(tmp_path):
     assert sorted(os.listdir(folder)) == sorted(["manifest.json"] + [
         f"{p}_{k}" for p in ("train", "val") for k in ("position.npy", "motion.npy", "label.npy", "label.pkl")])
     assert read_manifest(str(folder)) == dict(frames=16, layout="coco", bodies=2, source="pose_gendata",
-                                              scores="keep")
+                                              scores="keep", parts=dict(train=24, val=12))
     names, labels = pickle.load(open(folder / "val_label.pkl", "rb"))
     assert names == [f"clip{i:03d}" for i in range(24, 36)] and labels == [i % 2 for i in range(24, 36)]
     np.testing.assert_array_equal(np.load(folder / "val_label.npy")[:, 0], labels)

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import main
-
 from torchlight.config import ConfigError
 from torchlight.util import import_class, instantiate
 

@@ -17,13 +17,14 @@ depth never touch 2D clips (the `coco` layout has dims 2). No torch here.
 import argparse
 import os
 import pickle
+import shutil
 
 import numpy as np
 
 from feeder.prepare.database import MAX_FLOAT32, OVERWRITE_HELP
-from feeder.prepare.preprocess import OUTPUTS, preprocess_clip, write_streams
+from feeder.prepare.preprocess import OUTPUTS, part_sizes, preprocess_clip, swap_in, write_streams
 from net.utils.layouts import get_layout
-from torchlight.io import atomic_path, claim_out_folder, safe_pickle_load, write_manifest
+from torchlight.io import atomic_path, claim_out_folder, safe_pickle_load, temp_name, write_manifest
 
 LAYOUT_OF_JOINTS = {17: "coco", 25: "ntu-rgb+d"}  # keypoints per body -> the layout they are
 PARTS = ("train", "val")
@@ -118,12 +119,12 @@ def write_benchmark(folder, parts, clips, settings, convert):
         arrays = (convert(n) for n in names)
         shape = (len(names), 3, settings["frames"], get_layout(settings["layout"]).num_joints, settings["bodies"])
         out = os.path.join(folder, part)
-        write_streams(out, shape, arrays, out)
+        write_streams(out, shape, arrays, os.path.join(os.path.basename(folder), part))
         with atomic_path(out + "_label.npy") as tmp:
             np.save(tmp, labels.reshape(-1, 1))
         with atomic_path(out + "_label.pkl") as tmp, open(tmp, "wb") as f:
             pickle.dump((list(names), labels.tolist()), f)
-    write_manifest(folder, settings)
+    write_manifest(folder, dict(settings, parts=part_sizes(folder)))
 
 
 def gendata(annotation, out_folder, frames=64, num_person=2, min_score=0.1, scores="keep", overwrite=False):
@@ -144,10 +145,15 @@ def gendata(annotation, out_folder, frames=64, num_person=2, min_score=0.1, scor
 
     report = []
     with claim_out_folder(out_folder, OUTPUTS, overwrite):
-        for bench in dict.fromkeys(b for b, _ in parts):
-            members = {p: names for (b, p), names in parts.items() if b == bench}
-            write_benchmark(os.path.normpath(os.path.join(out_folder, bench)), members, clips, settings, convert)
-            report += [f"{os.path.join(bench, p)}: {len(n)} clips" for p, n in members.items()]
+        staging = temp_name(os.path.join(out_folder, "staging"))  # swapped in once complete, as preprocessing's
+        try:
+            for bench in dict.fromkeys(b for b, _ in parts):
+                members = {p: names for (b, p), names in parts.items() if b == bench}
+                write_benchmark(os.path.normpath(os.path.join(staging, bench)), members, clips, settings, convert)
+                report += [f"{os.path.join(bench, p)}: {len(n)} clips" for p, n in members.items()]
+            swap_in(staging, out_folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     labels = {class_index(clips[n]["label"], n) for members in parts.values() for n in members}
     report.append(f"layout {layout}, {max(labels) + 1} classes (model_args.num_class), {frames} frames")
     if skipped:

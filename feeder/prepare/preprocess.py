@@ -5,13 +5,13 @@
 For every folder under the dataset path holding `<part>_data.npy` and `<part>_label.pkl`, writes
 `<out>/<same relative folder>/<part>_{position,motion}.npy` float32 (N, 3, frames, V, 2),
 `<part>_label.npy` int64 (N, 1), a copy of `<part>_label.pkl` and, once every part is written,
-`manifest.json` with the settings (frames, layout). An out_folder holding another run's arrays is refused
-unless --overwrite, whatever that run's settings (docs/errors.md); a clip holding NaN or inf stops the run
-naming file and clip. Libraries call `preprocess`; the command line (docs/method.md §6) is
+`manifest.json` with the settings (frames, layout) and each part's clip count, which readers check. An
+out_folder holding another run's arrays is refused unless --overwrite, whatever that run's settings
+(docs/errors.md); the new arrays are built beside the old and swapped in once complete. A clip holding NaN
+or inf stops the run naming file and clip. Libraries call `preprocess`; the command line (docs/method.md §6) is
 feeder/preprocess_ntu.py.
 """
 import argparse
-import contextlib
 import os
 import shutil
 
@@ -23,7 +23,7 @@ from feeder.feeder import read_labels
 from feeder.prepare.database import OVERWRITE_HELP
 from feeder.streams import motion as motion_stream
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout
-from torchlight.io import MANIFEST, atomic_path, claim_out_folder, load_npy, write_manifest
+from torchlight.io import MANIFEST, atomic_path, claim_out_folder, load_npy, temp_name, write_manifest
 
 DATA_SUFFIX = "_data.npy"
 OUTPUTS = ("_position.npy", "_motion.npy", "_label.npy", MANIFEST)  # an earlier run's, when found in out_folder
@@ -174,27 +174,48 @@ def process_part(folder, part, out_folder, frames, layout):
         shutil.copyfile(label_file, tmp)
 
 
+def swap_in(staging, out_folder):
+    """Move every file built under `staging` to the same place under `out_folder`, each by one atomic rename,
+    the manifests last: until then the old manifests stand, and a reader meeting a part of another run
+    refuses it (feeder.feeder.check_manifest)."""
+    moves = []
+    for root, _, files in os.walk(staging):
+        rel = os.path.relpath(root, staging)
+        moves += [(os.path.join(root, f), os.path.normpath(os.path.join(out_folder, rel, f))) for f in files]
+    for src, dst in sorted(moves, key=lambda move: os.path.basename(move[0]) == MANIFEST):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+
+
 def preprocess(dataset_path, out_folder, frames=64, layout=DEFAULT_LAYOUT, overwrite=False):
     """Preprocess every benchmark folder found under `dataset_path` into the same folders under `out_folder`.
 
     `out_folder` is locked for the run; arrays or a manifest of another run in it are refused before anything
-    is written unless `overwrite`, which also replaces arrays made with other settings.
+    is written unless `overwrite`. Everything is built in a hidden staging folder inside `out_folder` and swapped
+    in once complete (`swap_in`): a run that stops midway leaves the old arrays and manifests as they were.
     """
     if frames < 1:
         raise ValueError(f"frames must be a positive integer, got {frames}")
     layout = get_layout(layout)
-    settings = dict(frames=frames, layout=layout.name)
     parts = find_parts(dataset_path)
-    folders = list(dict.fromkeys(rel for rel, _ in parts))
     with claim_out_folder(out_folder, OUTPUTS, overwrite):
-        for rel in folders:  # an overwrite stopped midway must leave no manifest vouching for its arrays
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(out_folder, rel, MANIFEST))
-        for rel, part in parts:
-            process_part(os.path.join(dataset_path, rel), part, os.path.normpath(os.path.join(out_folder, rel)),
-                         frames, layout)
-        for rel in folders:
-            write_manifest(os.path.normpath(os.path.join(out_folder, rel)), settings)
+        staging = temp_name(os.path.join(out_folder, "staging"))
+        try:
+            for rel, part in parts:
+                process_part(os.path.join(dataset_path, rel), part, os.path.normpath(os.path.join(staging, rel)),
+                             frames, layout)
+            for rel in dict.fromkeys(rel for rel, _ in parts):
+                folder = os.path.normpath(os.path.join(staging, rel))
+                write_manifest(folder, dict(frames=frames, layout=layout.name, parts=part_sizes(folder)))
+            swap_in(staging, out_folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def part_sizes(folder):
+    """{part: clips} of the `<part>_position.npy` arrays in `folder` (a manifest's `parts`)."""
+    return {f.removesuffix("_position.npy"): len(np.load(os.path.join(folder, f), mmap_mode="r"))
+            for f in sorted(os.listdir(folder)) if f.endswith("_position.npy")}
 
 
 def main(argv=None):

@@ -345,5 +345,5 @@ class Processor:
         set_rng_state(per_rank[dist.get_rank()] if len(per_rank) == self.world else state["rng"], self.generator,
                       self.device)
         self.last_checkpoint = path
-        self.log(f"resumed from {path} at epoch {self.start_epoch}")
+        self.log(f"resumed from {path} at epoch {self.start_epoch}" + "".join(state.get("schedule", [])))
         return state

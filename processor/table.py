@@ -13,6 +13,9 @@ import statistics
 from net.methods import method_name
 from processor import configure
 from processor.linear import PROBE
+from processor.state import later_checkpoints
+from processor.validate import validate
+from torchlight.checkpoint import read_checkpoint
 from torchlight.config import ConfigError, deep_merge, load_yaml
 from torchlight.dist import barrier, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
@@ -53,6 +56,26 @@ def slug(name):
     return method_name(name) or name.lower().replace("+", "_plus").replace(" ", "_")
 
 
+def read_json(path, overwrite=False):
+    """The JSON at `path`, or None when it is absent or `overwrite` asks to redo what wrote it."""
+    if overwrite or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def latest_checkpoint(work_dir, checkpoint_name):
+    """The checkpoint `checkpoint_name` of the highest epoch in `work_dir`, or None."""
+    found = later_checkpoints(work_dir, checkpoint_name, 0)
+    return os.path.join(work_dir, found[-1]) if found else None
+
+
+def finished(checkpoint):
+    """Whether `checkpoint` is its run's last: its epoch is the num_epoch of the config it carries."""
+    state = read_checkpoint(checkpoint, "checkpoint")
+    return state["epoch"] >= (state.get("config") or {}).get("num_epoch", float("inf"))
+
+
 def mean_std(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -79,25 +102,49 @@ class Table(Orchestrator):
     defaults, help = DEFAULTS, HELP
 
     def __init__(self, cfg):
+        self.cfg = cfg
         for row in cfg["rows"]:
             if not isinstance(row, dict) or "name" not in row or "linear" not in row:
                 raise ConfigError(f"table row {row!r} needs a name and a linear config")
-            # Every file a row names is read before the first run: a typo in the last row fails now, not
-            # after the first rows have trained.
             pretrain = row.get("pretrain")
             if pretrain is not None and not (isinstance(pretrain, list) and len(pretrain) == 2):
                 raise ConfigError(f"table row {row['name']!r}: pretrain must be [processor, config file]")
-            for config_file in [row["linear"]] + ([pretrain[1]] if pretrain else []):
-                load_yaml(config_file)
+        # Every run of every row is configured and checked before the first one trains: a typo in the last
+        # row's linear_args fails now, not after the first rows have pretrained.
+        for row in cfg["rows"]:
+            for name, config_file, overrides in self.runs_of(row):
+                _, run_cfg = self.run_config(name, config_file, "unused", cfg["seeds"][0], *overrides)
+                validate(run_cfg)
         super().__init__(cfg)
 
-    def run(self, name, config_file, work_dir, seed, *overrides):
-        """Processor `name` with `config_file`, this table's data, work_dir and seed, and `overrides`."""
+    def runs_of(self, row):
+        """(processor, config file, overrides) of each run of `row`: its pretraining, then both protocols."""
+        runs = [(*row["pretrain"], [self.cfg["pretrain"]])] if row.get("pretrain") else []
+        return runs + [("linear_evaluation", row["linear"], [row.get("linear_args"), self.cfg["linear"], settings])
+                       for settings in ({}, PROBE)]
+
+    def run_config(self, name, config_file, work_dir, seed, *overrides):
+        """(class, config) of processor `name` with `config_file`, this table's data, work_dir and seed, and
+        `overrides`."""
         cfg = self.cfg
         common = dict(work_dir=work_dir, seed=seed, device=cfg["device"], speed=cfg["speed"],
                       progress=cfg["progress"], overwrite=cfg["overwrite"])
         config = deep_merge(load_yaml(config_file), cfg["data"], common, *overrides)
-        cls, run_cfg = configure(name, config, {}, source=config_file)
+        return configure(name, config, {}, source=config_file)
+
+    def run(self, name, config_file, work_dir, seed, *overrides):
+        """Run `run_config`'s processor. A run a killed table left in work_dir (unless `overwrite`) is resumed from
+        its latest checkpoint; when that is its last, a pretraining is not rerun (None is returned) and an
+        evaluation, which only lacks its result, runs again."""
+        cls, run_cfg = self.run_config(name, config_file, work_dir, seed, *overrides)
+        latest = None if self.cfg["overwrite"] else latest_checkpoint(work_dir, cls.checkpoint_name)
+        if latest and finished(latest):
+            if "method" in run_cfg:
+                return None
+            run_cfg["overwrite"] = True
+        elif latest:
+            self.log(f"resuming {latest}, left by an interrupted table")
+            run_cfg["resume"] = latest
         processor = cls(run_cfg)
         processor.start()
         return processor
@@ -119,18 +166,36 @@ class Table(Orchestrator):
     def train_row(self, row, seed, work):
         weights, ratio = None, None
         if row.get("pretrain"):
+            weights, ratio = self.pretrain_row(row, seed, work)
+        result = dict(loss_over_chance=ratio)
+        for protocol, folder, settings in (("paper", "linear", {}), ("probe", "probe", PROBE)):
+            done = read_json(os.path.join(work, folder, "result.json"), self.cfg["overwrite"])
+            if done is None:
+                self.log(f"{row['name']}, seed {seed}: linear evaluation, {protocol} protocol ({row['linear']})")
+                self.run("linear_evaluation", row["linear"], os.path.join(work, folder), seed,
+                         row.get("linear_args"), self.cfg["linear"], settings, dict(weights=weights))
+                done = read_json(os.path.join(work, folder, "result.json"))
+            result[protocol] = dict(top1=done["final"]["top1"], top5=done["final"]["top5"])
+        return result
+
+    def pretrain_row(self, row, seed, work):
+        """(weights, final loss over chance) of the row's pretraining: run (or resumed), or read from the
+        pretrain.json an earlier table wrote after it."""
+        record = os.path.join(work, "pretrain.json")
+        done = read_json(record, self.cfg["overwrite"])
+        if done is None:
             name, config_file = row["pretrain"]
             self.log(f"{row['name']}, seed {seed}: pretraining ({config_file})")
             pre = self.run(name, config_file, work, seed, self.cfg["pretrain"])
-            weights = os.path.join(work, f"epoch{pre.cfg['num_epoch']}_model.pt")
-            ratio = pre.stats[-1]["health/loss_over_chance"]
-        result = dict(loss_over_chance=ratio)
-        for protocol, folder, settings in (("paper", "linear", {}), ("probe", "probe", PROBE)):
-            self.log(f"{row['name']}, seed {seed}: linear evaluation, {protocol} protocol ({row['linear']})")
-            lin = self.run("linear_evaluation", row["linear"], os.path.join(work, folder), seed,
-                           row.get("linear_args"), self.cfg["linear"], settings, dict(weights=weights))
-            result[protocol] = dict(top1=lin.history[-1]["top1"], top5=lin.history[-1]["top5"])
-        return result
+            if pre is None:  # finished, killed before pretrain.json: its last loss is not known here
+                done = dict(weights=latest_checkpoint(work, "epoch{}_model.pt"), loss_over_chance=None)
+            else:
+                done = dict(weights=os.path.join(work, f"epoch{pre.cfg['num_epoch']}_model.pt"),
+                            loss_over_chance=pre.stats[-1]["health/loss_over_chance"])
+            if is_main_process():
+                with atomic_path(record) as tmp, open(tmp, "w") as f:
+                    json.dump(done, f, indent=1)
+        return done["weights"], done["loss_over_chance"]
 
     def start(self):
         cfg, rows = self.cfg, []

@@ -215,7 +215,7 @@ class MoCo(nn.Module):
         fused_queries true: one `forward_grouped` call on the query and its mixes stacked, BatchNorm
         statistics per pass; false: one call per pass (`forward`, `forward_masked`); None (default): fused
         on CUDA only. Both compute the same function, gradients and running statistics (tests/test_fused.py);
-        on our 2-core CPU the fused call measured ~20% slower (README: Speed).
+        on our 2-core CPU the fused call measured ~20% slower (docs/speed.md).
         """
         fused = bool(mixes) and (im_q.is_cuda if self.fused_queries is None else self.fused_queries)
         if fused and any(isinstance(m, nn.SyncBatchNorm) for m in self.encoder_q.modules()):

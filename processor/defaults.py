@@ -35,7 +35,7 @@ DEFAULTS = dict(
     channels_last=False,
     device_augment=False,
     sync_bn=False,
-    # GPU numerics (README: Speed): exact fp32 and cuDNN's fastest algorithms unless told otherwise
+    # GPU numerics (docs/gpu.md): exact fp32 and cuDNN's fastest algorithms unless told otherwise
     tf32=False,
     cudnn_benchmark=True,
     deterministic=False,

@@ -1,5 +1,5 @@
 """Where the model runs: channels-last, SyncBatchNorm and DDP as configured, and the autocast of a step
-(README: Speed; docs/gpu.md)."""
+(docs/speed.md, docs/gpu.md)."""
 import contextlib
 
 import torch

@@ -117,7 +117,7 @@ def cpu_amp_is_fast(amp):
 
 
 def prepare_host(device, amp):
-    """A CPU run keeps freed host memory (no page faults on every step's activations, README: Speed); returns
+    """A CPU run keeps freed host memory (no page faults on every step's activations, docs/speed.md); returns
     a warning when autocast to `amp` is slower than fp32 on this CPU, else None."""
     if device.type != "cpu":
         return None
@@ -151,7 +151,7 @@ def select_device(spec="auto", distributed=False):
         return torch.device("cuda", local_cuda_index()) if torch.cuda.is_available() else torch.device("cpu")
     if isinstance(spec, list):  # the original release's `device: [0, 1, 2, 3]` (DataParallel)
         raise ConfigError(f"device {spec}: one process uses one device; run several GPUs with torchrun "
-                          "(README: Several GPUs and nodes)")
+                          "(README: Train and evaluate)")
     if distributed and (isinstance(spec, int) or str(spec).startswith("cuda:")):
         raise ConfigError(f"device {spec!r} under torchrun: every rank would use that GPU; "
                           "use cuda or auto (each rank takes its LOCAL_RANK's GPU)")

@@ -38,8 +38,9 @@ def main(argv=None):
             result = processor.start()
         failed = False
         return result
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        # Bad input is reported in one line naming the file, key or value; bugs keep their traceback.
+    except (ConfigError, OSError, ValueError) as e:
+        # Bad input, or a full or unreadable disk, is one line naming the file, key or value; bugs keep their
+        # traceback.
         raise SystemExit(f"error: {e}") from None
     finally:
         leave_process_group(failed)  # under torchrun: a failing rank exits at once, never waits on the others

@@ -128,9 +128,11 @@ class Feeder(torch.utils.data.Dataset):
             raise ValueError(f"{label_path} has {len(self.labels)} labels but {data_path} "
                              f"has {len(self.data)} clips")
         if names is None:
-            # The generator's pickle beside an `.npy` label file carries the clip names.
+            # The generator's pickle beside an `.npy` label file carries the clip names, if it is of these labels.
             pkl = os.path.splitext(label_path)[0] + ".pkl"
-            names = read_labels(pkl)[0] if os.path.isfile(pkl) else [str(i) for i in range(len(self.data))]
+            names, labels = read_labels(pkl) if os.path.isfile(pkl) else (None, None)
+            if labels is None or not np.array_equal(labels, self.labels):  # none, or a stale one
+                names = [str(i) for i in range(len(self.data))]
         self.names = names
         self.indices = (np.arange(len(self.data)) if label_fraction is None
                         else labelled_subset(self.labels, label_fraction, label_seed))

@@ -189,6 +189,9 @@ def test_help_lists_every_key_with_its_default_and_meaning(capsys):
     for line in ("  base_lr = 3.0", "  weights = null", "  num_epoch = 150", "  step = [80]",
                  "  model_args.hidden_dim = 256", "  train_feeder_args.window_size = null"):
         assert line + "\n" in out
+    # a meaning over several docstring lines is shown whole (before: cut after "The small-data recipe keeps")
+    assert "bodies = null\n      keep the first this many bodies (M) of every clip; none: all. The small-data " \
+           "recipe keeps one: a one-person clip's" in out and "one body halves the encoder's work\n" in out
     cls, _ = configure("linear_evaluation")
     assert all(f"\n  {key} = " in out for key in cls.default_config())
     main.main(["pretrain_skeletonclr_multi_swapv2", "--help"])

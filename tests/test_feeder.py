@@ -198,3 +198,12 @@ def test_arrays_that_agree_with_their_manifest_are_read(files):
     data_path, label_path, _ = files
     write_manifest(os.path.dirname(data_path), dict(frames=64, layout="ntu-rgb+d", parts=dict(train=90, val=3)))
     assert len(Feeder(data_path, label_path)) == 90
+
+
+def test_clip_names_come_only_from_a_pickle_of_the_same_labels(files):
+    """Before: a stale .pkl beside the .npy labels named the clips of another array."""
+    data_path, label_path, _ = files
+    assert Feeder(data_path, label_path).names[:2] == ["clip000", "clip001"]
+    with open(label_path.replace(".npy", ".pkl"), "wb") as f:
+        pickle.dump(([f"old{i}" for i in range(len(LABELS))], LABELS[::-1]), f)
+    assert Feeder(data_path, label_path).names[:2] == ["0", "1"]

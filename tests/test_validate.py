@@ -112,3 +112,21 @@ def test_cuda_without_cuda_is_one_line():
     for spec in ("cuda", "cuda:1"):
         with pytest.raises(ConfigError, match=f"device {spec!r}: this machine has no CUDA device torch can use"):
             select_device(spec)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_that_ends_the_log(demo_arrays, tmp_path, monkeypatch):
+    """Before: a traceback."""
+    import errno
+
+    import processor.processor as loop
+
+    def full(state, path):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    monkeypatch.setattr(loop, "write_checkpoint", full)
+    argv = [PRETRAIN, "--work_dir", str(tmp_path / "run"), "--num_epoch", "1", "--batch_size", "16",
+            "--num_workers", "0", "--progress", "false", "--model_args", "{hidden_channels: 4, hidden_dim: 16, "
+            "queue_size: 32}", "--train_feeder_args", f"{{data_path: {demo_arrays}/train_position.npy, label_path: "
+            f"{demo_arrays}/train_label.pkl, frames: 16}}"]
+    with pytest.raises(SystemExit, match="^error: \\[Errno 28\\] No space left on device: .*epoch1_model.pt'$"):
+        main.main(argv)
+    assert "No space left on device" in (tmp_path / "run" / "log.txt").read_text().splitlines()[-1]

@@ -140,7 +140,9 @@ def argument_help(cls):
     """{argument: (default, meaning)} of `cls`'s constructor: defaults from its signature, meanings from the
     `name: meaning` lines of its docstring's `Args:` section ('' where it has none)."""
     doc = (inspect.getdoc(cls) or "").partition("Args:")[2]
-    meanings = dict(re.findall(r"^\s+(\w+): (.+)$", doc, re.M))
+    # A meaning may go on over more-indented lines: all of it, never a line cut mid-sentence.
+    entries = re.findall(r"^(\s+)(\w+): (.+(?:\n\1\s+\S.*)*)", doc, re.M)
+    meanings = {name: " ".join(text.split()) for _, name, text in entries}
     return {p.name: (None if p.default is p.empty else p.default, meanings.get(p.name, ""))
             for p in inspect.signature(cls).parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 

@@ -1,6 +1,7 @@
 """The README's main command, `python main.py demo`, at a reduced size, and the table it prints."""
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -132,3 +133,19 @@ def test_a_killed_table_row_resumes(demo_arrays, tmp_path):
     assert "resuming" in (tmp_path / "t" / "log.txt").read_text()
     assert (seed / "epoch2_model.pt").is_file() and row["runs"][0]["loss_over_chance"] is not None
     assert json.loads((seed / "pretrain.json").read_text())["weights"].endswith("epoch2_model.pt")
+
+
+def test_a_small_demo_lowers_its_batches_to_its_clips(tmp_path):
+    """Before: below ~250 files the demo stopped at its first linear evaluation (batch 16, 12 labelled clips)."""
+    from processor.demo import Demo
+    labels = [i % 12 for i in range(132)]
+    with open(tmp_path / "train_label.pkl", "wb") as f:
+        pickle.dump(([f"c{i}" for i in range(132)], labels), f)
+    demo = Demo(dict(Demo.default_config(), work_dir=str(tmp_path / "wd"), num_files=200))
+    pretrain, linear = demo.fitted_batches(str(tmp_path))
+    assert pretrain == {} and linear == {"batch_size": 8}  # 132 clips fit 64; 12 labelled (1 a class): 8
+    demo.cfg["linear"] = {"batch_size": 4}
+    assert demo.fitted_batches(str(tmp_path))[1] == {"batch_size": 4}  # given: it stands
+    demo.cfg.update(label_fraction=0.01, linear={})
+    with pytest.raises(ConfigError, match="leaves 0 training clip\\(s\\): raise num_files or label_fraction"):
+        demo.fitted_batches(str(tmp_path))

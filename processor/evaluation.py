@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from net.moco import MoCo
 from processor.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from processor.processor import DEFAULTS, Processor
-from torchlight.checkpoint import check_state_dict, read_checkpoint
+from torchlight.checkpoint import check_state_dict, read_checkpoint, saved_config
 from torchlight.config import ConfigError
 from torchlight.io import atomic_path
 from torchlight.util import release_freed_host_memory
@@ -130,7 +130,7 @@ class Evaluation(Processor):
         names must be the same, or null to take it from the checkpoint even where a base config sets it. The
         release's checkpoints carry no config: the config's values stand."""
         state = read_checkpoint(self.cfg["weights"], "weights file")
-        saved = (state.get("config") or {}).get("model_args", {}) if isinstance(state, dict) else {}
+        saved = saved_config(state, "model_args")
         args = self.cfg["model_args"]
         for key in (k for k in SHAPE_ARGS if k in saved):
             if args.get(key) is not None and args[key] != saved[key]:  # null: an inherited width left out
@@ -298,7 +298,7 @@ class KNNEvaluation(Evaluation):
         args = dict(self.cfg["model_args"])
         if self.cfg["weights"]:
             state = read_checkpoint(self.cfg["weights"], "weights file")
-            args = {**(state.get("config") or {}).get("model_args", {}), **args}
+            args = {**saved_config(state, "model_args"), **args}
         args.pop("num_class", None)  # the head's output size is feature_dim
         encoder = MoCo(**args).encoder_q
         if self.cfg["weights"]:

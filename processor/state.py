@@ -7,7 +7,7 @@ import re
 import numpy as np
 import torch
 
-from torchlight.checkpoint import check_state_dict, read_checkpoint
+from torchlight.checkpoint import check_state_dict, read_checkpoint, saved_config
 from torchlight.config import ConfigError
 
 # What makes a run: a resume with another value of these is another run (docs/errors.md).
@@ -62,7 +62,7 @@ def read_resume_checkpoint(path, processor, model_state, cfg, checkpoint_name, d
                           f"(needs keys {sorted(keys)})")
     if state.get("processor", processor) != processor:
         raise ConfigError(f"resume checkpoint {path} was written by {state['processor']}; this run is {processor}")
-    saved = state.get("config") or {}
+    saved = saved_config(state)
     check_same_run(path, cfg, saved)
     if not cfg.get("resume_override"):
         check_started_with(path, cfg, saved)

@@ -15,7 +15,7 @@ from processor import configure
 from processor.linear import PROBE
 from processor.state import later_checkpoints
 from processor.validate import validate
-from torchlight.checkpoint import read_checkpoint
+from torchlight.checkpoint import read_checkpoint, saved_config
 from torchlight.config import ConfigError, deep_merge, load_yaml
 from torchlight.dist import barrier, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
@@ -73,7 +73,7 @@ def latest_checkpoint(work_dir, checkpoint_name):
 def finished(checkpoint):
     """Whether `checkpoint` is its run's last: its epoch is the num_epoch of the config it carries."""
     state = read_checkpoint(checkpoint, "checkpoint")
-    return state["epoch"] >= (state.get("config") or {}).get("num_epoch", float("inf"))
+    return state["epoch"] >= saved_config(state).get("num_epoch", float("inf"))
 
 
 def mean_std(values):

@@ -393,3 +393,16 @@ def test_scores_pkl_holds_every_counted_clip_under_its_own_name(tiny, tmp_path):
     from feeder.feeder import Feeder
     subset = Feeder(**val).subset_names()
     assert [n.split("#")[0] for n in scores] == subset and len(set(scores)) == 12
+
+
+@pytest.mark.parametrize("config", [[1], {"model_args": [1]}, "text"])
+def test_a_checkpoint_with_a_crafted_config_loads_as_one_without(tiny, tmp_path, config):
+    """Before: AttributeError ('list' object has no attribute 'get') from linear and kNN evaluation."""
+    data = toy_dataset(tmp_path)
+    moco, state = moco_state()
+    torch.save({"model": state, "config": config}, tmp_path / "ckpt.pt")
+    for name, extra in (("linear_evaluation", {}), ("knn_evaluation", dict(knn_k=[1]))):
+        cls, cfg = tiny(name, "unused", tmp_path / name, train_feeder_args=data, test_feeder_args=data,
+                        weights=str(tmp_path / "ckpt.pt"), model_args=dict(ENC, num_class=2), **extra)
+        proc = cls(cfg)
+        torch.testing.assert_close(proc.raw_model.data_bn.weight, moco.encoder_q.data_bn.weight)

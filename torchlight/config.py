@@ -27,8 +27,10 @@ def load_yaml(path, _seen=(), _read=None):
     """Read a YAML mapping from `path`, on top of the files its `_base_` names (paths relative to it).
 
     An experiment's YAML names its bases (`_base_: ../small/skelemixclr_plus.yaml`, or a list, later
-    ones winning) and holds only what differs, as MMAction2's configs do. A file reached twice (itself,
-    or one base through two paths) and chains deeper than MAX_BASE_DEPTH are one-line errors.
+    ones winning) and holds only what differs, as MMAction2's configs do. A child's `key: null` replaces a
+    base's value by null, which is each key's "none" (its meaning in `--help`); an evaluation's encoder
+    widths at null come from the checkpoint. A file reached twice (itself, or one base through two paths)
+    and chains deeper than MAX_BASE_DEPTH are one-line errors.
     """
     _read = set() if _read is None else _read
     if not os.path.isfile(path):

@@ -55,6 +55,14 @@ def check_manifest(data_path, layout, data):
                          "written by another run or for another layout; preprocess the data again")
 
 
+def clip_names(label_path, labels):
+    """Names of the clips of `.npy` labels: from the generator's pickle beside them when it holds these same
+    labels (a stale one names other clips), else their numbers."""
+    pkl = os.path.splitext(label_path)[0] + ".pkl"
+    names, pickled = read_labels(pkl) if os.path.isfile(pkl) else (None, None)
+    return names if pickled is not None and np.array_equal(pickled, labels) else [str(i) for i in range(len(labels))]
+
+
 def labelled_subset(labels, fraction, seed):
     """Sorted indices of round(fraction · n_c) clips of every class c, drawn with `seed` (docs/method.md §4, semi).
 
@@ -127,13 +135,7 @@ class Feeder(torch.utils.data.Dataset):
         if len(self.labels) != len(self.data):
             raise ValueError(f"{label_path} has {len(self.labels)} labels but {data_path} "
                              f"has {len(self.data)} clips")
-        if names is None:
-            # The generator's pickle beside an `.npy` label file carries the clip names, if it is of these labels.
-            pkl = os.path.splitext(label_path)[0] + ".pkl"
-            names, labels = read_labels(pkl) if os.path.isfile(pkl) else (None, None)
-            if labels is None or not np.array_equal(labels, self.labels):  # none, or a stale one
-                names = [str(i) for i in range(len(self.data))]
-        self.names = names
+        self.names = names if names is not None else clip_names(label_path, self.labels)
         self.indices = (np.arange(len(self.data)) if label_fraction is None
                         else labelled_subset(self.labels, label_fraction, label_seed))
         bad = first_non_finite(self.data) if check_finite else None

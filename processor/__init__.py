@@ -105,7 +105,7 @@ def check_nested_keys(cfg):
     if "model" in cfg:
         known, anything = named_args(import_class(cfg["model"], Module))
         if anything and "base_encoder" in known:  # MoCo: the rest goes to the encoder
-            encoder = cfg["model_args"].get("base_encoder") or known["base_encoder"]
+            encoder = (cfg.get("model_args") or {}).get("base_encoder") or known["base_encoder"]
             encoder, anything = named_args(import_class(encoder, Module))
             known = {**known, **encoder}
         checks.append(("model_args", None if anything else known))

@@ -183,8 +183,11 @@ def test_rerun_removes_stale_temporaries(tmp_path):
     for path, size in ((stale, 100), (live, 1)):
         with open(path, "wb") as f:
             f.write(b"x" * size)
+    staging = temp_name(tmp_path / "out" / "staging", pid=int(dead.stdout))  # a killed run's staging folder
+    os.makedirs(os.path.join(staging, "xsub"))
+    open(os.path.join(staging, "xsub", "val_position.npy"), "w").close()
     main(argv)
-    assert not os.path.exists(stale) and os.path.exists(live)
+    assert not os.path.exists(stale) and os.path.exists(live) and not os.path.exists(staging)
     manifest = (tmp_path / "out" / "xsub" / "manifest.json").read_text()
     assert '"frames": 16' in manifest and '"layout": "ntu-rgb+d"' in manifest
 

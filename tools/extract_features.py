@@ -28,7 +28,8 @@ def extract(weights, data_path, label_path, device="auto", batch_size=64):
         raise ValueError(f"weights {weights} carry no config: give a checkpoint written by this code")
     model_args = encoder_args(recorded.get("model_args") or {})
     layout = model_layout(model_args)
-    bodies = (recorded.get("train_feeder_args") or {}).get("bodies")
+    train = recorded.get("train_feeder_args")
+    bodies = train.get("bodies") if isinstance(train, dict) else None
     dataset = Feeder(data_path, label_path, layout=layout, bodies=bodies)
     model = Model(**model_args)
     load_encoder(model, weights, IGNORE)

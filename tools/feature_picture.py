@@ -38,7 +38,8 @@ def encoder_args(model_args):
     """The ST-GCN's own arguments among a run's `model_args` (a pretraining run's also hold MoCo's); not
     num_class, the size of a classifier the picture does not use."""
     own = inspect.signature(Model).parameters
-    return {k: v for k, v in model_args.items() if k in own and k != "num_class"}
+    items = model_args.items() if isinstance(model_args, dict) else ()  # a crafted checkpoint's config: none
+    return {k: v for k, v in items if k in own and k != "num_class"}
 
 
 def has_sklearn():

@@ -67,4 +67,4 @@ def test_every_compiling_run_forgets_the_graphs_of_the_runs_before(tiny, tmp_pat
     cls, cfg = tiny("pretrain", "unused", tmp_path / "pretrain", train_feeder_args=data, test_feeder_args=data,
                     method="skeletonclr", compile=True)
     cls(cfg)
-    assert events == ["reset", "Model", "reset", "Model", "reset", "Model", "Model"]  # pretraining: both encoders
+    assert events == ["reset", "STGCN", "reset", "STGCN", "reset", "STGCN", "STGCN"]  # pretraining: both encoders

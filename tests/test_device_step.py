@@ -135,10 +135,11 @@ def test_training_epoch_reads_the_losses_once(tmp_path, method):
 def test_evaluation_copies_labels_without_waiting():
     """encode_batches sends each batch's labels and indices to the device asynchronously (the loader pins
     them on CUDA); on CPU its outputs, labels and indices are as computed by hand."""
-    from net.st_gcn import Model
+    from flat import classifier
+
     from processor.features import encode_batches
     torch.manual_seed(0)
-    encoder = Model(hidden_channels=4, hidden_dim=16, num_class=3)
+    encoder = classifier(hidden_channels=4, hidden_dim=16, num_class=3)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(n, 3, 16, 25, 2, generator=g), torch.randint(3, (n,), generator=g),
                 torch.arange(n) + 10 * i) for i, n in enumerate((4, 2))]
@@ -149,7 +150,7 @@ def test_evaluation_copies_labels_without_waiting():
     torch.testing.assert_close(outputs, expected, rtol=0, atol=0)
     assert labels.tolist() == torch.cat([y for _, y, _ in batches]).tolist()
     assert indices.tolist() == [0, 1, 2, 3, 10, 11]
-    meta = Model(hidden_channels=4, hidden_dim=16, num_class=3).to("meta")
+    meta = classifier(hidden_channels=4, hidden_dim=16, num_class=3).to("meta")
     with Ops() as ops:
         encode_batches(meta, batches, lambda x: x.to("meta", non_blocking=True), contextlib.nullcontext, pooled=True)
     assert ops.copies == [((4, 3, 16, 25, 2), True), ((4,), True), ((4,), True),

@@ -37,7 +37,7 @@ def test_calibration_is_the_cumulative_average_of_momentum_none():
     """Batches of unequal size: every running statistic and counter equals torch's own cumulative average
     (momentum None), in float64, and each layer's momentum is restored."""
     torch.manual_seed(0)
-    model = Model(**ENC, num_class=2).double()
+    model = classifier(**ENC, num_class=2).double()
     for m in model.modules():  # unequal momenta: the restore puts each back
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.momentum = 0.1 + 0.01 * len(m.running_mean) % 7
@@ -57,7 +57,8 @@ def test_calibration_is_the_cumulative_average_of_momentum_none():
     expected = dict(reference.named_buffers())
     for k, v in model.named_buffers():
         torch.testing.assert_close(v, expected[k], rtol=1e-12, atol=1e-12, msg=k)
-    assert model.data_bn.num_batches_tracked == 3 and model.data_bn.running_var.std() > 1  # not a vacuous match
+    data_bn = model.encoder.data_bn
+    assert data_bn.num_batches_tracked == 3 and data_bn.running_var.std() > 1  # not a vacuous match
     assert {k: m.momentum for k, m in model.named_modules() if hasattr(m, "momentum")} == momenta
 
 
@@ -72,7 +73,7 @@ def test_calibrating_a_compiled_encoder_keeps_one_graph():
         return graph_module.forward
 
     torch.manual_seed(0)
-    model = Model(**ENC, num_class=2)
+    model = classifier(**ENC, num_class=2)
     model.compile(backend=backend)
     torch.compiler.reset()
     counters.clear()

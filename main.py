@@ -14,6 +14,7 @@ import yaml  # noqa: E402
 from processor import PROCESSORS, configure, describe  # noqa: E402
 from torchlight.config import ConfigError, load_yaml, parse_overrides  # noqa: E402
 from torchlight.dist import leave_process_group  # noqa: E402
+from torchlight.util import logged_errors  # noqa: E402
 
 
 def main(argv=None):
@@ -35,11 +36,14 @@ def main(argv=None):
             failed = False
             print(describe(argv[0], cls, cfg) if wants_help else yaml.safe_dump(cfg, sort_keys=False), end="\n")
             return None
-        result = cls(cfg).start()
+        processor = cls(cfg)
+        with logged_errors(processor.log):  # the error line in log.txt too
+            result = processor.start()
         failed = False
         return result
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        # Bad input is reported in one line naming the file, key or value; bugs keep their traceback.
+    except (ConfigError, OSError, ValueError) as e:
+        # Bad input, or a full or unreadable disk, is one line naming the file, key or value; bugs keep their
+        # traceback.
         raise SystemExit(f"error: {e}") from None
     finally:
         leave_process_group(failed)  # under torchrun: a failing rank exits at once, never waits on the others

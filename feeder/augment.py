@@ -92,9 +92,17 @@ def draw_shear(rng, amplitude=0.5, size=None):
     return shear_matrix((2 * uniform(rng, shape) - 1) * amplitude)
 
 
-def shear(x, matrix):
-    """Every point p becomes matrix · p; `matrix` is (3, 3), or (N, 3, 3) for a batch (docs/method.md §1.5 step 3)."""
-    return (torch if torch.is_tensor(x) else np).einsum("...ij,...jtvm->...itvm", _like(x, matrix), x)
+def shear(x, matrix, dims=3):
+    """Every point p becomes matrix · p; `matrix` is (3, 3), or (N, 3, 3) for a batch (docs/method.md §1.5 step 3).
+
+    dims=2 (x, y, score clips): only the x-y block shears; the score neither moves nor is moved by x and y,
+    so no depth appears. The draws are the same, so 2D and 3D runs take the same random stream."""
+    matrix = _like(x, matrix)
+    if dims == 2:
+        matrix = matrix.clone() if torch.is_tensor(matrix) else matrix.copy()
+        matrix[..., 2, :2] = 0
+        matrix[..., :2, 2] = 0
+    return (torch if torch.is_tensor(x) else np).einsum("...ij,...jtvm->...itvm", matrix, x)
 
 
 def center_crop(x, window):
@@ -106,14 +114,15 @@ def center_crop(x, window):
     return x[..., start:start + window, :, :]
 
 
-def augment_sample(x, rng, frames, shear_amplitude=0.5, padding_ratio=6):
-    """One augmented view of a clip (C, T, V, M): resize, mirrored crop, shear (docs/method.md §1.5)."""
+def augment_sample(x, rng, frames, shear_amplitude=0.5, padding_ratio=6, dims=3):
+    """One augmented view of a clip (C, T, V, M): resize, mirrored crop, shear (docs/method.md §1.5);
+    `dims` as `shear`."""
     x = temporal_resize(x, frames)
     x = mirror_pad_crop(x, draw_offset(rng, x.shape[-3], padding_ratio), padding_ratio)
-    return shear(x, draw_shear(rng, shear_amplitude))
+    return shear(x, draw_shear(rng, shear_amplitude), dims)
 
 
-def augment_batch(x, generator=None, shear_amplitude=0.5, padding_ratio=6, frames=None,
+def augment_batch(x, generator=None, shear_amplitude=0.5, padding_ratio=6, dims=3, frames=None,
                   offsets=None, matrices=None):
     """`augment_sample` for a batch (N, C, T, V, M) on its device, each sample with its own draws (docs/method.md §1.5).
 
@@ -130,7 +139,7 @@ def augment_batch(x, generator=None, shear_amplitude=0.5, padding_ratio=6, frame
     # does not wait for, instead of copies in the middle of the step.
     index = torch.as_tensor(mirror_index(length, np.asarray(offsets), padding_ratio))
     matrices = torch.as_tensor(matrices).to(x.dtype)
-    return shear(_take_frames(x, _to_device(index, x.device)), _to_device(matrices, x.device))
+    return shear(_take_frames(x, _to_device(index, x.device)), _to_device(matrices, x.device), dims)
 
 
 def _to_device(t, device):

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout
-from torchlight.io import first_non_finite, load_npy, safe_pickle_load
+from torchlight.io import first_non_finite, load_npy, read_manifest, safe_pickle_load
 
 from .augment import augment_sample, center_crop, temporal_resize
 
@@ -38,6 +38,29 @@ def class_indices(labels, path):
     if len(bad):
         raise ValueError(f"{path}: label {labels[bad[0]]} of clip {bad[0]} is not a class index (an integer >= 0)")
     return values.astype(np.int64)
+
+
+def check_manifest(data_path, layout, data):
+    """`data` (the array at `data_path`) agrees with the manifest.json beside it, if any: the layout, the frames
+    and its part's clip count (feeder/prepare/preprocess.py). A part of another run, as an overwrite killed
+    midway could once leave, is refused instead of being read beside the others."""
+    manifest = read_manifest(os.path.dirname(os.path.abspath(data_path))) or {}
+    part = os.path.basename(data_path).removesuffix(".npy").removesuffix("_position").removesuffix("_motion")
+    clips = (manifest.get("parts") or {}).get(part)
+    problems = [f"{what} {said} there, {found} here" for what, said, found in (
+        ("layout", manifest.get("layout"), layout), ("frames", manifest.get("frames"), data.shape[2]),
+        (f"{part} clips", clips, len(data))) if said is not None and said != found]
+    if problems:
+        raise ValueError(f"{data_path} disagrees with the manifest.json beside it ({'; '.join(problems)}): "
+                         "written by another run or for another layout; preprocess the data again")
+
+
+def clip_names(label_path, labels):
+    """Names of the clips of `.npy` labels: from the generator's pickle beside them when it holds these same
+    labels (a stale one names other clips), else their numbers."""
+    pkl = os.path.splitext(label_path)[0] + ".pkl"
+    names, pickled = read_labels(pkl) if os.path.isfile(pkl) else (None, None)
+    return names if pickled is not None and np.array_equal(pickled, labels) else [str(i) for i in range(len(labels))]
 
 
 def labelled_subset(labels, fraction, seed):
@@ -97,7 +120,7 @@ class Feeder(torch.utils.data.Dataset):
             raise ValueError(f"feeder label_fraction must be in (0, 1], got {label_fraction!r}")
         self.views, self.frames, self.window_size, self.augment = views, frames, window_size, augment
         self.shear_amplitude, self.padding_ratio = shear_amplitude, padding_ratio
-        self.seed, self.bodies = seed, bodies
+        self.seed, self.bodies, self.dims = seed, bodies, get_layout(layout).dims
         # In shared memory: persistent loader workers see set_epoch without being re-forked every epoch.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -107,15 +130,12 @@ class Feeder(torch.utils.data.Dataset):
         if self.data.ndim != 5 or self.data.shape[1] != 3 or self.data.shape[3] != num_joints:
             raise ValueError(f"{data_path}: expected shape (N, 3, T, {num_joints}, M) for layout {layout!r}, "
                              f"got {self.data.shape}")
+        check_manifest(data_path, get_layout(layout).name, self.data)
         names, self.labels = read_labels(label_path)
         if len(self.labels) != len(self.data):
             raise ValueError(f"{label_path} has {len(self.labels)} labels but {data_path} "
                              f"has {len(self.data)} clips")
-        if names is None:
-            # The generator's pickle beside an `.npy` label file carries the clip names.
-            pkl = os.path.splitext(label_path)[0] + ".pkl"
-            names = read_labels(pkl)[0] if os.path.isfile(pkl) else [str(i) for i in range(len(self.data))]
-        self.names = names
+        self.names = names if names is not None else clip_names(label_path, self.labels)
         self.indices = (np.arange(len(self.data)) if label_fraction is None
                         else labelled_subset(self.labels, label_fraction, label_seed))
         bad = first_non_finite(self.data) if check_finite else None
@@ -132,7 +152,7 @@ class Feeder(torch.utils.data.Dataset):
     @property
     def augment_args(self):
         """The augmentation's settings (docs/method.md §1.5): `augment_sample` here, `augment_batch` on the device."""
-        return dict(shear_amplitude=self.shear_amplitude, padding_ratio=self.padding_ratio)
+        return dict(shear_amplitude=self.shear_amplitude, padding_ratio=self.padding_ratio, dims=self.dims)
 
     def __len__(self):
         return len(self.indices)

@@ -37,16 +37,16 @@ def encoder_class(name):
     """The encoder class registered as `name`, or at dotted path `name` (an encoder outside the registry)."""
     if name in ENCODERS:  # a dotted name, or the class itself
         entry = ENCODERS[name]
-        return import_class(entry) if isinstance(entry, str) else entry
+        return import_class(entry, nn.Module) if isinstance(entry, str) else entry
     if "." not in str(name):
         raise ValueError(f"unknown encoder {name!r}; registered: {', '.join(ENCODERS)} (or a dotted class path)")
-    return import_class(name)
+    return import_class(name, nn.Module)  # a config's dotted name: an nn.Module class, never a function
 
 
 def build_encoder(spec, layout=None):
-    """The encoder `spec` = {name, <its own arguments>} describes (name: DEFAULT_ENCODER when absent), given
-    `layout` where its constructor takes one."""
-    args = dict(spec or {})
+    """The encoder `spec` = {name, <its own arguments>} describes (name: DEFAULT_ENCODER when absent; an argument
+    at null: its default), given `layout` where its constructor takes one."""
+    args = {k: v for k, v in (spec or {}).items() if v is not None}  # null: the argument's default
     cls = encoder_class(args.pop("name", DEFAULT_ENCODER))
     parameters = inspect.signature(cls).parameters
     if layout is not None and "layout" in parameters:

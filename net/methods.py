@@ -7,6 +7,8 @@ is also one function in net/.
 import copy
 import inspect
 
+import torch.nn as nn
+
 from net.encoders import build_encoder
 from net.moco import MoCo
 from net.skelemix import SkeleMix, SkeleMixViews, mix_settings
@@ -59,7 +61,7 @@ def build_mix(spec, layout, temporal_stride):
     if name is None or (name not in MIXES and "." not in str(name)):
         raise ValueError(f"model_args.mixes: unknown mix {name!r}; registered: {', '.join(MIXES)} (or a dotted class)")
     cls = MIXES.get(name, name)
-    cls = import_class(cls) if isinstance(cls, str) else cls
+    cls = import_class(cls, nn.Module) if isinstance(cls, str) else cls
     accepted = inspect.signature(cls).parameters
     context = dict(layout=layout, temporal_stride=temporal_stride)
     return cls(**args, **{k: v for k, v in context.items() if k in accepted and k not in args})
@@ -91,3 +93,4 @@ def pretraining_model(encoder=None, layout=None, swap_params=None, mix_mode="swa
 
 
 pretraining_model.arguments_of = (MoCo,)  # `--help` lists MoCo's arguments among model_args too
+pretraining_model.builds = MoCo  # a config may name this factory as its model (torchlight.util.import_class)

@@ -78,17 +78,66 @@ def configure(name, config=None, overrides=None, source="config", need_method=Tr
         method_preset = preset(method)
     defaults = merge(cls.default_config(), method_preset, {}, source="preset")
     cfg = merge(defaults, config, overrides, source=source)
+    named = set(config) | {key.split(".")[0] for key in overrides}
+    if cfg.get("num_steps") is not None and "num_epoch" in named:  # one would silently win
+        raise ConfigError(f"num_epoch {cfg['num_epoch']} and num_steps {cfg['num_steps']} are both given ({source} "
+                          "and its bases, or the command line): give one; --num_steps null trains num_epoch epochs")
     if cfg.get("speed", "exact") not in SPEEDS:
         raise ConfigError(f"speed must be exact or fast, not {cfg['speed']!r}")
     if cfg.get("speed") == "fast" and "amp" in cfg:  # a processor (a table passes speed on to its runs)
-        named = set(config) | {key.split(".")[0] for key in overrides}
         cfg.update({k: v for k, v in fast_settings(cfg["device"], cfg["sync_bn"]).items() if k not in named})
+    check_nested_keys(cfg)
     return cls, cfg
+
+
+def named_args(cls):
+    """({argument: default or None} of `cls`'s constructor, whether it also takes any keyword (**kwargs))."""
+    import inspect
+    params = inspect.signature(cls).parameters.values()
+    named = {p.name: None if p.default is p.empty else p.default
+             for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def check_nested_keys(cfg):
+    """Every key of model_args, encoder and the feeders' args is an argument of the class it is passed to: the
+    model (and the classes a factory passes the rest to, its `arguments_of`), the encoder `encoder.name` names
+    (registered or dotted, net/encoders.py) and the feeder. `encoder` and `layout` are top-level keys the
+    processor passes on, never model_args' (nor `layout` an encoder key). A typo is refused, also by
+    --print_config."""
+    from torch.nn import Module
+    from torch.utils.data import Dataset
+
+    from torchlight.config import ConfigError
+    from torchlight.util import import_class
+    checks = []
+    if "model" in cfg:
+        model = import_class(cfg["model"], Module)
+        known, anything = named_args(model)
+        for target in getattr(model, "arguments_of", ()):  # a factory passing the rest on (net.methods)
+            more, anything = named_args(target)
+            known = {**known, **more}
+        checks.append(("model_args", None if anything else set(known) - {"encoder", "layout"}))
+    if isinstance(cfg.get("encoder"), dict):
+        from net.encoders import DEFAULT_ENCODER, encoder_class
+        known, anything = named_args(encoder_class(cfg["encoder"].get("name", DEFAULT_ENCODER)))
+        checks.append(("encoder", None if anything else (set(known) - {"layout"}) | {"name"}))
+    if "feeder" in cfg:
+        known, anything = named_args(import_class(cfg["feeder"], Dataset))
+        checks += [(key, None if anything else known) for key in ("train_feeder_args", "test_feeder_args")]
+    for key, known in checks:
+        unknown = sorted(set(cfg.get(key) or {}) - set(known)) if known is not None else []
+        if unknown:
+            hint = " (layout is a top-level key)" if unknown[0] == "layout" else \
+                " (encoder is a top-level key)" if unknown[0] == "encoder" else ""
+            raise ConfigError(f"unknown key {key}.{unknown[0]}: known are {', '.join(sorted(known))}{hint}")
 
 
 def describe(name, cls, cfg):
     """`python main.py <name> --help`: every key of `cfg` with its value and meaning, then the arguments of the
     model (and of the encoder it wraps) and of the feeders, each default from its signature unless set."""
+    from torch.nn import Module
+
     from torchlight.config import argument_help, show
     from torchlight.util import import_class
     meanings = cls.config_help()
@@ -97,7 +146,7 @@ def describe(name, cls, cfg):
     lines += [f"  {key} = {show(value)}\n      {meanings.get(key, '')}" for key, value in cfg.items()]
     nested = []
     if "model" in cfg:
-        model = import_class(cfg["model"])
+        model = import_class(cfg["model"], Module)
         nested.append(("model_args", model, cfg["model_args"]))
         nested += [("model_args", target, cfg["model_args"]) for target in getattr(model, "arguments_of", ())]
     if "encoder" in cfg:

@@ -38,7 +38,7 @@ DEFAULTS = dict(
     channels_last=False,
     device_augment=False,
     sync_bn=False,
-    # GPU numerics (README: Speed): exact fp32 and cuDNN's fastest algorithms unless told otherwise
+    # GPU numerics (docs/gpu.md): exact fp32 and cuDNN's fastest algorithms unless told otherwise
     tf32=False,
     cudnn_benchmark=True,
     deterministic=False,
@@ -46,6 +46,7 @@ DEFAULTS = dict(
     save_interval=5,
     eval_interval=5,
     resume=None,
+    resume_override=False,
     progress=True,
 )
 
@@ -91,6 +92,7 @@ HELP = dict(
     deterministic="deterministic algorithms (cudnn_benchmark off): a resume repeats bit for bit",
     save_interval="epochs between checkpoints (the last epoch always writes one)",
     eval_interval="epochs between evaluations (kNN monitor, val accuracy); 0: none but the final",
-    resume="checkpoint written by a previous run of this processor, to continue",
+    resume="checkpoint written by a previous run of this processor, to continue (its schedule, seed, lr, amp, data)",
+    resume_override="resume with this run's schedule, seed, lr, amp and data files instead of refusing other ones",
     progress="tqdm progress bars",
 )

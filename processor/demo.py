@@ -8,9 +8,10 @@ top-1 table with each pretraining's final loss over chance (also in `<work_dir>/
 import json
 import os
 
+from feeder.feeder import labelled_subset, read_labels
 from feeder.prepare.demo_arrays import demo_arrays
 from processor.table import RUN_HELP, Orchestrator, Table
-from torchlight.config import deep_merge, load_yaml
+from torchlight.config import ConfigError, deep_merge, load_yaml
 from torchlight.dist import barrier, broadcast_object, is_main_process
 from torchlight.io import atomic_path
 
@@ -43,7 +44,7 @@ HELP = dict(  # shown by `python main.py demo --help`
     label_fraction="linear evaluation trains on this share of the training labels (per class); "
                    "pretraining sees every training clip, unlabelled: the setting SSL is for",
     seed="seed of the data and of every run",
-    pretrain="overrides for both pretraining runs, e.g. --pretrain.num_epoch 2",
+    pretrain="overrides for both pretraining runs, e.g. --pretrain.num_steps 100",
 )
 
 
@@ -59,10 +60,32 @@ class Demo(Orchestrator):
         self.log(f"synthetic data: {cfg['num_files']} clips in {root}")
         return demo_arrays(root, cfg["num_files"], cfg["frames"], cfg["seed"], cfg["nuisance"], cfg["timing"])
 
+    def fitted_batches(self, data):
+        """(pretrain, linear) overrides that lower the configs' batches (64, 16) to what few clips allow: a
+        power of two no larger than the training clips, or than the labelled ones (before, a demo of fewer than
+        ~250 files stopped with 'batch_size 16 is larger than the 12 training clips'). A batch the command line
+        gives stands."""
+        cfg = self.cfg
+        labels = read_labels(os.path.join(data, "train_label.pkl"))[1]
+        labelled = len(labelled_subset(labels, cfg["label_fraction"], 0))  # the feeder's label_seed
+        out = []
+        for overrides, batch, clips in ((cfg["pretrain"], 64, len(labels)), (cfg["linear"], 16, labelled)):
+            if "batch_size" in overrides or clips >= batch:
+                out.append(overrides)
+                continue
+            if clips < 2:
+                raise ConfigError(f"num_files {cfg['num_files']} with label_fraction {cfg['label_fraction']} "
+                                  f"leaves {clips} training clip(s): raise num_files or label_fraction")
+            fitted = 2 ** (clips.bit_length() - 1)
+            self.log(f"{clips} clips: batch_size {fitted} instead of {batch}")
+            out.append(dict(overrides, batch_size=fitted))
+        return out
+
     def start(self):
         cfg = self.cfg
         data = self.prepare_data() if is_main_process() else None
         data = broadcast_object(data)  # the other ranks wait here for rank 0's arrays
+        pretrain, linear = self.fitted_batches(data)
         part = {p: dict(data_path=f"{data}/{p}_position.npy", label_path=f"{data}/{p}_label.pkl")
                 for p in ("train", "val")}
         rows = load_yaml(os.path.join(CONFIGS, "table.yaml"))["rows"]
@@ -75,9 +98,8 @@ class Demo(Orchestrator):
                      progress=cfg["progress"],
                      data=dict(train_feeder_args=dict(part["train"], frames=cfg["frames"]),
                                test_feeder_args=part["val"]),
-                     pretrain=cfg["pretrain"], overwrite=True,  # a rerun redoes its runs
-                     linear=deep_merge(dict(train_feeder_args=dict(label_fraction=cfg["label_fraction"])),
-                                       cfg["linear"]))
+                     pretrain=pretrain, overwrite=True,  # a rerun redoes its runs
+                     linear=deep_merge(dict(train_feeder_args=dict(label_fraction=cfg["label_fraction"])), linear))
         if is_main_process():
             print(f"\nDemo: synthetic data (nuisance {cfg['nuisance']}, timing {cfg['timing']}), NTU-60-style xsub "
                   f"split; linear evaluation on {cfg['label_fraction']:.0%} of the training labels", flush=True)

@@ -1,5 +1,5 @@
 """Where the model runs: channels-last, SyncBatchNorm, DDP and compile as configured, the autocast of a step,
-and what a CUDA card runs fast (README: Speed; docs/gpu.md)."""
+and what a CUDA card runs fast (docs/speed.md, docs/gpu.md)."""
 import contextlib
 import importlib.util
 

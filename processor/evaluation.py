@@ -1,5 +1,6 @@
 """Evaluation protocols: what they share, fine-tune / semi-supervised and kNN (docs/method.md §4); linear
 evaluation is processor/linear.py."""
+import contextlib
 import json
 import math
 import os
@@ -17,21 +18,25 @@ from processor.flat_config import nest
 from processor.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from processor.processor import DEFAULTS, Processor
 from torchlight.checkpoint import read_checkpoint
+from torchlight.checkpoint import saved_config as checkpoint_config
 from torchlight.config import ConfigError
 from torchlight.io import atomic_path
 from torchlight.util import release_freed_host_memory
 
+# The shipped weights' folder (tracked by git): evaluations of its files write under ./work_dir instead.
+SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+
 
 def saved_config(weights):
-    """The nested config a checkpoint of ours carries ({} for the release's checkpoints and official ones)."""
-    state = read_checkpoint(weights, "weights file")
-    saved = (state.get("config") or {}) if isinstance(state, dict) else {}
-    return nest(saved, f"the config of {weights}") if isinstance(saved, dict) else {}
+    """The nested config a checkpoint of ours carries ({} for the release's checkpoints and official ones, and
+    for a crafted file's non-mapping config)."""
+    return nest(checkpoint_config(read_checkpoint(weights, "weights file")), f"the config of {weights}")
 
 
 def take_encoder_shape(cfg):
     """The encoder and the layout of `cfg` from its weights' pretraining config: each argument the config or the
-    command line names must be the same. Checkpoints without a config: the config's values stand."""
+    command line names must be the same, or null to take it from the checkpoint even where a base config sets it
+    (null without a checkpoint value: the code default). Checkpoints without a config: the config's values stand."""
     saved = saved_config(cfg["weights"])
     mine = {f"encoder.{k}": v for k, v in cfg["encoder"].items()}
     theirs = {f"encoder.{k}": v for k, v in (saved.get("encoder") or {}).items()}
@@ -40,7 +45,8 @@ def take_encoder_shape(cfg):
         if mine.get(key) is not None and value is not None and mine[key] != value:
             raise ConfigError(f"{key} {mine[key]!r} differs from {value!r} in the config of {cfg['weights']}: "
                               "leave it out, the checkpoint gives it")
-    cfg["encoder"] = {**(saved.get("encoder") or {}), **cfg["encoder"]}
+    given = {k: v for k, v in cfg["encoder"].items() if v is not None}  # null: an inherited width left out
+    cfg["encoder"] = {k: v for k, v in {**(saved.get("encoder") or {}), **given}.items() if v is not None}
     cfg["layout"] = cfg["layout"] or saved.get("layout")
 
 
@@ -98,16 +104,25 @@ class Evaluation(Processor):
     extra_help = dict(result_file="the result's file name in work_dir")
 
     @classmethod
+    def protocol_folder(cls, cfg):
+        """The folder name of this protocol's results (`work_dir_name`; linear evaluation's probe differs)."""
+        return cls.work_dir_name
+
+    @classmethod
     def default_work_dir(cls, cfg):
-        """Beside the weights' run: `<run>/linear`, `<run>/finetune`, `<run>/knn`, `_1pct_labels` added with a
-        label_fraction. A baseline without weights has no run: ./work_dir/<data>/<model>/<protocol>, such as
+        """Beside the weights' run: `<run>/linear`, `<run>/probe`, `<run>/finetune`, `<run>/knn`, `_1pct_labels`
+        added with a label_fraction; for a shipped file of weights/, ./work_dir/<its stem>/<protocol>. A baseline
+        without weights has no run: ./work_dir/<data>/<model>/<protocol>, such as
         ./work_dir/ucla_frame32_xview/random_init/linear."""
-        name = cls.work_dir_name
+        name = cls.protocol_folder(cfg)
         fraction = cfg["train_feeder_args"].get("label_fraction")
         if fraction is not None:
             name += f"_{100 * fraction:g}pct_labels"
         if cfg["weights"]:
-            return os.path.join(os.path.dirname(os.path.abspath(cfg["weights"])), name)
+            run = os.path.dirname(os.path.abspath(cfg["weights"]))
+            if os.path.realpath(run) == os.path.realpath(SHIPPED_WEIGHTS):  # never write into the repository
+                run = os.path.join("work_dir", os.path.splitext(os.path.basename(cfg["weights"]))[0])
+            return os.path.join(run, name)
         data = cfg["test_feeder_args"].get("data_path")
         data = "_".join(os.path.dirname(os.path.abspath(data)).split(os.sep)[-2:]) if data else ""
         encoder = cfg["encoder"].get("name", DEFAULT_ENCODER).rsplit(".", 1)[-1]
@@ -157,9 +172,10 @@ class Evaluation(Processor):
 class Classification(Evaluation):
     """Supervised training of an encoder + classifier with top-1/top-5 evaluation and a result file."""
 
-    extra_defaults = dict(Evaluation.extra_defaults,
+    extra_defaults = dict(Evaluation.extra_defaults, keep_checkpoints=False,
                           augment=False)  # train on the crop + shear of docs/method.md §1.5 (§4 trains without)
-    extra_help = dict(Evaluation.extra_help, augment="train on cropped and sheared clips (the protocol: without)")
+    extra_help = dict(Evaluation.extra_help, augment="train on cropped and sheared clips (the protocol: without)",
+                      keep_checkpoints="keep every checkpoint written (false: the last and the best-on-val only)")
     checkpoint_name = "eval_epoch{}.pt"  # never a pretraining checkpoint's name: it may sit beside one
 
     def __init__(self, cfg):
@@ -212,6 +228,12 @@ class Classification(Evaluation):
     def save_checkpoint(self, epoch, extra=None):
         """With the evaluations so far: a resumed run's result.json keeps the whole history and its best."""
         super().save_checkpoint(epoch, dict(extra or {}, history=self.history, best=self.best))
+        if self.main and not self.cfg["keep_checkpoints"]:
+            keep = {epoch + 1, (self.best or {}).get("epoch")}
+            for older in range(1, epoch + 1):
+                if older not in keep:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(self.cfg["work_dir"], self.checkpoint_name.format(older)))
 
     def resume(self, path):
         state = super().resume(path)

@@ -27,6 +27,11 @@ class LinearEvaluation(Classification):
                                    "clips' feature statistics (docs/method.md §4)")
     work_dir_name = "linear"
 
+    @classmethod
+    def protocol_folder(cls, cfg):
+        """`probe` for the normalised probe: its results never replace the paper protocol's in `linear`."""
+        return "probe" if cfg.get("feature_norm") else cls.work_dir_name
+
     def __init__(self, cfg):
         self.cached = None  # (features, labels) of the training clips, on the cached path
         self.frozen = {}    # the encoder's state before training: finish() checks that none of it moved

@@ -106,7 +106,7 @@ class Pretrain(Processor):
         if near_chance(ratio, keys_seen, self.raw_model.queue_size):
             self.log(f"warning: epoch {epoch + 1}: loss {stats['train/loss']:.4g} is {100 * ratio:.1f}% of its chance "
                      f"value, after the queue was refilled {keys_seen // self.raw_model.queue_size} times: the "
-                     "encoder is not learning (README: Is pretraining learning?)")
+                     "encoder is not learning (docs/experiments.md)")
         return stats
 
     def evaluate(self, epoch):

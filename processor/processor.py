@@ -19,30 +19,15 @@ from processor.defaults import DEFAULTS, HELP
 from processor.device import autocast, compile_modules, device_note, place_model
 from processor.features import check_knn_bank, encode_batches, in_dataset_order, knn_top1
 from processor.nonfinite import LossCheck, NonFiniteError
-from processor.schedule import step_lr
+from processor.schedule import progress_due, step_lr
 from processor.state import read_resume_checkpoint, rng_state, set_rng_state
-from processor.validate import validate
+from processor.validate import expand_home, validate
 from torchlight import dist
 from torchlight.checkpoint import write_checkpoint
 from torchlight.config import ConfigError
 from torchlight.io import open_work_dir, write_yaml
 from torchlight.threads import set_threads
-from torchlight.util import (
-    instantiate,
-    prepare_host,
-    seed_everything,
-    select_device,
-    set_numerics,
-)
-
-PROGRESS_SECONDS = 1.0  # least time between the progress bar's loss reads (each read waits for the device)
-
-
-def progress_due(step, steps, seconds_since_shown):
-    """Whether the progress bar reads the loss at `step` (0-based) of `steps` (None when unknown): the first
-    and the last step, and any step PROGRESS_SECONDS after the last read, so a short epoch ends showing
-    its last loss and a long one reads the device about once a second, not every step."""
-    return step == 0 or step + 1 == steps or seconds_since_shown >= PROGRESS_SECONDS
+from torchlight.util import instantiate, logged_errors, prepare_host, seed_everything, select_device, set_numerics
 
 
 class Processor:
@@ -62,12 +47,13 @@ class Processor:
 
     def __init__(self, cfg):
         """Check the config, then build in this order: work_dir, model, optimizer, data, resume, config.yaml."""
+        expand_home(cfg)
         validate(cfg)  # first: a refused value leaves nothing in the work_dir
         cfg["work_dir"] = cfg["work_dir"] or self.default_work_dir(cfg)
         self.cfg = cfg
         self.distributed = dist.init_distributed(cfg["device"])
         self.device = select_device(cfg["device"], self.distributed)
-        host_warning = prepare_host(self.device, cfg["amp"])
+        self.host_warning = prepare_host(self.device, cfg["amp"])
         self.world = dist.get_world_size()
         if cfg["batch_size"] % self.world:
             raise ConfigError(f"batch_size {cfg['batch_size']} is not divisible by the {self.world} ranks")
@@ -83,6 +69,12 @@ class Processor:
         self.main = dist.is_main_process()
         self.lock, self.log, self.writer = open_work_dir(cfg["work_dir"], cfg["resume"], cfg["overwrite"], self.main)
         self.log(f"{type(self).__name__} on {self.device}, {self.world} process(es), work_dir {cfg['work_dir']}")
+        with logged_errors(self.log):  # a refusal from here on is also log.txt's last line
+            self.build()
+
+    def build(self):
+        """Model, optimizer, data, resume and config.yaml, in this order, in the opened work_dir."""
+        cfg = self.cfg
         self.raw_model = self.build_model().to(self.device)
         threads_note = set_threads(self.device, cfg["cpu_threads"], self.raw_model)
         if dist.get_rank():
@@ -95,7 +87,8 @@ class Processor:
         self.generator = torch.Generator().manual_seed(cfg["seed"] + dist.get_rank())
         self.build_data()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
-        for note in filter(None, (threads_note, host_warning, device_note(self.device, cfg["amp"], cfg["compile"]))):
+        notes = (threads_note, self.host_warning, device_note(self.device, cfg["amp"], cfg["compile"]))
+        for note in filter(None, notes):
             self.log(note)
         if cfg["resume"]:
             self.resume(cfg["resume"])
@@ -113,7 +106,7 @@ class Processor:
     def build_model(self):
         """`model`, given `model_args`, the `encoder` it is built on and the data's layout."""
         args = dict(self.cfg["model_args"], encoder=self.cfg["encoder"], layout=self.layout)
-        return instantiate(self.cfg["model"], args, "model_args")
+        return instantiate(self.cfg["model"], args, "model_args", torch.nn.Module)
 
     def build_data(self):
         """Create `self.train_loader` (and `self.val_loader` where evaluation needs it)."""
@@ -158,7 +151,7 @@ class Processor:
 
     def dataset(self, args, what):
         """The feeder for `args`; the skeleton layout defaults to the model's."""
-        return instantiate(self.cfg["feeder"], {"layout": self.layout, **args}, what)
+        return instantiate(self.cfg["feeder"], {"layout": self.layout, **args}, what, torch.utils.data.Dataset)
 
     def loader(self, dataset, train):
         """A loader of `dataset` (processor/data.py), kept in `loaders` so that every epoch reseeds it."""
@@ -348,5 +341,5 @@ class Processor:
         set_rng_state(per_rank[dist.get_rank()] if len(per_rank) == self.world else state["rng"], self.generator,
                       self.device)
         self.last_checkpoint = path
-        self.log(f"resumed from {path} at epoch {self.start_epoch}")
+        self.log(f"resumed from {path} at epoch {self.start_epoch}" + "".join(state.get("schedule", [])))
         return state

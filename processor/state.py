@@ -8,11 +8,16 @@ import numpy as np
 import torch
 
 from processor.flat_config import nest
-from torchlight.checkpoint import check_state_dict, read_checkpoint
+from torchlight.checkpoint import check_state_dict, read_checkpoint, saved_config
 from torchlight.config import ConfigError
 
 # What makes a run: a resume with another value of these is another run (docs/errors.md).
 RESUME_KEYS = ("method", "model", "model_args", "encoder", "layout", "batch_size", "stream")
+# What a run was started with: a resume with another value is refused unless `resume_override`.
+STARTED_WITH = ("seed", "base_lr", "amp", "train_feeder_args.data_path", "train_feeder_args.label_path",
+                "test_feeder_args.data_path", "test_feeder_args.label_path")
+# The schedule: a resume continues the checkpoint's (unless `resume_override`), whatever the config says.
+SCHEDULE = ("num_epoch", "num_steps", "mix_warmup", "momentum_schedule", "step", "warm_up_epoch")
 
 
 def rng_state(generator, device):
@@ -58,11 +63,16 @@ def read_resume_checkpoint(path, processor, model_state, cfg, checkpoint_name, d
                           f"(needs keys {sorted(keys)})")
     if state.get("processor", processor) != processor:
         raise ConfigError(f"resume checkpoint {path} was written by {state['processor']}; this run is {processor}")
-    check_same_run(path, cfg, state.get("config") or {})
+    saved = nest(saved_config(state), f"the config of {path}")  # a flat one is read nested
+    check_same_run(path, cfg, saved)
+    if not cfg.get("resume_override"):
+        check_started_with(path, cfg, saved)
+        state["schedule"] = take_schedule(cfg, saved)
     check_state_dict(path, model_state, state["model"])
     if state["epoch"] >= cfg["num_epoch"]:
         raise ConfigError(f"resume checkpoint {path} is at epoch {state['epoch']}, num_epoch is "
-                          f"{cfg['num_epoch']}: nothing left to train (raise --num_epoch)")
+                          f"{cfg['num_epoch']}: nothing left to train (raise --num_epoch, or --num_steps with "
+                          "--resume_override true)")
     later = later_checkpoints(cfg["work_dir"], checkpoint_name, state["epoch"])
     if later and not cfg["overwrite"]:
         raise ConfigError(f"resume checkpoint {path} is at epoch {state['epoch']} but {cfg['work_dir']} "
@@ -74,7 +84,7 @@ def read_resume_checkpoint(path, processor, model_state, cfg, checkpoint_name, d
 def check_same_run(path, cfg, saved):
     """The settings that make a run (RESUME_KEYS) match the checkpoint's config (older ones have none; a flat
     one is read nested)."""
-    saved = nest(saved, f"the config of {path}")
+    saved = nest(saved, f"the config of {path}")  # idempotent on a nested config
     for key in RESUME_KEYS:
         if key not in saved:
             continue
@@ -85,6 +95,37 @@ def check_same_run(path, cfg, saved):
             if mine != before:
                 raise ConfigError(f"resume checkpoint {path} was trained with {name} {before!r}, this run has "
                                   f"{mine!r}: resume with the checkpoint's value, or start a new --work_dir")
+
+
+def dotted(cfg, key):
+    """cfg['a']['b'] for key 'a.b' (None where absent)."""
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def check_started_with(path, cfg, saved):
+    """Seed, lr, amp and data files (STARTED_WITH) match the checkpoint's config: another value would train a mix
+    of two runs under the name of one (config.yaml records only the last)."""
+    for key in (k for k in STARTED_WITH if k.split(".")[0] in saved):  # older checkpoints carry less
+        mine, before = dotted(cfg, key), dotted(saved, key)
+        if mine != before:
+            raise ConfigError(f"resume checkpoint {path} was started with {key} {before!r}, this run has "
+                                  f"{mine!r}: resume with the checkpoint's value, or give --resume_override true")
+
+
+def take_schedule(cfg, saved):
+    """Set the SCHEDULE keys of `cfg` to the checkpoint's config, the run it continues; returns '; key value from
+    the checkpoint (config: other)' for each that changed, for the log. One exception: a larger num_epoch, with
+    num_steps unset in both, extends a run trained by epochs."""
+    extend = saved.get("num_steps") is None and cfg.get("num_steps") is None and \
+        cfg["num_epoch"] > saved.get("num_epoch", cfg["num_epoch"])
+    changed = [f"; num_epoch {cfg['num_epoch']}: the checkpoint's {saved['num_epoch']} extended"] if extend else []
+    for key in (k for k in SCHEDULE if k in saved and k in cfg and not (extend and k == "num_epoch")):
+        if cfg[key] != saved[key]:
+            changed.append(f"; {key} {saved[key]!r} from the checkpoint (config: {cfg[key]!r})")
+            cfg[key] = saved[key]
+    return changed
 
 
 def later_checkpoints(work_dir, checkpoint_name, epoch):

@@ -14,7 +14,10 @@ from net.methods import method_name
 from processor import configure
 from processor.flat_config import nest
 from processor.linear import PROBE
+from processor.state import later_checkpoints
 from processor.stats import mean_std, paired_interval, verdict
+from processor.validate import validate
+from torchlight.checkpoint import read_checkpoint, saved_config
 from torchlight.config import ConfigError, deep_merge, load_yaml
 from torchlight.dist import barrier, broadcast_object, init_distributed, is_main_process
 from torchlight.io import Logger, atomic_path
@@ -43,7 +46,7 @@ HELP = dict(  # shown by `python main.py table --help`
     seeds="each row runs once per seed: top-1 as mean ± std",
     data="merged into every run: e.g. {train_feeder_args: {...}, test_feeder_args: {...}}",
     rows="[{name, linear: yaml, pretrain: [processor, yaml] (optional), pretrain_args: {...}, linear_args: {...}}]",
-    pretrain="overrides for every pretraining run, e.g. --pretrain.num_epoch 2",
+    pretrain="overrides for every pretraining run, e.g. --pretrain.num_steps 100",
     overwrite="true: redo runs whose work_dir exists (the demo), instead of refusing",
     compare="[[row, other row], ...]: the paired 95 % interval of row - other over the seeds, both protocols",
 )
@@ -58,12 +61,36 @@ def slug(name):
     return method_name(name) or name.lower().replace("+", "_plus").replace(" ", "_")
 
 
-def finished_result(path, overwrite):
-    """The result a finished run wrote to `path`; None when there is none or `overwrite` redoes the run."""
+def read_json(path, overwrite=False):
+    """The JSON at `path`, or None when it is absent or `overwrite` asks to redo what wrote it."""
     if overwrite or not os.path.isfile(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def on_rank0(read, *args):
+    """`read(*args)` as rank 0's disk answers it, on every rank: ranks on other nodes, whose disks may lack a
+    file or hold an older one, would otherwise train while rank 0 skips, and wait forever."""
+    return broadcast_object(read(*args) if is_main_process() else None)
+
+
+def latest_checkpoint(work_dir, checkpoint_name):
+    """The checkpoint `checkpoint_name` of the highest epoch in `work_dir`, or None."""
+    found = later_checkpoints(work_dir, checkpoint_name, 0)
+    return os.path.join(work_dir, found[-1]) if found else None
+
+
+def finished(checkpoint):
+    """Whether `checkpoint` is its run's last: its epoch is the num_epoch of the config it carries."""
+    state = read_checkpoint(checkpoint, "checkpoint")
+    return state["epoch"] >= saved_config(state).get("num_epoch", float("inf"))
+
+
+def resume_point(work_dir, checkpoint_name, overwrite):
+    """(latest checkpoint in work_dir or None, whether it is its run's last); (None, False) with `overwrite`."""
+    latest = None if overwrite else latest_checkpoint(work_dir, checkpoint_name)
+    return latest, bool(latest) and finished(latest)
 
 
 class Orchestrator:
@@ -88,11 +115,10 @@ class Table(Orchestrator):
     defaults, help = DEFAULTS, HELP
 
     def __init__(self, cfg):
+        self.cfg = cfg
         for row in cfg["rows"]:
             if not isinstance(row, dict) or "name" not in row or "linear" not in row:
                 raise ConfigError(f"table row {row!r} needs a name and a linear config")
-            # Every file a row names is read before the first run: a typo in the last row fails now, not
-            # after the first rows have trained.
             pretrain = row.get("pretrain")
             if pretrain is not None and not (isinstance(pretrain, list) and len(pretrain) == 2):
                 raise ConfigError(f"table row {row['name']!r}: pretrain must be [processor, config file]")
@@ -102,17 +128,44 @@ class Table(Orchestrator):
         for pair in cfg["compare"]:
             if not (isinstance(pair, list) and len(pair) == 2 and all(name in names for name in pair)):
                 raise ConfigError(f"table compare {pair!r}: each entry is [row, other row], named as in rows {names}")
+        # Every run of every row is configured and checked before the first one trains: a typo in the last
+        # row's linear_args fails now, not after the first rows have pretrained.
+        for row in cfg["rows"]:
+            for name, config_file, overrides in self.runs_of(row):
+                _, run_cfg = self.run_config(name, config_file, "unused", cfg["seeds"][0], *overrides)
+                validate(run_cfg)
         super().__init__(cfg)
 
-    def run(self, name, config_file, work_dir, seed, *overrides):
-        """Processor `name` with `config_file`, this table's data, work_dir and seed, and `overrides`."""
+    def runs_of(self, row):
+        """(processor, config file, overrides) of each run of `row`: its pretraining, then both protocols."""
+        runs = [(*row["pretrain"], [row.get("pretrain_args"), self.cfg["pretrain"]])] if row.get("pretrain") else []
+        return runs + [("linear_evaluation", row["linear"], [row.get("linear_args"), self.cfg["linear"], settings])
+                       for settings in ({}, PROBE)]
+
+    def run_config(self, name, config_file, work_dir, seed, *overrides):
+        """(class, config) of processor `name` with `config_file`, this table's data, work_dir and seed, and
+        `overrides`."""
         cfg = self.cfg
         common = dict(work_dir=work_dir, seed=seed, device=cfg["device"], speed=cfg["speed"],
                       progress=cfg["progress"], overwrite=cfg["overwrite"])
         # Each layer nested first: a later one in the release's flat form overrides an earlier nested one.
         layers = (load_yaml(config_file), cfg["data"], common, *overrides)
         config = deep_merge(*(nest(layer, config_file) for layer in layers))
-        cls, run_cfg = configure(name, config, {}, source=config_file)
+        return configure(name, config, {}, source=config_file)
+
+    def run(self, name, config_file, work_dir, seed, *overrides):
+        """Run `run_config`'s processor. A run a killed table left in work_dir (unless `overwrite`) is resumed from
+        its latest checkpoint; when that is its last, a pretraining is not rerun (None is returned) and an
+        evaluation, which only lacks its result, runs again. Rank 0's disk decides (`on_rank0`)."""
+        cls, run_cfg = self.run_config(name, config_file, work_dir, seed, *overrides)
+        latest, done = on_rank0(resume_point, work_dir, cls.checkpoint_name, self.cfg["overwrite"])
+        if done:
+            if "method" in run_cfg:
+                return None
+            run_cfg["overwrite"] = True
+        elif latest:
+            self.log(f"resuming {latest}, left by an interrupted table")
+            run_cfg["resume"] = latest
         processor = cls(run_cfg)
         processor.start()
         return processor
@@ -124,7 +177,7 @@ class Table(Orchestrator):
         lack the file or hold an older one, would otherwise train while rank 0 skips, and wait forever."""
         work = os.path.join(self.cfg["work_dir"], slug(row["name"]), f"seed{seed}")
         done = os.path.join(work, "result.json")
-        result = broadcast_object(finished_result(done, self.cfg["overwrite"]) if is_main_process() else None)
+        result = on_rank0(read_json, done, self.cfg["overwrite"])
         if result is not None:
             self.log(f"{row['name']}, seed {seed}: finished before, read from {done}")
             return result
@@ -137,18 +190,36 @@ class Table(Orchestrator):
     def train_row(self, row, seed, work):
         weights, ratio = None, None
         if row.get("pretrain"):
+            weights, ratio = self.pretrain_row(row, seed, work)
+        result = dict(loss_over_chance=ratio)
+        for protocol, folder, settings in (("paper", "linear", {}), ("probe", "probe", PROBE)):
+            done = on_rank0(read_json, os.path.join(work, folder, "result.json"), self.cfg["overwrite"])
+            if done is None:
+                self.log(f"{row['name']}, seed {seed}: linear evaluation, {protocol} protocol ({row['linear']})")
+                self.run("linear_evaluation", row["linear"], os.path.join(work, folder), seed,
+                         row.get("linear_args"), self.cfg["linear"], settings, dict(weights=weights))
+                done = on_rank0(read_json, os.path.join(work, folder, "result.json"))
+            result[protocol] = dict(top1=done["final"]["top1"], top5=done["final"]["top5"])
+        return result
+
+    def pretrain_row(self, row, seed, work):
+        """(weights, final loss over chance) of the row's pretraining: run (or resumed), or read from the
+        pretrain.json an earlier table wrote after it."""
+        record = os.path.join(work, "pretrain.json")
+        done = on_rank0(read_json, record, self.cfg["overwrite"])
+        if done is None:
             name, config_file = row["pretrain"]
             self.log(f"{row['name']}, seed {seed}: pretraining ({config_file})")
             pre = self.run(name, config_file, work, seed, row.get("pretrain_args"), self.cfg["pretrain"])
-            weights = os.path.join(work, f"epoch{pre.cfg['num_epoch']}_model.pt")
-            ratio = pre.stats[-1]["health/loss_over_chance"]
-        result = dict(loss_over_chance=ratio)
-        for protocol, folder, settings in (("paper", "linear", {}), ("probe", "probe", PROBE)):
-            self.log(f"{row['name']}, seed {seed}: linear evaluation, {protocol} protocol ({row['linear']})")
-            lin = self.run("linear_evaluation", row["linear"], os.path.join(work, folder), seed,
-                           row.get("linear_args"), self.cfg["linear"], settings, dict(weights=weights))
-            result[protocol] = dict(top1=lin.history[-1]["top1"], top5=lin.history[-1]["top5"])
-        return result
+            if pre is None:  # finished, killed before pretrain.json: its last loss is not known here
+                done = dict(weights=on_rank0(latest_checkpoint, work, "epoch{}_model.pt"), loss_over_chance=None)
+            else:
+                done = dict(weights=os.path.join(work, f"epoch{pre.cfg['num_epoch']}_model.pt"),
+                            loss_over_chance=pre.stats[-1]["health/loss_over_chance"])
+            if is_main_process():
+                with atomic_path(record) as tmp, open(tmp, "w") as f:
+                    json.dump(done, f, indent=1)
+        return done["weights"], done["loss_over_chance"]
 
     def start(self):
         cfg, rows = self.cfg, []

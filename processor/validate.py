@@ -19,6 +19,12 @@ def check_counts(cfg):
                      ("save_interval", 1), ("eval_interval", 0), ("warm_up_epoch", 0)):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < low:
             raise ConfigError(f"{key} must be an integer >= {low}, got {cfg[key]!r}")
+    steps = cfg.get("num_steps")  # `--num_steps` without a value reads as true
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise ConfigError(f"num_steps must be an integer >= 1 (or null to train num_epoch epochs), got {steps!r}")
+    queue = (cfg.get("model_args") or {}).get("queue_size", "auto")
+    if queue != "auto" and (not isinstance(queue, int) or isinstance(queue, bool) or queue < 1):
+        raise ConfigError(f"model_args.queue_size must be an integer >= 1 or auto, got {queue!r}")
 
 
 def number(value):
@@ -30,10 +36,10 @@ def check_ranges(cfg):
     args = cfg.get("model_args") or {}
     if cfg["grad_clip"] is not None and not (number(cfg["grad_clip"]) and cfg["grad_clip"] >= 0):
         raise ConfigError(f"grad_clip must be a number >= 0 (or null for no clipping), got {cfg['grad_clip']!r}")
-    knn_k = cfg.get("knn_k", [])
-    for k in knn_k if isinstance(knn_k, list) else [knn_k]:
+    knn_k = cfg.get("knn_k", [1])
+    for k in (knn_k or [0]) if isinstance(knn_k, list) else [knn_k]:  # [] would write an empty result
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
-            raise ConfigError(f"knn_k must be a list of integers >= 1, got {knn_k!r}")
+            raise ConfigError(f"knn_k must be a non-empty list of integers >= 1, got {knn_k!r}")
     if "temperature" in args and not (number(args["temperature"]) and args["temperature"] > 0):
         raise ConfigError(f"model_args.temperature must be a number > 0, got {args['temperature']!r}")
     if "momentum" in args and not (number(args["momentum"]) and 0 <= args["momentum"] <= 1):
@@ -49,6 +55,17 @@ def check_ranges(cfg):
     for key, choices in CHOICES.items():
         if cfg[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {cfg[key]!r}")
+
+
+def check_data_files(cfg):
+    """The feeders' data and label files exist: a wrong path is refused before the work_dir is made. Relative
+    paths are read from the current directory, which the message names."""
+    for feeder in ("train_feeder_args", "test_feeder_args"):
+        for key in ("data_path", "label_path"):
+            path = (cfg.get(feeder) or {}).get(key)
+            if isinstance(path, str) and not os.path.isfile(os.path.expanduser(path)):
+                where = "" if os.path.isabs(path) else f" (relative to the current directory {os.getcwd()})"
+                raise ConfigError(f"{feeder}.{key} {path}: no such file{where}")
 
 
 def check_files(cfg):
@@ -67,8 +84,16 @@ def check_files(cfg):
                           "linear_evaluation or finetune_evaluation")
 
 
+def expand_home(cfg):
+    """`~` in the paths of `cfg` is the home folder (`work_dir: ~/x` must not make a folder named ~)."""
+    for key in ("work_dir", "weights", "resume"):
+        if isinstance(cfg.get(key), str) and cfg[key]:
+            cfg[key] = os.path.expanduser(cfg[key])
+
+
 def validate(cfg):
     """Every check of the config alone, in one place."""
     check_counts(cfg)
     check_ranges(cfg)
     check_files(cfg)
+    check_data_files(cfg)

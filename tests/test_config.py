@@ -191,6 +191,9 @@ def test_help_lists_every_key_with_its_default_and_meaning(capsys):
     for line in ("  base_lr = 3.0", "  weights = null", "  num_epoch = 150", "  step = [80]",
                  "  encoder.hidden_dim = 256", "  train_feeder_args.window_size = null"):
         assert line + "\n" in out
+    # a meaning over several docstring lines is shown whole (before: cut after "The small-data recipe keeps")
+    assert "bodies = null\n      keep the first this many bodies (M) of every clip; none: all. The small-data " \
+           "recipe keeps one: a one-person clip's" in out and "one body halves the encoder's work\n" in out
     cls, _ = configure("linear_evaluation")
     assert all(f"\n  {key} = " in out for key in cls.default_config())
     main.main(["pretrain_skeletonclr_multi_swapv2", "--help"])
@@ -355,3 +358,79 @@ def test_the_releases_flat_form_is_read_as_the_nested_one(tmp_path):
     assert evaluation["model"] == "net.encoders.Classifier" and evaluation["encoder"] == {"hidden_dim": 64}
     with pytest.raises(ConfigError, match=r"model_args.hidden_dim 64 contradicts encoder.hidden_dim 32"):
         configure("linear_evaluation", {"encoder": {"hidden_dim": 32}, "model_args": {"hidden_dim": 64}})
+
+
+def test_epochs_and_steps_cannot_both_be_given():
+    """Before: --num_epoch under the small recipe (num_steps 1200) was ignored without a word."""
+    config = load_yaml("config/small/skelemixclr.yaml")
+    with pytest.raises(ConfigError, match="num_epoch 5 and num_steps 1200 are both given .*--num_steps null"):
+        configure("pretrain", config, {"num_epoch": 5})
+    _, cfg = configure("pretrain", config, {"num_epoch": 5, "num_steps": None})
+    assert cfg["num_epoch"] == 5 and cfg["num_steps"] is None
+    with pytest.raises(ConfigError, match="both given"):
+        configure("pretrain", dict(config, num_epoch=3))
+
+
+def test_a_base_named_twice_or_a_deep_chain_is_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("seed: 2\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    (tmp_path / "twice.yaml").write_text("_base_: [a.yaml, b.yaml]\n")
+    with pytest.raises(ConfigError, match="a.yaml is a _base_ twice in one config"):
+        load_yaml(str(tmp_path / "twice.yaml"))
+    for i in range(12):  # f0 <- f1 <- ... <- f11
+        (tmp_path / f"f{i}.yaml").write_text(f"_base_: f{i - 1}.yaml\n" if i else "seed: 3\n")
+    assert load_yaml(str(tmp_path / "f8.yaml")) == {"seed": 3}
+    with pytest.raises(ConfigError, match="_base_ chain deeper than 8 files"):
+        load_yaml(str(tmp_path / "f11.yaml"))
+    # Before: each file naming the next one twice made 2^n reads (a hang), now the second is refused.
+    for i in range(30):
+        (tmp_path / f"g{i}.yaml").write_text(f"_base_: [g{i - 1}.yaml, g{i - 1}.yaml]\n" if i else "seed: 4\n")
+    with pytest.raises(ConfigError, match="_base_ twice|deeper than 8"):
+        load_yaml(str(tmp_path / "g29.yaml"))
+
+
+@pytest.mark.parametrize("key", ["train_feeder_args.frmes", "test_feeder_args.bodys", "model_args.hiden_dim",
+                                 "encoder.hiden_dim", "model_args.layout"])
+def test_print_config_refuses_unknown_nested_keys(key, capsys):
+    with pytest.raises(SystemExit, match=f"^error: unknown key {key}: known are "):
+        main.main(["pretrain", "--config", "config/small/skelemixclr.yaml", f"--{key}", "3", "--print_config"])
+    assert capsys.readouterr().out == ""
+    main.main(["pretrain", "--config", "config/small/skelemixclr.yaml", "--model_args.hidden_dim", "3",
+               "--print_config"])
+    assert "hidden_dim: 3" in capsys.readouterr().out
+
+
+def test_small_recipe_sets_bodies_for_every_feeder():
+    """Before: the kNN monitor's val clips kept both bodies while its bank had one."""
+    for path in glob.glob("config/small/*.yaml") + glob.glob("config/ucla/*_small.yaml"):
+        config = load_yaml(path)
+        if "rows" in config:  # a table
+            continue
+        if "num_steps" in config:
+            _, cfg = configure("pretrain", dict(config, method=config.get("method", "skeletonclr")), source=path)
+        else:
+            _, cfg = configure("linear_evaluation", config, source=path)
+        assert cfg["train_feeder_args"]["bodies"] == cfg["test_feeder_args"]["bodies"] == 1, path
+
+
+def test_ucla_semi_and_finetune_configs():
+    _, semi = configure("finetune_evaluation", load_yaml("config/ucla/semi10_ucla_xview_small.yaml"))
+    _, fine = configure("finetune_evaluation", load_yaml("config/ucla/finetune_ucla_xview_small.yaml"))
+    for cfg in (semi, fine):
+        assert cfg["model_args"]["num_class"] == 10 and cfg["layout"] == "kinect-v1"
+        assert cfg["test_feeder_args"]["data_path"].endswith("xview/val_position.npy")
+    assert semi["train_feeder_args"]["label_fraction"] == 0.1 and "label_fraction" not in fine["train_feeder_args"]
+    assert fine["grad_clip"] == 5.0 and fine["num_epoch"] == 110
+
+
+def test_nested_key_check_knows_the_encoder_and_layout_keys(capsys):
+    """The encoder's own arguments (by `encoder.name`, through the registry) and the top-level layout pass;
+    the pretraining factory's MoCo arguments are model_args'."""
+    main.main(["pretrain", "--config", "config/small/skelemixclr.yaml", "--encoder.name", "st_gcn",
+               "--encoder.hidden_dim", "8", "--layout", "kinect-v1", "--model_args.queue_size", "64", "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["encoder"]["hidden_dim"] == 8 and cfg["layout"] == "kinect-v1"
+    with pytest.raises(ConfigError, match="unknown key encoder.layout: .*top-level"):
+        configure("linear_evaluation", {"encoder": {"layout": "coco"}})
+    with pytest.raises(ConfigError, match="not a class"):
+        configure("linear_evaluation", {"encoder": {"name": "torchlight.io.write_yaml"}})

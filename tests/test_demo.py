@@ -1,6 +1,8 @@
 """The README's main command, `python main.py demo`, at a reduced size, and the table it prints."""
 import json
 import os
+import pickle
+import shutil
 import statistics
 import subprocess
 import sys
@@ -85,7 +87,8 @@ def test_table_reads_finished_rows_back_and_overwrite_redoes_them(tmp_path):
     (tmp_path / "skeletonclr" / "seed2").mkdir(parents=True)
     (tmp_path / "skeletonclr" / "seed2" / "result.json").write_text(json.dumps(finished))
     (tmp_path / "pre.yaml").write_text("method: skeletonclr\nnum_epoch: 0\n")  # would fail if run
-    row = dict(name="SkeletonCLR", linear=str(tmp_path / "pre.yaml"), pretrain=["pretrain", str(tmp_path / "pre.yaml")])
+    (tmp_path / "lin.yaml").write_text("num_epoch: 0\n")  # as would this
+    row = dict(name="SkeletonCLR", linear=str(tmp_path / "lin.yaml"), pretrain=["pretrain", str(tmp_path / "pre.yaml")])
     table = Table(dict(Table.default_config(), seeds=[2], work_dir=str(tmp_path), rows=[row]))
     assert table.run_row(row, 2) == finished
     table.cfg["overwrite"] = True
@@ -143,3 +146,57 @@ def test_table_reads_every_config_file_before_its_first_run(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: typo.yaml"):
         Table(dict(Table.default_config(), work_dir=str(tmp_path / "t"), rows=rows))
     assert not (tmp_path / "t").exists()  # nothing written
+
+
+def test_a_typo_in_a_rows_linear_args_is_refused_before_any_training(tmp_path):
+    """Before: found only when that row's linear evaluation started, after its pretraining."""
+    (tmp_path / "lin.yaml").write_text("num_epoch: 1\n")
+    (tmp_path / "pre.yaml").write_text("method: skeletonclr\nnum_epoch: 1\n")
+    rows = [dict(name="SkeletonCLR", linear=str(tmp_path / "lin.yaml"),
+                 pretrain=["pretrain", str(tmp_path / "pre.yaml")], linear_args=dict(train_feeder_args=dict(frmes=3)))]
+    with pytest.raises(ConfigError, match="unknown key train_feeder_args.frmes"):
+        Table(dict(Table.default_config(), work_dir=str(tmp_path / "t"), rows=rows))
+    rows[0]["linear_args"] = dict(base_lr=-1, num_steps=3)
+    with pytest.raises(ConfigError, match="unknown key 'num_steps'"):
+        Table(dict(Table.default_config(), work_dir=str(tmp_path / "t"), rows=rows))
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_killed_table_row_resumes(demo_arrays, tmp_path):
+    """A row killed after its first pretraining epoch: the rerun resumes that checkpoint (before: refused until
+    the folder was deleted by hand)."""
+    tiny = "model_args: {hidden_channels: 4, hidden_dim: 16, queue_size: 32}\n"
+    (tmp_path / "pre.yaml").write_text("method: skeletonclr\nbatch_size: 16\nsave_interval: 1\neval_interval: 0\n"
+                                       "num_workers: 0\ntrain_feeder_args: {frames: 16}\n" + tiny)
+    (tmp_path / "lin.yaml").write_text("num_epoch: 1\nbatch_size: 16\nnum_workers: 0\n")
+    data = {part: dict(data_path=f"{demo_arrays}/{part}_position.npy", label_path=f"{demo_arrays}/{part}_label.pkl")
+            for part in ("train", "test")}
+    cfg = dict(Table.default_config(), work_dir=str(tmp_path / "t"), progress=False, device="cpu",
+               data=dict(train_feeder_args=data["train"], test_feeder_args=dict(
+                   data_path=f"{demo_arrays}/val_position.npy", label_path=f"{demo_arrays}/val_label.pkl")),
+               rows=[dict(name="SkeletonCLR", linear=str(tmp_path / "lin.yaml"),
+                          pretrain=["pretrain", str(tmp_path / "pre.yaml")])])
+    Table(dict(cfg, pretrain=dict(num_epoch=2))).start()
+    seed = tmp_path / "t" / "skeletonclr" / "seed1"
+    for name in ("result.json", "pretrain.json", "linear", "probe", "epoch2_model.pt"):  # as if killed in epoch 2
+        shutil.rmtree(seed / name) if (seed / name).is_dir() else os.remove(seed / name)
+    [row] = Table(dict(cfg, pretrain=dict(num_epoch=2))).start()
+    assert "resuming" in (tmp_path / "t" / "log.txt").read_text()
+    assert (seed / "epoch2_model.pt").is_file() and row["runs"][0]["loss_over_chance"] is not None
+    assert json.loads((seed / "pretrain.json").read_text())["weights"].endswith("epoch2_model.pt")
+
+
+def test_a_small_demo_lowers_its_batches_to_its_clips(tmp_path):
+    """Before: below ~250 files the demo stopped at its first linear evaluation (batch 16, 12 labelled clips)."""
+    from processor.demo import Demo
+    labels = [i % 12 for i in range(132)]
+    with open(tmp_path / "train_label.pkl", "wb") as f:
+        pickle.dump(([f"c{i}" for i in range(132)], labels), f)
+    demo = Demo(dict(Demo.default_config(), work_dir=str(tmp_path / "wd"), num_files=200))
+    pretrain, linear = demo.fitted_batches(str(tmp_path))
+    assert pretrain == {} and linear == {"batch_size": 8}  # 132 clips fit 64; 12 labelled (1 a class): 8
+    demo.cfg["linear"] = {"batch_size": 4}
+    assert demo.fitted_batches(str(tmp_path))[1] == {"batch_size": 4}  # given: it stands
+    demo.cfg.update(label_fraction=0.01, linear={})
+    with pytest.raises(ConfigError, match="leaves 0 training clip\\(s\\): raise num_files or label_fraction"):
+        demo.fitted_batches(str(tmp_path))

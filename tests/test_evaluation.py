@@ -9,10 +9,12 @@ import pytest
 import torch
 from flat import classifier, moco
 
+import processor.evaluation
 from net.weights import load_encoder
 from processor import configure
+from processor.evaluation import SHIPPED_WEIGHTS
 from tools import ensemble
-from torchlight.config import ConfigError
+from torchlight.config import ConfigError, load_yaml
 
 ENC = dict(hidden_channels=4, hidden_dim=16, dropout=0.0)
 
@@ -94,6 +96,13 @@ def test_each_protocol_has_its_folder_beside_the_weights_or_under_its_data_witho
     for fraction, suffix in ((0.01, "1pct"), (0.1, "10pct")):
         assert folder("finetune_evaluation", weights=weights, train_feeder_args=dict(label_fraction=fraction)) == \
             f"{run}/finetune_{suffix}_labels"
+    # The README's two commands on one run: before, the probe was refused (or, with --overwrite, replaced
+    # the paper protocol's result) because both wrote <run>/linear.
+    assert folder("linear_evaluation", weights=weights, feature_norm=True) == f"{run}/probe"
+    # A shipped file: never into the repository's weights/ (before: weights/linear, not git-ignored).
+    shipped = os.path.join(SHIPPED_WEIGHTS, "ucla_xview_small_skelemixclr_plus.pt")
+    assert folder("linear_evaluation", weights=shipped) == "work_dir/ucla_xview_small_skelemixclr_plus/linear"
+    assert folder("knn_evaluation", weights=shipped) == "work_dir/ucla_xview_small_skelemixclr_plus/knn"
     val = dict(data_path="./data/ucla_frame32/xview/val_position.npy")
     assert folder("linear_evaluation", test_feeder_args=val) == "work_dir/ucla_frame32_xview/random_init/linear"
     assert folder("linear_evaluation", test_feeder_args=val, model="net.raw_joints.Model") == \
@@ -206,6 +215,45 @@ def test_evaluation_takes_the_encoders_shape_from_the_checkpoint_and_refuses_ano
     cfg = dict(cfg, work_dir=str(tmp_path / "other"), encoder=dict(hidden_dim=32))
     with pytest.raises(ConfigError, match=r"encoder.hidden_dim 32 differs from 16 in the config of .*ckpt.pt"):
         cls(cfg)
+
+
+def test_null_leaves_out_a_width_a_base_config_sets(tmp_path):
+    """config/small/linear.yaml sets encoder.hidden_channels 8; a child's `hidden_channels: null` takes the
+    checkpoint's 4 (before: refused as 'None differs from 4'); the checkpoint's config in the release's flat form."""
+    data = toy_dataset(tmp_path)
+    _, state = moco_state()
+    torch.save({"model": state, "config": {"model_args": dict(ENC, feature_dim=8, head="mlp_bn")}},
+               tmp_path / "ckpt.pt")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "child.yaml").write_text(
+        f"_base_: {root}/config/small/linear.yaml\nencoder: {{hidden_channels: null, hidden_dim: null}}\n"
+        f"model_args: {{num_class: 2}}\ntrain_feeder_args: {data}\ntest_feeder_args: {data}\n")
+    cls, cfg = configure("linear_evaluation", load_yaml(str(tmp_path / "child.yaml")),
+                         dict(weights=str(tmp_path / "ckpt.pt"), work_dir=str(tmp_path / "lin"), batch_size=8))
+    proc = cls(cfg)
+    assert proc.cfg["encoder"]["hidden_channels"] == 4 and proc.raw_model.fc.in_features == 16
+
+
+def test_a_linear_run_keeps_its_last_and_best_checkpoints_only(tiny, tmp_path, monkeypatch):
+    data = toy_dataset(tmp_path)
+    tops = iter([50.0, 90.0, 60.0, 70.0])  # best at epoch 2
+    evaluate = processor.evaluation.Classification.evaluate
+
+    def scripted(self, epoch):
+        out = evaluate(self, epoch)
+        self.history[-1]["top1"] = next(tops)
+        self.best = max(self.history, key=lambda h: h["top1"])
+        return out
+    monkeypatch.setattr(processor.evaluation.Classification, "evaluate", scripted)
+    linear(tiny, tmp_path, data, num_epoch=4, eval_interval=1, save_interval=1, batch_size=8).start()
+    assert sorted(f for f in os.listdir(tmp_path / "lin") if f.endswith(".pt")) == ["eval_epoch2.pt",
+                                                                                   "eval_epoch4.pt"]
+    tops = iter([50.0, 90.0, 60.0, 70.0])
+    cls, cfg = tiny("linear_evaluation", "unused", tmp_path / "all", train_feeder_args=data, test_feeder_args=data,
+                    model_args=dict(num_class=2), num_epoch=4, eval_interval=1, save_interval=1, batch_size=8,
+                    keep_checkpoints=True)
+    cls(cfg).start()
+    assert {f"eval_epoch{i}.pt" for i in range(1, 5)} <= set(os.listdir(tmp_path / "all"))
 
 
 def test_semi_supervised_writes_its_subset(demo_arrays, tiny, tmp_path):
@@ -345,3 +393,16 @@ def test_scores_pkl_holds_every_counted_clip_under_its_own_name(tiny, tmp_path):
     from feeder.feeder import Feeder
     subset = Feeder(**val).subset_names()
     assert [n.split("#")[0] for n in scores] == subset and len(set(scores)) == 12
+
+
+@pytest.mark.parametrize("config", [[1], {"model_args": [1]}, "text"])
+def test_a_checkpoint_with_a_crafted_config_loads_as_one_without(tiny, tmp_path, config):
+    """Before: AttributeError ('list' object has no attribute 'get') from linear and kNN evaluation."""
+    data = toy_dataset(tmp_path)
+    moco, state = moco_state()
+    torch.save({"model": state, "config": config}, tmp_path / "ckpt.pt")
+    for name, extra in (("linear_evaluation", {}), ("knn_evaluation", dict(knn_k=[1]))):
+        cls, cfg = tiny(name, "unused", tmp_path / name, train_feeder_args=data, test_feeder_args=data,
+                        weights=str(tmp_path / "ckpt.pt"), model_args=dict(ENC, num_class=2), **extra)
+        proc = cls(cfg)
+        torch.testing.assert_close(proc.raw_model.encoder.data_bn.weight, moco.encoder_q.encoder.data_bn.weight)

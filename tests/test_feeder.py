@@ -1,4 +1,5 @@
 """feeder/feeder.py: shapes per mode, seeded augmentation, labelled subsets (docs/method.md §1.5, §4, §4b), errors."""
+import os
 import pickle
 from collections import Counter
 
@@ -8,6 +9,7 @@ import torch
 
 from feeder.augment import augment_sample, temporal_resize
 from feeder.feeder import Feeder
+from torchlight.io import write_manifest
 
 LABELS = [0] * 30 + [1] * 20 + [2] * 10 + [3] * 5 + [4] * 25
 
@@ -177,3 +179,31 @@ def test_a_crafted_label_pickle_runs_nothing(tmp_path, crafted):
     with pytest.raises(ConfigError, match=r"train_label.pkl: not a label pickle, not loaded"):
         read_labels(str(tmp_path / "train_label.pkl"))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("manifest, message", [
+    (dict(frames=32, layout="ntu-rgb+d", parts=dict(train=90)), "frames 32 there, 64 here"),
+    (dict(frames=64, layout="ntu-rgb+d", parts=dict(train=40, val=10)), "train clips 40 there, 90 here"),
+    (dict(frames=64, layout="kinect-v1"), "layout kinect-v1 there, ntu-rgb\\+d here"),
+])
+def test_arrays_that_disagree_with_their_manifest_are_refused(files, manifest, message):
+    """Before: a 64-frame part beside a manifest of 32-frame parts (an overwrite killed midway) was read silently."""
+    data_path, label_path, _ = files
+    write_manifest(os.path.dirname(data_path), manifest)
+    with pytest.raises(ValueError, match=f"train_position.npy disagrees with the manifest.json beside it \\({message}"):
+        Feeder(data_path, label_path)
+
+
+def test_arrays_that_agree_with_their_manifest_are_read(files):
+    data_path, label_path, _ = files
+    write_manifest(os.path.dirname(data_path), dict(frames=64, layout="ntu-rgb+d", parts=dict(train=90, val=3)))
+    assert len(Feeder(data_path, label_path)) == 90
+
+
+def test_clip_names_come_only_from_a_pickle_of_the_same_labels(files):
+    """Before: a stale .pkl beside the .npy labels named the clips of another array."""
+    data_path, label_path, _ = files
+    assert Feeder(data_path, label_path).names[:2] == ["clip000", "clip001"]
+    with open(label_path.replace(".npy", ".pkl"), "wb") as f:
+        pickle.dump(([f"old{i}" for i in range(len(LABELS))], LABELS[::-1]), f)
+    assert Feeder(data_path, label_path).names[:2] == ["0", "1"]

@@ -174,6 +174,8 @@ def test_bone_stream_uses_the_layout(name):
     expected = torch.zeros_like(x)
     for child, par in layout.inward:
         expected[..., child - 1, :] = x[..., child - 1, :] - x[..., par - 1, :]
+    if layout.dims == 2:  # (x, y, score): the score is no coordinate, every bone keeps its joint's
+        expected[:, 2] = x[:, 2]
     assert torch.equal(bone(x, name), expected)
     np.testing.assert_array_equal(bone(x[0].numpy(), name), expected[0].numpy())
 
@@ -193,7 +195,7 @@ def test_skelemix_cuts_the_layout_parts(name):
         assert changed == joints
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [name for name in NAMES if LAYOUTS[name].dims == 3])
 @pytest.mark.parametrize("turn", [1, -1])
 def test_preprocessing_centres_and_aligns_with_the_layout(name, turn):
     """A body turned about y by a yaw of one sign comes back with its shoulder line on the x axis."""

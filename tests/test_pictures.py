@@ -164,3 +164,14 @@ def test_missing_matplotlib_is_a_one_line_error(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="matplotlib is needed"):
         skelemix_picture.draw([np.zeros((3, 4, 25, 1))], ["clip"], [(0, 1)], np.zeros((4, 25), bool),
                               str(tmp_path / "x.png"))
+
+
+def test_a_crafted_checkpoint_config_gives_no_encoder_args():
+    """Before: model_args that are no mapping (a crafted file) were an AttributeError in the tools."""
+    from types import SimpleNamespace
+
+    from tools.feature_picture import encoder_and_layout
+    none = SimpleNamespace(encoder=None, model_args=None)
+    assert encoder_and_layout(none, {"model_args": [1]}) == ({}, "ntu-rgb+d")
+    assert encoder_and_layout(none, {"model_args": {"hidden_dim": 8, "num_class": 3, "queue_size": 4}}) == \
+        ({"hidden_dim": 8}, "ntu-rgb+d")

@@ -1,4 +1,5 @@
 """feeder/prepare/preprocess.py against a direct per-frame computation of docs/method.md §1.3, and its CLI (§6)."""
+import json
 import os
 import pickle
 import socket
@@ -182,8 +183,11 @@ def test_rerun_removes_stale_temporaries(tmp_path):
     for path, size in ((stale, 100), (live, 1)):
         with open(path, "wb") as f:
             f.write(b"x" * size)
+    staging = temp_name(tmp_path / "out" / "staging", pid=int(dead.stdout))  # a killed run's staging folder
+    os.makedirs(os.path.join(staging, "xsub"))
+    open(os.path.join(staging, "xsub", "val_position.npy"), "w").close()
     main(argv)
-    assert not os.path.exists(stale) and os.path.exists(live)
+    assert not os.path.exists(stale) and os.path.exists(live) and not os.path.exists(staging)
     manifest = (tmp_path / "out" / "xsub" / "manifest.json").read_text()
     assert '"frames": 16' in manifest and '"layout": "ntu-rgb+d"' in manifest
 
@@ -202,10 +206,15 @@ def test_a_folder_with_another_runs_arrays_is_refused_unless_overwrite(tmp_path)
     main(argv[:-1] + ["32", "--overwrite"])  # replaces them, whatever their settings
     assert '"frames": 32' in (out / "xsub" / "manifest.json").read_text()
     assert np.load(out / "xsub" / "val_position.npy").shape == (1, 3, 32, 25, 2)
-    # An overwrite that stops midway leaves no manifest vouching for the folder's arrays.
+    # An overwrite that stops midway (a NaN clip in its later part) leaves the old arrays and manifest as they
+    # were: before, its first part was replaced (64 frames beside 32) and the manifest deleted.
+    write_part(tmp_path / "bad" / "xsub", "train", raw_clip()[None], [4])
     write_part(tmp_path / "bad" / "xsub", "val", np.full((1, 3, 20, 25, 2), np.nan, np.float32), [4])
-    error_of(["--dataset_path", str(tmp_path / "bad"), "--out_folder", str(out), "--overwrite"])
-    assert not (out / "xsub" / "manifest.json").exists()
+    main(["--dataset_path", str(tmp_path / "gen"), "--out_folder", str(out), "--frames", "32", "--overwrite"])
+    before = snapshot(out)
+    assert "holds NaN" in error_of(["--dataset_path", str(tmp_path / "bad"), "--out_folder", str(out), "--overwrite"])
+    assert snapshot(out) == before and sorted(os.listdir(out)) == ["xsub"]
+    assert json.loads((out / "xsub" / "manifest.json").read_text())["parts"] == {"val": 1}
 
 
 def test_a_run_into_a_folder_another_process_holds_is_refused_naming_it(tmp_path):

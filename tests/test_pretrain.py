@@ -126,7 +126,7 @@ def test_checkpoint_holds_this_gpus_generator_only(demo_arrays, tiny, tmp_path):
 
 def test_fp16_resumes_a_checkpoint_written_with_amp_off(demo_arrays, tiny, tmp_path, checkpoint):
     cls, cfg = tiny("pretrain_skeletonclr", demo_arrays, tmp_path, num_epoch=2, device="cpu", amp="fp16",
-                    model_args=dict(queue_size=64), resume=checkpoint)
+                    model_args=dict(queue_size=64), resume=checkpoint, resume_override=True)
     proc = cls(cfg)
     assert proc.start_epoch == 1 and proc.scaler.is_enabled() and proc.scaler.get_scale() == 2.0 ** 16
 

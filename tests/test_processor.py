@@ -12,8 +12,8 @@ from test_io import hold_lock
 
 from processor import configure
 from processor.nonfinite import LossCheck, NonFiniteError
-from processor.processor import Processor, progress_due
-from processor.schedule import step_lr
+from processor.processor import Processor
+from processor.schedule import progress_due, step_lr
 from torchlight.config import ConfigError, load_yaml
 from torchlight.io import WorkDirError
 
@@ -102,7 +102,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoi
     before = (tmp_path / "run" / "epoch1_model.pt").read_bytes()
     last = str(tmp_path / "run" / "epoch1_model.pt")
     with pytest.raises(NonFiniteError, match=f"loss nan at epoch 2, step 1: training stopped; last checkpoint {last}"):
-        pretrain(tiny, small, tmp_path / "run", num_epoch=2, resume=last,
+        pretrain(tiny, small, tmp_path / "run", num_epoch=2, resume=last, resume_override=True,
                  train_feeder_args=with_nan(small, tmp_path / "nan"))
     assert (tmp_path / "run" / "epoch1_model.pt").read_bytes() == before
     assert not (tmp_path / "run" / "epoch2_model.pt").exists()
@@ -155,7 +155,8 @@ def test_resume_with_two_workers_and_evaluation_is_bitwise_exact(small, tiny, tm
 @pytest.mark.parametrize("overrides, message", [
     (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
     (dict(test_batch_size=0), "test_batch_size must be an integer >= 1, got 0"),
-    (dict(model_args=dict(queue_size=0)), "model_args.queue_size 0 must be at least the global batch_size 8"),
+    (dict(model_args=dict(queue_size=4)), "model_args.queue_size 4 must be at least the global batch_size 8"),
+    (dict(model_args=dict(queue_size=-8)), "model_args.queue_size must be an integer >= 1 or auto, got -8"),
     (dict(model_args=dict(swap_params=[2, 3, 7, 11, 1, 1.0])), r"model_args.swap_params \[2, 3, 7, 11, 1, 1.0\]"),
     (dict(model_args=dict(swap_params=[[2, 3, 7, 11, 0, 1.0]])), "each row must be"),
     (dict(model_args=dict(swap_params=[[2, 3, 7, 11, -1, 1.0]])), "each row must be"),
@@ -276,3 +277,44 @@ def test_resuming_with_another_method_width_or_batch_is_refused(small, tiny, tmp
     with pytest.raises(ConfigError, match=f"resume checkpoint {path} was trained with {message}: resume with the "
                                           "checkpoint's value, or start a new --work_dir"):
         cls(cfg)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(seed=7), "seed 1, this run has 7"),
+    (dict(base_lr=0.05), "base_lr 0.1, this run has 0.05"),
+    (dict(amp="bf16"), "amp 'off', this run has 'bf16'"),
+    (dict(train_feeder_args=dict(data_path="OTHER")), "train_feeder_args.data_path '.*', this run has '.*OTHER'"),
+])
+def test_resuming_with_another_seed_lr_amp_or_data_is_refused_unless_asked(small, tiny, tmp_path, overrides,
+                                                                            message):
+    """Before: accepted silently, and config.yaml rewritten as if the whole run had used them."""
+    pretrain(tiny, small, tmp_path / "run")
+    path = str(tmp_path / "run" / "epoch1_model.pt")
+    if "train_feeder_args" in overrides:  # the same clips under another name
+        shutil.copytree(small, tmp_path / "copy")
+        overrides = dict(train_feeder_args=dict(data_path=str(tmp_path / "copy" / "train_position.npy")))
+        message = message.replace("OTHER", "train_position.npy")
+    cls, cfg = tiny(PRETRAIN, small, tmp_path / "run", **{**SMALL, "num_epoch": 2, "resume": path, **overrides})
+    with pytest.raises(ConfigError, match=f"resume checkpoint {path} was started with {message}: resume with the "
+                                          "checkpoint's value, or give --resume_override true"):
+        cls(cfg)
+    cls, cfg = tiny(PRETRAIN, small, tmp_path / "run", **{**SMALL, "num_epoch": 2, "resume": path, **overrides,
+                                                          "resume_override": True})
+    assert cls(cfg).start_epoch == 1
+
+
+def test_resume_takes_the_schedule_from_the_checkpoint(small, tiny, tmp_path):
+    """Before: a run started with --num_steps 6 and resumed without it switched to the config's schedule (here
+    num_steps 30) and its mix ramp jumped."""
+    def run(work_dir, **overrides):
+        cls, cfg = tiny(PRETRAIN, small, work_dir, **SMALL, **overrides)
+        proc = cls(cfg)
+        proc.start()
+        return proc
+    first = run(tmp_path / "run", num_steps=6, mix_warmup=0.5, save_interval=1)
+    assert first.cfg["num_epoch"] == 2
+    resumed = run(tmp_path / "again", num_steps=30, mix_warmup=0.2, resume=str(tmp_path / "run" / "epoch1_model.pt"))
+    assert (resumed.cfg["num_steps"], resumed.cfg["num_epoch"], resumed.cfg["mix_warmup"]) == (6, 2, 0.5)
+    assert [s["train/loss"] for s in resumed.stats] == [s["train/loss"] for s in first.stats[1:]]
+    log = (tmp_path / "again" / "log.txt").read_text()
+    assert "num_steps 6 from the checkpoint (config: 30)" in log and "mix_warmup 0.5 from the checkpoint" in log

@@ -21,7 +21,7 @@ from net.encoders import Classifier  # noqa: E402
 from net.utils.layouts import DEFAULT_LAYOUT  # noqa: E402
 from net.weights import IGNORE_WEIGHTS, load_encoder  # noqa: E402
 from processor.flat_config import nest  # noqa: E402
-from torchlight.checkpoint import read_checkpoint  # noqa: E402
+from torchlight.checkpoint import read_checkpoint, saved_config  # noqa: E402
 from torchlight.util import select_device  # noqa: E402
 
 # Everything but the encoder: projection head, key encoder, queue, and any classifier (`fc` is unused).
@@ -31,7 +31,7 @@ IGNORE = (*IGNORE_WEIGHTS, "fc.")
 def recorded_config(weights):
     """The config a checkpoint of ours carries; {} without weights or for a checkpoint without one."""
     state = read_checkpoint(weights, "weights file") if weights else {}
-    return (state.get("config") if isinstance(state, dict) else None) or {}
+    return saved_config(state)
 
 
 def encoder_and_layout(args, recorded):

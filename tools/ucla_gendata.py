@@ -1,4 +1,4 @@
-"""python tools/ucla_gendata.py --data_path ./all_sqe --out_folder ./data/ucla [--layout ntu-rgb+d]
+"""python tools/ucla_gendata.py --data_path ./nwucla --out_folder ./data/ucla [--layout ntu-rgb+d]
 
 The command line of the NW-UCLA converter, feeder/prepare/ucla.py (`--help` lists the options).
 """

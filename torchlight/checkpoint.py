@@ -84,3 +84,13 @@ def check_state_dict(path, own, state, may_miss=(), what="model", hint=""):
         if value.shape != own[key].shape:
             raise ConfigError(f"{path}: {key} has shape {tuple(value.shape)}, "
                               f"the model expects {tuple(own[key].shape)}")
+
+
+def saved_config(state, key=None):
+    """The config a checkpoint carries (or its `key`, such as model_args), {} when it has none or a crafted file
+    holds something else there."""
+    config = state.get("config") if isinstance(state, dict) else None
+    config = config if isinstance(config, dict) else {}
+    if key is None:
+        return config
+    return config.get(key) if isinstance(config.get(key), dict) else {}

@@ -27,16 +27,28 @@ def deep_merge(*dicts):
     return out
 
 
-def load_yaml(path, _seen=()):
+MAX_BASE_DEPTH = 8  # _base_ chains longer than this are refused: no config needs them, a loop-like chain does
+
+
+def load_yaml(path, _seen=(), _read=None):
     """Read a YAML mapping from `path`, on top of the files its `_base_` names (paths relative to it).
 
     An experiment's YAML names its bases (`_base_: ../small/skelemixclr_plus.yaml`, or a list, later
-    ones winning) and holds only what differs, as MMAction2's configs do.
+    ones winning) and holds only what differs, as MMAction2's configs do. A child's `key: null` replaces a
+    base's value by null, which is each key's "none" (its meaning in `--help`); an evaluation's encoder
+    widths at null come from the checkpoint. A file reached twice (itself, or one base through two paths)
+    and chains deeper than MAX_BASE_DEPTH are one-line errors.
     """
+    _read = set() if _read is None else _read
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     if os.path.realpath(path) in _seen:
         raise ConfigError(f"config file {path} inherits from itself through _base_")
+    if len(_seen) > MAX_BASE_DEPTH:
+        raise ConfigError(f"config file {path}: _base_ chain deeper than {MAX_BASE_DEPTH} files")
+    if os.path.realpath(path) in _read:
+        raise ConfigError(f"config file {path} is a _base_ twice in one config: name each base once")
+    _read.add(os.path.realpath(path))
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -52,7 +64,7 @@ def load_yaml(path, _seen=()):
         raise ConfigError(f"_base_ in {path} must be a file name or a list of them, not {bases!r}")
     here = os.path.dirname(path)
     seen = (*_seen, os.path.realpath(path))
-    return deep_merge(*(load_yaml(os.path.join(here, b), seen) for b in bases), data)
+    return deep_merge(*(load_yaml(os.path.join(here, b), seen, _read) for b in bases), data)
 
 
 def parse_overrides(argv):
@@ -68,8 +80,8 @@ def parse_overrides(argv):
                 value, i = argv[i + 1], i + 1
             else:
                 value = "true"
-        try:
-            out[key] = yaml.safe_load(value)
+        try:  # an empty value ("$UNSET") stays '' for the key's check to name, never YAML's null
+            out[key] = "" if value == "" else yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"malformed value for --{key}: {value!r}") from None
         i += 1
@@ -141,7 +153,9 @@ def argument_help(cls):
     """{argument: (default, meaning)} of `cls`'s constructor: defaults from its signature, meanings from the
     `name: meaning` lines of its docstring's `Args:` section ('' where it has none)."""
     doc = (inspect.getdoc(cls) or "").partition("Args:")[2]
-    meanings = dict(re.findall(r"^\s+(\w+): (.+)$", doc, re.M))
+    # A meaning may go on over more-indented lines: all of it, never a line cut mid-sentence.
+    entries = re.findall(r"^(\s+)(\w+): (.+(?:\n\1\s+\S.*)*)", doc, re.M)
+    meanings = {name: " ".join(text.split()) for _, name, text in entries}
     return {p.name: (None if p.default is p.empty else p.default, meanings.get(p.name, ""))
             for p in inspect.signature(cls).parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 

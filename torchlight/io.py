@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import socket
 import sys
 import time
@@ -87,7 +88,8 @@ def remove_stale_temps(folder):
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         match = TMP_NAME.match(name)
         if match and not pid_alive(int(match.group(1))):
-            os.remove(os.path.join(folder, name))
+            path = os.path.join(folder, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)  # a staging folder, or a file
             removed.append(name)
             print(f"removed {os.path.join(folder, name)}, left by an interrupted run")
     return removed

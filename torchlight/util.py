@@ -1,4 +1,5 @@
 """Run-time helpers: import by dotted name, seeding, numerics, device selection, host memory."""
+import contextlib
 import ctypes
 import ctypes.util
 import importlib
@@ -16,8 +17,11 @@ from .config import ConfigError, check_type
 IMPORTABLE_PACKAGES = ("feeder", "net", "processor", "torchlight", "tools")
 
 
-def import_class(name):
-    """The object at dotted path `name`, e.g. 'net.st_gcn.Model': of this project, or a torch class."""
+def import_class(name, base=None):
+    """The class at dotted path `name`, e.g. 'net.st_gcn.STGCN': of this project, or a torch class; with `base`,
+    a subclass of it (a model must be an nn.Module, a feeder a Dataset). A function is never returned (a config
+    naming `torchlight.io.write_yaml` as its model would call it) unless `base` is given and it is a factory whose
+    `builds` attribute names a subclass of `base` (net.methods.pretraining_model builds a MoCo)."""
     module, _, attr = str(name).rpartition(".")
     package = module.split(".")[0]
     if package not in (*IMPORTABLE_PACKAGES, "torch"):
@@ -27,15 +31,20 @@ def import_class(name):
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError):
         raise ConfigError(f"cannot import {name!r}") from None
-    if package == "torch" and not inspect.isclass(obj):  # torch.load, torch.hub.load: functions that run files
-        raise ConfigError(f"{name!r} is not importable from a config: of torch only classes are")
+    made = getattr(obj, "builds", None)  # a model factory declares the class it returns (net.methods)
+    if not inspect.isclass(obj) and not (base is not None and inspect.isclass(made) and issubclass(made, base)):
+        # torch.load, torchlight.io.write_yaml: functions that read or write files
+        raise ConfigError(f"{name!r} is not importable from a config: it is not a class")
+    if base is not None and inspect.isclass(obj) and not issubclass(obj, base):
+        raise ConfigError(f"{name!r} is not a {base.__module__}.{base.__qualname__} subclass, which a config "
+                          "naming it here must give")
     return obj
 
 
-def instantiate(name, kwargs, what):
-    """Build `name(**kwargs)`; a wrong keyword, or a value unlike its keyword's default (hidden_channels 'four'),
-    becomes a one-line error naming `what`."""
-    cls = import_class(name)
+def instantiate(name, kwargs, what, base=None):
+    """Build `name(**kwargs)` (`name` a subclass of `base`, see `import_class`); a wrong keyword, or a value unlike
+    its keyword's default (hidden_channels 'four'), becomes a one-line error naming `what`."""
+    cls = import_class(name, base)
     defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
     kwargs = {k: check_type(v, defaults.get(k), f"{what}.{k}", what) for k, v in (kwargs or {}).items()}
     try:
@@ -124,7 +133,7 @@ def cpu_amp_is_fast(amp):
 
 
 def prepare_host(device, amp):
-    """A CPU run keeps freed host memory (no page faults on every step's activations, README: Speed); returns
+    """A CPU run keeps freed host memory (no page faults on every step's activations, docs/speed.md); returns
     a warning when autocast to `amp` is slower than fp32 on this CPU, else None."""
     if device.type != "cpu":
         return None
@@ -158,7 +167,7 @@ def select_device(spec="auto", distributed=False):
         return torch.device("cuda", local_cuda_index()) if torch.cuda.is_available() else torch.device("cpu")
     if isinstance(spec, list):  # the original release's `device: [0, 1, 2, 3]` (DataParallel)
         raise ConfigError(f"device {spec}: one process uses one device; run several GPUs with torchrun "
-                          "(README: Several GPUs and nodes)")
+                          "(README: Train and evaluate)")
     if distributed and (isinstance(spec, int) or str(spec).startswith("cuda:")):
         raise ConfigError(f"device {spec!r} under torchrun: every rank would use that GPU; "
                           "use cuda or auto (each rank takes its LOCAL_RANK's GPU)")
@@ -169,3 +178,13 @@ def select_device(spec="auto", distributed=False):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {spec!r}: this machine has no CUDA device torch can use; use auto or cpu")
     return torch.device("cuda", local_cuda_index()) if distributed and device.type == "cuda" else device
+
+
+@contextlib.contextmanager
+def logged_errors(log):
+    """Inside, a refusal (ValueError, ConfigError, OSError) is also written with `log` as `error: ...`, then raised."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        log(f"error: {err}")
+        raise

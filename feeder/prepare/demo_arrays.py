@@ -1,6 +1,7 @@
 """The demo's dataset: synthetic `.skeleton` files (feeder/prepare/demo.py) through the NTU converter and
 preprocessing, the path a user's NTU data takes; for `python main.py demo`, the pictures and the tests."""
 import contextlib
+import fcntl
 import io
 import os
 import shutil
@@ -15,10 +16,13 @@ def demo_arrays(root, num_files, frames=64, seed=0, nuisance=0.0, timing=0.0, qu
     """Arrays of `num_files` synthetic clips under `root` (raw/, gendata/, frame<frames>/), each step skipped
     when it finished before (its `<step>.done` marker, written last); a step's folder without its marker,
     left by a killed run, is rebuilt. Returns the NTU-60-style xsub folder of {train,val}_{position,motion}.npy
-    and labels. `quiet` silences the converters' progress bars and counts."""
+    and labels. `quiet` silences the converters' progress bars and counts. A second demo building the same
+    `root` waits for the first (`root`/demo.lock) instead of deleting its unfinished steps."""
     raw, gen, arrays = (os.path.join(root, d) for d in ("raw", "gendata", f"frame{frames}"))
     silence = (contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()))
-    with contextlib.ExitStack() as stack:
+    os.makedirs(root, exist_ok=True)
+    with contextlib.ExitStack() as stack, open(os.path.join(root, "demo.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, however the process ends
         for redirect in silence if quiet else ():
             stack.enter_context(redirect)
         finished_step(raw, lambda: generate(raw, num_files=num_files, seed=seed, nuisance=nuisance, timing=timing))

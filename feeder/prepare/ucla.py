@@ -1,6 +1,6 @@
 """NW-UCLA per-clip JSON files -> cross-view arrays and label pickles in the NTU database format (docs/method.md §1.2).
 
-    python tools/ucla_gendata.py --data_path ./all_sqe --out_folder ./data/ucla [--layout ntu-rgb+d]
+    python tools/ucla_gendata.py --data_path ./nwucla --out_folder ./data/ucla [--layout ntu-rgb+d]
     python feeder/preprocess_ntu.py --dataset_path ./data/ucla --out_folder ./data/ucla_frame64 \\
         --layout kinect-v1
 

@@ -1,4 +1,4 @@
-"""The 3-subset skeleton graph of the SkeleMixCLR release, `net/utils/ntu_rgb_d.py` (docs/method.md §2)."""
+"""The 3-subset skeleton graph of the SkeleMixCLR release (its ntu_rgb_d graph; docs/method.md §2)."""
 import numpy as np
 
 from net.utils.layouts import DEFAULT_LAYOUT, get_layout

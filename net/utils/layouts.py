@@ -14,6 +14,7 @@ class Layout:
     center: int     # joint subtracted by preprocessing and given a zero bone
     shoulders: tuple  # (left, right), aligned by preprocessing
     parts: tuple    # SkeleMix parts, trunk first; together they cover every joint once
+    dims: int = 3   # 3: channels (x, y, z); 2: (x, y, score), the score a channel no geometric step uses
 
     def __post_init__(self):
         """A new layout is checked where it is defined: a tree of edges to the centre, parts covering all."""
@@ -26,6 +27,7 @@ class Layout:
             (members != sorted(joints), "the parts must hold every joint exactly once"),
             (not {self.center, *self.shoulders} <= joints or len(self.shoulders) != 2,
              "centre and the two shoulders must be joints"),
+            (self.dims not in (2, 3), "dims must be 2 (x, y, score) or 3 (x, y, z)"),
         ]
         for bad, message in problems:
             if bad:
@@ -79,9 +81,9 @@ LAYOUTS = {
         shoulders=(5, 9),
         parts=((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20)),
     ),
-    # COCO keypoints (2D with z = 0, or lifted to 3D): 1 nose, 2/3 eyes, 4/5 ears, 6/7 shoulders,
-    # 8/9 elbows, 10/11 wrists, 12/13 hips, 14/15 knees, 16/17 ankles, left before right.
-    # No neck: the nose is the root, as in PYSKL's coco graph.
+    # COCO keypoints in 2D, channels (x, y, score) as PYSKL stores them (score 0: missing or dropped):
+    # 1 nose, 2/3 eyes, 4/5 ears, 6/7 shoulders, 8/9 elbows, 10/11 wrists, 12/13 hips, 14/15 knees,
+    # 16/17 ankles, left before right. No neck: the nose is the root, as in PYSKL's coco graph.
     "coco": Layout(
         name="coco",
         num_joints=17,
@@ -90,6 +92,7 @@ LAYOUTS = {
         center=1,
         shoulders=(6, 7),
         parts=((1, 2, 3, 4, 5), (6, 8, 10), (7, 9, 11), (12, 14, 16), (13, 15, 17)),
+        dims=2,
     ),
 }
 

@@ -12,7 +12,8 @@ DOCS = ["README.md", "weights/README.md", *sorted(glob.glob("docs/*.md", root_di
 CONFIGS = sorted(glob.glob("config/**/*.yaml", root_dir=ROOT, recursive=True))
 CODE = sorted(p for folder in ("main.py", "feeder", "net", "processor", "torchlight", "tools")
               for p in ([folder] if folder.endswith(".py") else glob.glob(f"{folder}/**/*.py", root_dir=ROOT,
-                                                                            recursive=True)))
+                                                                            recursive=True))
+              if "/build/" not in p)  # pip's build copy of torchlight is not the project's code
 # A path of this repository: a top-level folder of it, then name characters, ending in a name character.
 PATH = re.compile(r"(?<![\w./~-])((?:docs|config|net|feeder|processor|torchlight|tools|tests|weights|resource)"
                   r"/[\w./+-]*\w)")

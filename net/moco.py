@@ -44,7 +44,7 @@ def auto_queue_size(num_clips, batch_size):
 
 @torch.no_grad()
 def training_health(q, k, queue):
-    """Collapse signals of normalised queries q (N, d) against keys k and the queue (d, K) (issue 10 item 2):
+    """Collapse signals of normalised queries q (N, d) against keys k and the queue (d, K):
     mean cosine of positive pairs and of negatives, and the per-dimension standard deviation of q, which is
     0 when every output is the same and about 1/sqrt(d) when outputs spread over the sphere."""
     neg = (q.to(queue.dtype) @ queue).float()  # the queue as the losses use it (cast once per step)
@@ -110,7 +110,7 @@ class MoCo(nn.Module):
 
     def chance_losses(self):
         """Each part of the loss when every logit is equal (collapsed or untrained outputs): ln(K+1) per
-        InfoNCE, each mix's own chance value, times the view weights (issue 10 item 2)."""
+        InfoNCE, each mix's own chance value, times the view weights."""
         weights = [m.weight for m in self.mixes] or [1.0]
         out = {"loss_ins": sum(weights) * math.log(self.queue_size + 1)}
         if self.mixes:

@@ -3,7 +3,7 @@ import torch.nn as nn
 
 
 class Model(nn.Module):
-    """Preprocessed clip (N, C, T, V, M) flattened and standardised, then `fc` (issue 10: honest baselines).
+    """Preprocessed clip (N, C, T, V, M) flattened and standardised, then `fc` (an honest baseline, docs/method.md §4).
 
     The standardisation is a BatchNorm without affine parameters whose running mean and variance linear
     evaluation measures on the training clips (`calibrate_batchnorm`), as for a random encoder; a pretrained

@@ -61,7 +61,7 @@ def unique_names(names):
 
 @torch.no_grad()
 def calibrate_batchnorm(model, inputs):
-    """Random-init baseline: every BatchNorm's running statistics measured on `inputs` (issue 10 item 1).
+    """Random-init baseline: every BatchNorm's running statistics measured on `inputs` (docs/method.md §4).
 
     One pass without gradient, BN layers in train mode, every other layer in eval mode (no dropout); each
     running statistic ends as the mean of the batches' statistics, the cumulative average of momentum None.

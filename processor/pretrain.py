@@ -91,7 +91,7 @@ class Pretrain(Processor):
         return self.model(views, generator=self.generator, momentum=momentum, mix_weight=mix_weight)
 
     def train_epoch(self, epoch):
-        """The shared epoch, with the health signals of issue 10 item 2 under `health/`."""
+        """The shared epoch, with the health signals under `health/`."""
         stats = super().train_epoch(epoch)
         stats = {k.replace("train/health/", "health/"): v for k, v in stats.items()}
         # Against chance, the parts the model returns and their unweighted total (during mix_warmup train/loss

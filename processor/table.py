@@ -3,7 +3,7 @@
 Each row names a linear-evaluation config and, unless it is a baseline, a pretraining processor and its
 config; every run goes to `<work_dir>/<row>/seed<N>`. The table gives linear top-1 as mean ± std over
 `seeds` and each pretraining's final loss over its chance value (health/loss_over_chance), also written
-to `<work_dir>/table.json`. Rows without pretraining are the honest baselines of issue 10: a random
+to `<work_dir>/table.json`. Rows without pretraining are the honest baselines: a random
 encoder with measured BN statistics, and the raw joints.
 """
 import json

@@ -256,12 +256,13 @@ class Table(Orchestrator):
     def format(self, rows, comparisons=()):
         seeds = self.cfg["seeds"]
         which = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}"
+        width = max([14, *(len(r["model"]) + 2 for r in rows)])
         lines = [f"linear evaluation top-1 %, {which}: paper protocol and normalised probe (docs/method.md)",
-                 f"{'model':<14}{'paper':>14}{'probe':>14}{'loss/chance':>13}"]
+                 f"{'model':<{width}}{'paper':>14}{'probe':>14}{'loss/chance':>13}"]
         for r in rows:
             ratio = "-" if r["loss_over_chance"] is None else f"{r['loss_over_chance']:.3f}"
             cells = [f"{r[p]:.1f}" + (f" ± {r[p + '_std']:.1f}" if len(seeds) > 1 else "") for p in PROTOCOLS]
-            lines.append(f"{r['model']:<14}" + "".join(f"{c:>14}" for c in cells) + f"{ratio:>13}")
+            lines.append(f"{r['model']:<{width}}" + "".join(f"{c:>14}" for c in cells) + f"{ratio:>13}")
         for c in comparisons:
             cells = [f"{p} {c[p]['difference']:+.1f} [{c[p]['low']:+.1f}, {c[p]['high']:+.1f}] {c[p]['verdict']}"
                      for p in PROTOCOLS]

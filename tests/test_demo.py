@@ -62,6 +62,12 @@ def test_table_mean_and_spread_by_hand(tmp_path):
                               loss_over_chance=None)])
     assert text.splitlines()[2:] == [f"{'SkeletonCLR':<14}{'60.0 ± 10.0':>14}{'70.0 ± 1.2':>14}{'0.812':>13}",
                                      f"{'raw joints':<14}{'55.2 ± 0.5':>14}{'64.0 ± 2.0':>14}{'-':>13}"]
+    # a row name longer than the column widens it for every row, so the cells stay aligned
+    text = table.format([dict(model="MAMP SkeleMixCLR+ long", paper=1.0, paper_std=0.0, probe=2.0, probe_std=0.0,
+                              loss_over_chance=None), dict(model="A", paper=3.0, paper_std=0.0, probe=4.0,
+                                                           probe_std=0.0, loss_over_chance=None)])
+    header, first, second = text.splitlines()[1:]
+    assert header.index("paper") == first.index("1.0 ± 0.0") + 4 == second.index("3.0 ± 0.0") + 4
 
 
 def test_table_compares_rows_seed_by_seed(tmp_path):

@@ -59,7 +59,8 @@ def step_flops(proc):
 
 
 def step_cost(config_file, overrides, iters=5, warmup=2):
-    """{method, encoder, batch_size, gflop_step, encoder_params, s_per_step, threads} of the config's step."""
+    """{config, overrides, method, encoder, batch_size, amp, gflop_step, encoder_params, s_per_step, threads} of
+    the config's step."""
     config = load_yaml(config_file)
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(f"{tmp}/shape")  # the config's shape first, read from a config whose data files exist
@@ -77,7 +78,7 @@ def step_cost(config_file, overrides, iters=5, warmup=2):
         flops = step_flops(proc)
         times = train_steps(proc, argparse.Namespace(warmup=warmup, iters=iters))
         encoder = proc.raw_model.encoder_q.encoder
-        return dict(config=config_file, method=cfg["method"], encoder=cfg["encoder"], batch_size=batch,
+        return dict(config=config_file, overrides=overrides, method=cfg["method"], encoder=cfg["encoder"], batch_size=batch,
                     amp=cfg["amp"], gflop_step=flops / 1e9,
                     encoder_params=sum(p.numel() for p in encoder.parameters()),
                     s_per_step=statistics.median(times), threads=torch.get_num_threads())

@@ -68,7 +68,7 @@ def build_mix(spec, layout, temporal_stride):
 
 
 def pretraining_model(encoder=None, layout=None, swap_params=None, mix_mode="swap", mix_region="parts",
-                      mix_time="scaled", mixes=None, num_class=None, **moco_args):
+                      mix_time="scaled", mix_losses="both", mixes=None, num_class=None, **moco_args):
     """MoCo from a config's parts (docs/design.md): the encoder `encoder` describes, one SkeleMix mix per row of
     `swap_params` and then the mixes `mixes` names; every other argument is MoCo's.
 
@@ -80,6 +80,7 @@ def pretraining_model(encoder=None, layout=None, swap_params=None, mix_mode="swa
         mix_region: the joints SkeleMix mixes: parts (whole body parts) | random (random joints)
         mix_time: scaled (tem_l..tem_u are steps of the paper's 16-step grid, scaled to the clip's) | clamped
             (steps of the clip's own grid, cut at its length: spatial-only at 32 frames)
+        mix_losses: both (SkeleMix's L_p and L_c, halved) | p | c (one alone: an ablation)
         mixes: further mixes, one query view each: [{name: <registered> | <dotted class>, <its arguments>}]
         num_class: the dataset's class count: accepted and unused (evaluation's classifier takes it)
     """
@@ -87,7 +88,7 @@ def pretraining_model(encoder=None, layout=None, swap_params=None, mix_mode="swa
     stride = backbone.temporal_stride
     skelemix = SkeleMix(layout=layout or DEFAULT_LAYOUT, temporal_stride=stride, mode=mix_mode, region=mix_region,
                         time_range=mix_time)
-    parts = [SkeleMixViews(setting, skelemix) for setting in mix_settings(swap_params)]
+    parts = [SkeleMixViews(setting, skelemix, mix_losses) for setting in mix_settings(swap_params)]
     parts += [build_mix(spec, layout or DEFAULT_LAYOUT, stride) for spec in mixes or []]
     return MoCo(backbone, parts, **moco_args)
 

@@ -17,6 +17,7 @@ REGIONS = ("parts", "random")
 # 16 steps) scaled to the clip's, so any clip length gets the paper's share of it in time; "clamped", as steps of
 # the clip's own grid cut at its length (at 32 frames 7-11 becomes 7-8 of 8: a spatial-only mix in effect).
 TIME_RANGES = ("scaled", "clamped")
+MIX_LOSSES = ("both", "p", "c")  # SkeleMixViews' losses: L_p and L_c halved (the paper's), or one alone (ablation)
 PAPER_TIME_STEPS = 16
 
 
@@ -194,10 +195,13 @@ def mix_settings(swap_params):
 class SkeleMixViews:
     """SkeleMixCLR's mix of one query view (docs/method.md §3.3), a mix of MoCo's (docs/design.md): `setting.repeat`
     SkeleMix draws, each pooled inside its region (p) and outside it (c), with the losses
-    L_p = InfoNCE(p, partner's key; extra negative c) and L_c = InfoNCE(c, own key; extra negative p), halved."""
+    L_p = InfoNCE(p, partner's key; extra negative c) and L_c = InfoNCE(c, own key; extra negative p), halved.
+    `losses`: "both" (the paper's), or "p" / "c" for L_p or L_c alone (an ablation)."""
 
-    def __init__(self, setting, skelemix):
-        self.setting, self.skelemix = setting, skelemix
+    def __init__(self, setting, skelemix, losses="both"):
+        if losses not in MIX_LOSSES:
+            raise ValueError(f"model_args.mix_losses must be one of {', '.join(MIX_LOSSES)}, got {losses!r}")
+        self.setting, self.skelemix, self.which = setting, skelemix, losses
         self.weight = setting.weight
 
     def draw(self, x, generator=None):
@@ -213,12 +217,16 @@ class SkeleMixViews:
         return masked_pool(fmap, mask.to(fmap.device))
 
     def losses(self, features, context, k, queue, temperature):
-        """(L_p + L_c) / 2 of one draw, from the head's outputs for p and c (docs/method.md §3.3)."""
+        """(L_p + L_c) / 2 of one draw (or the one `losses` names), from the head's outputs for p and c
+        (docs/method.md §3.3)."""
         p, c = (F.normalize(f, dim=1) for f in features)
         _, partner = context
-        loss_p = info_nce(p, k[partner], queue, temperature, extra_negative=c.detach())
-        loss_c = info_nce(c, k, queue, temperature, extra_negative=p.detach())
-        return (loss_p + loss_c) / 2
+        terms = []
+        if self.which in ("both", "p"):
+            terms.append(info_nce(p, k[partner], queue, temperature, extra_negative=c.detach()))
+        if self.which in ("both", "c"):
+            terms.append(info_nce(c, k, queue, temperature, extra_negative=p.detach()))
+        return sum(terms) / len(terms)
 
     def chance(self, queue_size):
         """The draws' losses when every logit is equal: ln(K + 2) each (the queue, the key and one extra negative)."""

@@ -191,3 +191,26 @@ def test_a_seed_gives_the_losses_it_gave_before_the_encoder_contract(swap, head,
     losses = model(views, generator=g)
     for key, value in expected.items():
         assert losses[key].item() == pytest.approx(value, rel=1e-4, abs=1e-7), key
+
+
+@pytest.mark.parametrize("which", ["both", "p", "c"])
+def test_mix_losses_both_or_one_alone_by_hand(which):
+    """mix_losses: both = (L_p + L_c) / 2, p = L_p, c = L_c, each InfoNCE written out with its extra negative."""
+    from net.skelemix import SkeleMix, SkeleMixViews
+    g = torch.Generator().manual_seed(3)
+    p, c, k = (F.normalize(torch.randn(4, 8, generator=g), dim=1) for _ in range(3))
+    queue = F.normalize(torch.randn(8, 5, generator=g), dim=0)
+    partner = torch.tensor([2, 3, 0, 1])
+    mix = SkeleMixViews(MixSetting((2, 3), (7, 11), 1, 1.0), SkeleMix(), losses=which)
+    loss = mix.losses((p, c), (None, partner), k, queue, 0.2)
+
+    def by_hand(q, positive, extra):
+        rows = [[float(q[i] @ positive[i]), *(q[i] @ queue).tolist(), float(q[i] @ extra[i])] for i in range(4)]
+        return cross_entropy_at_zero(torch.tensor(rows) / 0.2)
+    l_p, l_c = by_hand(p, k[partner], c), by_hand(c, k, p)
+    assert loss.item() == pytest.approx({"both": (l_p + l_c) / 2, "p": l_p, "c": l_c}[which], rel=1e-5)
+
+
+def test_mix_losses_refuses_another_value():
+    with pytest.raises(ValueError, match="model_args.mix_losses must be one of both, p, c, got 'pc'"):
+        make(head="mlp_bn", swap_params=[[2, 3, 7, 11, 1, 1.0]], mix_losses="pc")

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from net.encoders import build_encoder
 from net.moco import MoCo
-from net.skelemix import SkeleMix, SkeleMixViews, mix_settings
+from net.skelemix import SkeleMix, SkeleMixViews, check_mix_losses, mix_settings
 from net.utils.layouts import DEFAULT_LAYOUT
 from torchlight.util import import_class
 
@@ -84,6 +84,7 @@ def pretraining_model(encoder=None, layout=None, swap_params=None, mix_mode="swa
         mixes: further mixes, one query view each: [{name: <registered> | <dotted class>, <its arguments>}]
         num_class: the dataset's class count: accepted and unused (evaluation's classifier takes it)
     """
+    check_mix_losses(mix_losses)  # also where no SkeleMix view uses it (SkeletonCLR), as mix_time and mix_mode
     backbone = build_encoder(encoder, layout)
     stride = backbone.temporal_stride
     skelemix = SkeleMix(layout=layout or DEFAULT_LAYOUT, temporal_stride=stride, mode=mix_mode, region=mix_region,

@@ -199,9 +199,8 @@ class SkeleMixViews:
     `losses`: "both" (the paper's), or "p" / "c" for L_p or L_c alone (an ablation)."""
 
     def __init__(self, setting, skelemix, losses="both"):
-        if losses not in MIX_LOSSES:
-            raise ValueError(f"model_args.mix_losses must be one of {', '.join(MIX_LOSSES)}, got {losses!r}")
-        self.setting, self.skelemix, self.which = setting, skelemix, losses
+        check_mix_losses(losses)
+        self.setting, self.skelemix, self.loss_terms = setting, skelemix, losses
         self.weight = setting.weight
 
     def draw(self, x, generator=None):
@@ -217,20 +216,26 @@ class SkeleMixViews:
         return masked_pool(fmap, mask.to(fmap.device))
 
     def losses(self, features, context, k, queue, temperature):
-        """(L_p + L_c) / 2 of one draw (or the one `losses` names), from the head's outputs for p and c
-        (docs/method.md §3.3)."""
+        """(L_p + L_c) / 2 of one draw, or L_p or L_c alone as `loss_terms` says, from the head's outputs for p
+        and c (docs/method.md §3.3)."""
         p, c = (F.normalize(f, dim=1) for f in features)
         _, partner = context
         terms = []
-        if self.which in ("both", "p"):
+        if self.loss_terms in ("both", "p"):
             terms.append(info_nce(p, k[partner], queue, temperature, extra_negative=c.detach()))
-        if self.which in ("both", "c"):
+        if self.loss_terms in ("both", "c"):
             terms.append(info_nce(c, k, queue, temperature, extra_negative=p.detach()))
         return sum(terms) / len(terms)
 
     def chance(self, queue_size):
         """The draws' losses when every logit is equal: ln(K + 2) each (the queue, the key and one extra negative)."""
         return self.setting.repeat * math.log(queue_size + 2)
+
+
+def check_mix_losses(losses):
+    """An error naming the value for a `model_args.mix_losses` that is not one of MIX_LOSSES."""
+    if losses not in MIX_LOSSES:
+        raise ValueError(f"model_args.mix_losses must be one of {', '.join(MIX_LOSSES)}, got {losses!r}")
 
 
 def check_mask(mask, n, grid):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from flat import moco
 
+from net.losses import info_nce
 from net.skelemix import MixSetting, masked_pool, mix_settings
 
 TINY = dict(hidden_channels=4, hidden_dim=16, dropout=0.0, feature_dim=8, queue_size=12)
@@ -209,8 +210,12 @@ def test_mix_losses_both_or_one_alone_by_hand(which):
         return cross_entropy_at_zero(torch.tensor(rows) / 0.2)
     l_p, l_c = by_hand(p, k[partner], c), by_hand(c, k, p)
     assert loss.item() == pytest.approx({"both": (l_p + l_c) / 2, "p": l_p, "c": l_c}[which], rel=1e-5)
+    if which == "both":  # bit for bit the loss before mix_losses existed: earlier results stay valid
+        assert torch.equal(loss, (info_nce(p, k[partner], queue, 0.2, extra_negative=c)
+                                  + info_nce(c, k, queue, 0.2, extra_negative=p)) / 2)
 
 
-def test_mix_losses_refuses_another_value():
+@pytest.mark.parametrize("swap_params", [[[2, 3, 7, 11, 1, 1.0]], None])
+def test_mix_losses_refuses_another_value(swap_params):
     with pytest.raises(ValueError, match="model_args.mix_losses must be one of both, p, c, got 'pc'"):
-        make(head="mlp_bn", swap_params=[[2, 3, 7, 11, 1, 1.0]], mix_losses="pc")
+        make(head="mlp_bn", swap_params=swap_params, mix_losses="pc")

@@ -16,7 +16,6 @@ The step is SkeleMixCLR+'s with config/ucla/skelemixclr_multi_swap_ucla_xview_sm
 import argparse
 import json
 import os
-import pickle
 import statistics
 import subprocess
 import sys
@@ -43,20 +42,15 @@ def child(args):
     import contextlib
     import io
 
-    import numpy as np
     import torch
 
     from processor import configure
     from tools.benchmark import train_steps
+    from tools.step_cost import synthetic_data
     from torchlight.config import load_yaml
 
     with tempfile.TemporaryDirectory() as tmp:
-        clips = 64 * (args.warmup + args.iters)  # one epoch holds every step
-        rng = np.random.default_rng(0)
-        np.save(f"{tmp}/x.npy", (0.3 * rng.standard_normal((clips, 3, 32, 20, 2))).astype(np.float32))
-        with open(f"{tmp}/y.pkl", "wb") as f:
-            pickle.dump(([f"c{i}" for i in range(clips)], (np.arange(clips) % 10).tolist()), f)
-        data = dict(data_path=f"{tmp}/x.npy", label_path=f"{tmp}/y.pkl")
+        data = synthetic_data(tmp, 64 * (args.warmup + args.iters), 32, 20, 10)  # one epoch holds every step
         overrides = dict(work_dir=f"{tmp}/run", progress=False, device="cpu", train_feeder_args=data,
                          test_feeder_args={}, cpu_threads=args.cpu_threads)
         cls, cfg = configure("pretrain_skeletonclr_multi_swapv2", load_yaml(os.path.join(ROOT, CONFIG)), overrides)

@@ -6,9 +6,12 @@ python tools/step_cost.py --config config/ucla/skeletonclr_ucla_xview_small.yaml
 
 Further `--key value` pairs override the config as on main.py's command line. The step is the whole
 training step (augmentation on the batch, every encoder pass, loss, backward, SGD) on random clips of the
-config's shape (frames, the layout's joints), in the threads main.py would take; GFLOPs are torch's FLOP
-counter over one forward + backward (key encoder included), seconds the median of `--iters` steps. Prints
-one JSON line. What else runs on the machine moves the seconds, never the GFLOPs.
+config's shape (frames, the layout's joints), in the threads main.py would take, with the queue the config gets
+on its own training clips (`queue_size: auto`) where their file is here. GFLOPs are torch's FLOP counter over
+one forward + backward (key encoder included): matrix products, convolutions and attention only, and torch 2.13
+counts a grouped convolution's weight gradient once per group (the fused query pass reads high). Seconds are the
+median of `--iters` steps; wall_s is the whole measurement, compiling included. Prints one JSON line. What else
+runs on the machine moves the seconds, never the GFLOPs.
 """
 import argparse
 import contextlib
@@ -19,6 +22,7 @@ import pickle
 import statistics
 import sys
 import tempfile
+import time
 
 if __package__ in (None, ""):  # run as a script: the repository root on sys.path
     import _bootstrap  # noqa: F401
@@ -29,10 +33,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from net.utils.layouts import get_layout  # noqa: E402
+from net.moco import auto_queue_size  # noqa: E402
+from net.utils.layouts import DEFAULT_LAYOUT, get_layout  # noqa: E402
 from processor import configure  # noqa: E402
 from tools.benchmark import train_steps  # noqa: E402
 from torchlight.config import load_yaml, parse_overrides  # noqa: E402
+from torchlight.util import git_commit  # noqa: E402
 
 NO_DATA = dict(data_path=None, label_path=None)  # no validation clips: the config's own may not exist here
 
@@ -58,30 +64,41 @@ def step_flops(proc):
     return counter.get_total_flops()
 
 
+def training_clips(config, overrides):
+    """How many clips the config's training file holds, or None where the file is not here."""
+    path = overrides.get("train_feeder_args.data_path") or config.get("train_feeder_args", {}).get("data_path")
+    return len(np.load(path, mmap_mode="r")) if path and os.path.isfile(path) else None
+
+
 def step_cost(config_file, overrides, iters=5, warmup=2):
-    """{config, overrides, method, encoder, batch_size, amp, gflop_step, encoder_params, s_per_step, threads} of
-    the config's step."""
-    config = load_yaml(config_file)
+    """{config, overrides, method, encoder, batch_size, amp, queue_size, gflop_step, encoder_params, s_per_step,
+    wall_s, threads, iters, commit} of the config's step."""
+    start, config = time.perf_counter(), load_yaml(config_file)
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(f"{tmp}/shape")  # the config's shape first, read from a config whose data files exist
         shape_data = dict(train_feeder_args=synthetic_data(f"{tmp}/shape", 1, 1, 1, 1), test_feeder_args=NO_DATA)
         probe = configure("pretrain", config, dict(overrides, work_dir=tmp, **shape_data))[1]
         frames = probe["train_feeder_args"].get("frames") or 64
-        joints = get_layout(probe["layout"]).num_joints
+        joints = get_layout(probe["layout"] or DEFAULT_LAYOUT).num_joints
         batch = probe["batch_size"]
-        data = synthetic_data(tmp, batch * (warmup + iters + 2), frames, joints, probe["model_args"]["num_class"])
+        clips = batch * (warmup + iters + 2)
+        data = synthetic_data(tmp, clips, frames, joints, probe["model_args"]["num_class"])
+        queue = probe["model_args"].get("queue_size")
+        if queue == "auto":
+            queue = auto_queue_size(training_clips(config, overrides) or clips, batch)
         run = dict(overrides, work_dir=f"{tmp}/run", progress=False, train_feeder_args=data, test_feeder_args=NO_DATA,
-                   eval_interval=0)
+                   eval_interval=0, **{"model_args.queue_size": queue})
         cls, cfg = configure("pretrain", config, run)
         with contextlib.redirect_stdout(io.StringIO()):
             proc = cls(cfg)
         flops = step_flops(proc)
         times = train_steps(proc, argparse.Namespace(warmup=warmup, iters=iters))
         encoder = proc.raw_model.encoder_q.encoder
-        return dict(config=config_file, overrides=overrides, method=cfg["method"], encoder=cfg["encoder"], batch_size=batch,
-                    amp=cfg["amp"], gflop_step=flops / 1e9,
+        return dict(config=config_file, overrides=overrides, method=cfg["method"], encoder=cfg["encoder"],
+                    batch_size=batch, amp=cfg["amp"], queue_size=queue, gflop_step=flops / 1e9,
                     encoder_params=sum(p.numel() for p in encoder.parameters()),
-                    s_per_step=statistics.median(times), threads=torch.get_num_threads())
+                    s_per_step=statistics.median(times), wall_s=time.perf_counter() - start,
+                    threads=torch.get_num_threads(), iters=iters, commit=git_commit())
 
 
 def main(argv=None):

@@ -44,7 +44,7 @@ HELP = dict(  # shown by `python main.py table --help`
     RUN_HELP,
     work_dir="every run goes to <work_dir>/<row>/seed<N>; the table to <work_dir>/table.json",
     seeds="each row runs once per seed: top-1 as mean ± std",
-    data="merged into every run: e.g. {train_feeder_args: {...}, test_feeder_args: {...}}",
+    data="merged into every run: a data file (config/data/X.yaml) or {train_feeder_args: {...}, ...}",
     rows="[{name, linear: yaml, pretrain: [processor, yaml] (optional), pretrain_args: {...}, linear_args: {...}}]",
     pretrain="overrides for every pretraining run, e.g. --pretrain.num_steps 100",
     overwrite="true: redo runs whose work_dir exists (the demo), instead of refusing",
@@ -116,6 +116,8 @@ class Table(Orchestrator):
 
     def __init__(self, cfg):
         self.cfg = cfg
+        if isinstance(cfg["data"], str):  # a data file names the arrays once for every table on them
+            cfg["data"] = load_yaml(cfg["data"])
         for row in cfg["rows"]:
             if not isinstance(row, dict) or "name" not in row or "linear" not in row:
                 raise ConfigError(f"table row {row!r} needs a name and a linear config")

@@ -70,6 +70,15 @@ def test_table_mean_and_spread_by_hand(tmp_path):
     assert header.index("paper") == first.index("1.0 ± 0.0") + 4 == second.index("3.0 ± 0.0") + 4
 
 
+def test_table_data_may_be_a_data_file(tmp_path):
+    """`data: config/data/X.yaml`: the file's arrays (and layout) go to every run, named once for every table."""
+    table = Table(dict(Table.default_config(), work_dir=str(tmp_path), data="config/data/ucla_xview_val_small.yaml"))
+    assert table.cfg["data"]["train_feeder_args"]["data_path"] == "./data/ucla_frame32/xview_val/train_position.npy"
+    assert table.cfg["data"]["layout"] == "kinect-v1"
+    with pytest.raises(ConfigError, match="absent.yaml"):
+        Table(dict(Table.default_config(), work_dir=str(tmp_path), data="config/data/absent.yaml"))
+
+
 def test_table_compares_rows_seed_by_seed(tmp_path):
     """The paired interval pairs runs by seed, whatever their order; names outside the rows are refused."""
     def runs(paper):
